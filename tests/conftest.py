@@ -29,3 +29,45 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not present: {path} (see ../shared/data/README.md)")
     return path
+
+
+def solid_frames(width: int, height: int):
+    """frame_fn for write_clip: frame i is a flat grey of level (8 * i) % 256, so a decoded frame
+    tells which source frame it was."""
+    import numpy as np
+
+    return lambda i, t: np.full((height, width, 3), (8 * i) % 256, np.uint8)
+
+
+def tone(freq_hz: float = 440.0):
+    import numpy as np
+
+    return lambda t: (0.3 * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """Real files for the media pipeline's good and bad cases, written once per session."""
+    from emosent.data.sample import write_clip
+
+    d = tmp_path_factory.mktemp("clips")
+    out = {
+        "normal": write_clip(d / "normal.mp4", duration_s=2.0, fps=25, width=320, height=240,
+                             frame_fn=solid_frames(320, 240), audio_fn=tone()),
+        "short": write_clip(d / "short.mp4", duration_s=0.2, fps=25, width=160, height=120,
+                            frame_fn=solid_frames(160, 120), audio_fn=tone()),
+        "no_audio": write_clip(d / "no_audio.mp4", duration_s=1.0, fps=24, width=160, height=120,
+                               frame_fn=solid_frames(160, 120)),
+        "no_video": write_clip(d / "no_video.mp4", duration_s=1.0, audio_fn=tone()),
+        "zero": write_clip(d / "zero.mp4", duration_s=0.0, fps=25, width=160, height=120,
+                           frame_fn=solid_frames(160, 120)),
+        "long": write_clip(d / "long.mp4", duration_s=300.0, fps=25, width=160, height=120,
+                           frame_fn=solid_frames(160, 120), audio_fn=tone(), gop=50),
+        "hd": write_clip(d / "hd.mp4", duration_s=1.0, fps=30, width=1920, height=1080,
+                         frame_fn=solid_frames(1920, 1080), audio_fn=tone()),
+    }
+    data = out["normal"].read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (d / "text.mp4").write_text("this is not a video\n")
+    out["truncated"], out["text"], out["missing"] = d / "truncated.mp4", d / "text.mp4", d / "missing.mp4"
+    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,9 +31,11 @@ from emosent.labels import EMOTIONS, SENTIMENTS
 
 FrameFn = Callable[[int, float], np.ndarray]
 AudioFn = Callable[[np.ndarray], np.ndarray]
+TimedFrames = Iterator[tuple[float, av.frame.Frame]]
 
 SAMPLE_RATE_HZ = 16_000
 AUDIO_BIT_RATE_BPS = 48_000
+AAC_FRAME_SAMPLES = 1024  # AAC-LC frame size, used if the encoder reports none
 # Largest denominator kept when turning a float fps into a Fraction; enough
 # for NTSC-style rates such as 30000/1001.
 MAX_FPS_DENOMINATOR = 1001
@@ -189,6 +191,7 @@ FILLER_TIMES = ("nine", "noon", "three thirty", "five", "eight tonight")
 SPEAKERS = FILLER_NAMES[:6]
 MAX_SEASON = 10
 MAX_EPISODE = 24
+EPISODE_LENGTH_S = 20 * 60
 
 
 # ---------------------------------------------------------------------------
@@ -222,6 +225,8 @@ def write_clip(
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
     if duration_s < 0:
         raise ValueError(f"duration_s must be >= 0, got {duration_s}")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
     path = Path(path)
     rate = Fraction(fps).limit_denominator(MAX_FPS_DENOMINATOR)
     n_frames = round(duration_s * rate)
@@ -232,13 +237,13 @@ def write_clip(
     options = {"movflags": "empty_moov"} if has_empty_stream else {}
 
     with av.open(str(path), mode="w", format="mp4", options=options) as container:
-        video = _add_video_stream(container, rate, width, height, gop) if frame_fn else None
-        audio = _add_audio_stream(container, sample_rate_hz) if audio_fn else None
+        video = _add_video_stream(container, rate, width, height, gop) if frame_fn is not None else None
+        audio = _add_audio_stream(container, sample_rate_hz) if audio_fn is not None else None
         # Opens the encoders, so the AAC frame size is known below.
         container.start_encoding()
 
-        video_frames = _video_frames(frame_fn, rate, n_frames, width, height) if video else iter(())
-        audio_frames = _audio_frames(audio, audio_fn, n_samples, sample_rate_hz) if audio else iter(())
+        video_frames = _video_frames(frame_fn, rate, n_frames, width, height) if video is not None else iter(())
+        audio_frames = _audio_frames(audio, audio_fn, n_samples, sample_rate_hz) if audio is not None else iter(())
         # Feed the muxer in presentation order so the mp4 chunks interleave.
         for stream, frame in _interleave(video, video_frames, audio, audio_frames):
             container.mux(stream.encode(frame))
@@ -274,7 +279,7 @@ def _add_audio_stream(container: av.container.OutputContainer, sample_rate_hz: i
     return stream
 
 
-def _video_frames(frame_fn: FrameFn, rate: Fraction, n_frames: int, width: int, height: int):
+def _video_frames(frame_fn: FrameFn, rate: Fraction, n_frames: int, width: int, height: int) -> TimedFrames:
     """Yield (time_s, VideoFrame) with pts counted in frames (time base 1/fps)."""
     for i in range(n_frames):
         t_s = float(i / rate)
@@ -287,13 +292,15 @@ def _video_frames(frame_fn: FrameFn, rate: Fraction, n_frames: int, width: int, 
         yield t_s, frame
 
 
-def _audio_frames(stream: av.AudioStream, audio_fn: AudioFn, n_samples: int, sample_rate_hz: int):
+def _audio_frames(
+    stream: av.AudioStream, audio_fn: AudioFn, n_samples: int, sample_rate_hz: int
+) -> TimedFrames:
     """Yield (time_s, AudioFrame) chunks of the encoder's frame size, pts in samples."""
     samples = np.asarray(audio_fn(np.arange(n_samples) / sample_rate_hz), dtype=np.float32)
     if samples.shape != (n_samples,):
         raise ValueError(f"audio_fn must return shape ({n_samples},), got {samples.shape}")
     samples = np.clip(samples, -1.0, 1.0)
-    chunk = stream.codec_context.frame_size or 1024  # 1024 for AAC-LC
+    chunk = stream.codec_context.frame_size or AAC_FRAME_SAMPLES
     for start in range(0, n_samples, chunk):
         # fltp mono: one plane, so the array is [channels=1, samples].
         frame = av.AudioFrame.from_ndarray(samples[None, start : start + chunk], format="fltp", layout="mono")
@@ -303,7 +310,9 @@ def _audio_frames(stream: av.AudioStream, audio_fn: AudioFn, n_samples: int, sam
         yield start / sample_rate_hz, frame
 
 
-def _interleave(video, video_frames, audio, audio_frames):
+def _interleave(
+    video: av.VideoStream | None, video_frames: TimedFrames, audio: av.AudioStream | None, audio_frames: TimedFrames
+) -> Iterator[tuple[av.stream.Stream, av.frame.Frame]]:
     """Merge the two timed frame iterators by time, yielding (stream, frame)."""
     next_video = next(video_frames, None)
     next_audio = next(audio_frames, None)
@@ -394,6 +403,7 @@ def _draw_utterance(rng: np.random.Generator, emotion: str) -> _Utterance:
 
 
 def _pick(rng: np.random.Generator, options: tuple):
+    """One element of ``options``, keeping its Python type (rng.choice gives numpy scalars)."""
     return options[rng.integers(len(options))]
 
 
@@ -405,7 +415,7 @@ def _write_csv(path: Path, dialogues: list[list[_Utterance]], rng: np.random.Gen
         for dia_id, dialogue in enumerate(dialogues):
             season = int(rng.integers(1, MAX_SEASON + 1))
             episode = int(rng.integers(1, MAX_EPISODE + 1))
-            start_s = float(rng.integers(0, 20 * 60))  # dialogue starts somewhere in the episode
+            start_s = float(rng.integers(0, EPISODE_LENGTH_S))  # dialogue starts somewhere in the episode
             for utt_id, utt in enumerate(dialogue):
                 end_s = start_s + utt.duration_s
                 writer.writerow(
@@ -426,8 +436,8 @@ def _timestamp(seconds: float) -> str:
 
 
 def _write_sample_clip(path: Path, utt: _Utterance, rng: np.random.Generator) -> None:
-    # One child generator per clip: the callbacks draw their noise from it
-    # while the encoder runs, without disturbing the parent stream's order.
+    # A child generator per clip: however much one clip draws, the parent
+    # stream (and so every later clip and row) stays the same.
     clip_rng = np.random.default_rng(rng.integers(2**63))
     write_clip(
         path,

@@ -1,0 +1,163 @@
+"""Datasets as lists of utterances: MELD's layout, or a user's own CSV.
+
+MELD: a folder with `{train,dev,test}_sent_emo.csv` and the MELD.Raw clip folders. A user's
+data: a CSV with columns `path, text, emotion, sentiment` (optional `start`, `end` in seconds,
+optional `split`), paths relative to the CSV; or a folder with `train.csv`, `dev.csv`, `test.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import ftfy
+
+from emosent.labels import EMOTIONS, SENTIMENTS
+
+SPLITS = ("train", "dev", "test")
+MELD_CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+MELD_COLUMNS = ("Utterance", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID")
+USER_COLUMNS = ("path", "text", "emotion", "sentiment")
+MAX_REPORTED_ROWS = 5
+
+
+class ManifestError(ValueError):
+    """A dataset file that cannot be read; the message names the file, the rows and what to do."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One labelled utterance. `path` is its media file (may not exist for text-only use);
+    `start`/`end` are seconds within it (None: the whole file); `source` is "file:line"."""
+
+    text: str
+    emotion: str
+    sentiment: str
+    path: Path | None
+    start: float | None = None
+    end: float | None = None
+    source: str = ""
+
+
+def read_manifest(path: str | Path, split: str | None = "train") -> list[Utterance]:
+    """The utterances of `split` ("train", "dev", "test"; None: every row of a single CSV)."""
+    path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if path.is_dir():
+        if split is None:
+            raise ValueError(f"{path} is a folder: name a split, one of {SPLITS}")
+        if (path / f"{split}_sent_emo.csv").is_file():
+            return read_meld(path, split)
+        if (path / f"{split}.csv").is_file():
+            return read_user_csv(path / f"{split}.csv", None)
+        raise ManifestError(
+            f"{path}: no {split}_sent_emo.csv (MELD layout) or {split}.csv (your own data) in this folder"
+        )
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such file or folder")
+    return read_user_csv(path, split)
+
+
+def read_meld(folder: Path, split: str) -> list[Utterance]:
+    csv_path = folder / f"{split}_sent_emo.csv"
+    rows = read_csv(csv_path, MELD_COLUMNS)
+    check_labels(csv_path, rows, "Emotion", "Sentiment")
+    clips = folder / MELD_CLIP_DIRS[split]
+    return [
+        Utterance(
+            text=repair_text(row["Utterance"]),
+            emotion=row["Emotion"].strip().lower(),
+            sentiment=row["Sentiment"].strip().lower(),
+            path=clips / f"dia{row['Dialogue_ID'].strip()}_utt{row['Utterance_ID'].strip()}.mp4",
+            source=f"{csv_path}:{line}",
+        )
+        for line, row in rows
+    ]
+
+
+def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
+    rows = read_csv(csv_path, USER_COLUMNS)
+    if split is not None:
+        if not rows or "split" not in rows[0][1]:
+            raise ManifestError(
+                f"{csv_path}: no 'split' column, so the {split!r} rows cannot be told apart. Add a column "
+                f"'split' with values {SPLITS}, or put the splits in train.csv / dev.csv / test.csv in one folder"
+            )
+        rows = [(line, row) for line, row in rows if row["split"].strip().lower() == split]
+    check_labels(csv_path, rows, "emotion", "sentiment")
+    out = []
+    for line, row in rows:
+        start, end = (parse_seconds(csv_path, line, row.get(col)) for col in ("start", "end"))
+        media = row["path"].strip()
+        out.append(
+            Utterance(
+                text=repair_text(row["text"]),
+                emotion=row["emotion"].strip().lower(),
+                sentiment=row["sentiment"].strip().lower(),
+                path=(csv_path.parent / media) if media else None,
+                start=start,
+                end=end,
+                source=f"{csv_path}:{line}",
+            )
+        )
+    return out
+
+
+def repair_text(text: str) -> str:
+    """Mojibake and cp1252 punctuation stored as C1 controls (pre-2020 MELD) -> proper Unicode.
+    Curly quotes stay curly: the current MELD files have them."""
+    return ftfy.fix_text(text, uncurl_quotes=False).strip()
+
+
+def read_csv(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs; the header is line 1. Clear errors for empty, non-CSV or
+    column-less files."""
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = csv_path.read_bytes().decode("cp1252", errors="replace")  # legacy exports; ftfy repairs the rest
+    if not text.strip():
+        raise ManifestError(f"{csv_path}: the file is empty; expected a CSV with columns {', '.join(required)}")
+    # StringIO, not str.splitlines: pre-2020 MELD's U+0085 (a cp1252 ellipsis) is a line break to splitlines.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ManifestError(
+            f"{csv_path}: missing column(s) {', '.join(missing)}; found {header[:10]}. "
+            f"Expected a CSV with columns {', '.join(required)}"
+        )
+    reader.fieldnames = header
+    rows = []
+    for row in reader:
+        if None in row:  # more fields than the header: not this CSV layout
+            raise ManifestError(f"{csv_path}:{reader.line_num}: more fields than the header's {len(header)}")
+        rows.append((reader.line_num, {k: (v or "") for k, v in row.items()}))
+    return rows
+
+
+def check_labels(csv_path: Path, rows: list[tuple[int, dict[str, str]]], emotion_col: str, sentiment_col: str) -> None:
+    for col, allowed in ((emotion_col, EMOTIONS), (sentiment_col, SENTIMENTS)):
+        bad = [(line, row[col]) for line, row in rows if row[col].strip().lower() not in allowed]
+        if bad:
+            shown = ", ".join(f"line {line}: {value!r}" for line, value in bad[:MAX_REPORTED_ROWS])
+            more = f" and {len(bad) - MAX_REPORTED_ROWS} more" if len(bad) > MAX_REPORTED_ROWS else ""
+            raise ManifestError(
+                f"{csv_path}: unknown {col} label in {len(bad)} row(s) ({shown}{more}); "
+                f"allowed (case-insensitive): {', '.join(allowed)}"
+            )
+
+
+def parse_seconds(csv_path: Path, line: int, value: str | None) -> float | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ManifestError(f"{csv_path}:{line}: start/end must be seconds (e.g. 12.5), got {value!r}") from None
+    if seconds < 0:
+        raise ManifestError(f"{csv_path}:{line}: start/end must be >= 0, got {value!r}")
+    return seconds

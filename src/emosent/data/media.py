@@ -1,0 +1,201 @@
+"""One clip -> the model's video and audio inputs. The only place media is read, for training,
+feature extraction, `analyze` and serving alike.
+
+Video: T frames sampled uniformly over the clip (or [start, end]). The packets are demuxed once
+(cheap: no decoding) to learn every frame's timestamp and where the keyframes are; then only the
+groups of pictures that hold a wanted frame are decoded, each from its keyframe up to its last
+wanted frame. The frames go through the R3D-18 weights' own transforms.
+
+Audio: decoded and resampled to 16 kHz mono by PyAV (any container or codec FFmpeg reads), then a
+64-band log-mel spectrogram, normalised per clip, padded or truncated to 300 frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import librosa
+import numpy as np
+import torch
+
+from emosent.encoders import VIDEO_PREPROCESSING_WEIGHTS
+
+NUM_FRAMES = 16
+SAMPLE_RATE_HZ = 16_000
+N_MELS = 64
+N_FFT = 1024  # 64 ms window
+HOP_LENGTH = 512  # 32 ms hop
+MEL_FRAMES = 300  # 300 hops = 9.6 s; longer audio is truncated, shorter is padded
+MAX_AUDIO_S = MEL_FRAMES * HOP_LENGTH / SAMPLE_RATE_HZ  # audio after this is never used: not decoded
+TOP_DB = 80.0  # dynamic range kept below the clip's loudest bin
+
+VIDEO_TRANSFORMS = VIDEO_PREPROCESSING_WEIGHTS.transforms()  # resize 128x171, centre crop 112, Kinetics mean/std
+MEDIA_MODALITIES = ("video", "audio")
+
+
+class MediaError(ValueError):
+    """A clip that cannot give the requested inputs. `reason` is short, for counting skips."""
+
+    def __init__(self, path: str | Path, reason: str, hint: str = ""):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}" + (f" ({hint})" if hint else ""))
+
+
+@dataclass
+class Clip:
+    """video: (T, 3, 112, 112) float, or None if not requested.
+    audio: (1, M, F) float log-mel, or None if not requested; silence when has_audio is False."""
+
+    video: torch.Tensor | None
+    audio: torch.Tensor | None
+    has_audio: bool
+    duration_s: float
+
+
+def load_clip(
+    path: str | Path,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    modalities: tuple[str, ...] = MEDIA_MODALITIES,
+    num_frames: int = NUM_FRAMES,
+) -> Clip:
+    """Read the inputs of `modalities` ("video", "audio") for [start, end] seconds of `path`.
+
+    Raises MediaError naming the file when it is missing, unreadable, or lacks a requested video
+    stream. A missing audio stream is not an error: audio is silence and has_audio is False.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(path, "file not found", "check the path, relative to the CSV that lists it")
+    if start is not None and end is not None and end <= start:
+        raise MediaError(path, f"empty time range: end {end} <= start {start}")
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            duration_s = container_duration(container)
+            video = audio = None
+            has_audio = bool(container.streams.audio)
+            if "video" in modalities:
+                if not container.streams.video:
+                    raise MediaError(path, "no video stream", "use a video file, or leave out the video modality")
+                frames = read_frames(container, container.streams.video[0], start, end, num_frames, path)
+                video = transform_frames(frames)
+            if "audio" in modalities:
+                samples = read_audio(container, start, end) if has_audio else np.zeros(0, np.float32)
+                has_audio = samples.size > 0
+                audio = log_mel(samples)
+    except av.FFmpegError as err:
+        raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
+    return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s)
+
+
+def container_duration(container: av.container.InputContainer) -> float:
+    if container.duration is not None:
+        return container.duration / av.time_base
+    durations = [float(s.duration * s.time_base) for s in container.streams if s.duration is not None]
+    return max(durations, default=0.0)
+
+
+def read_frames(container, stream, start: float | None, end: float | None, n: int, path: Path) -> np.ndarray:
+    """(n, H, W, 3) uint8 RGB frames at n uniform positions over [start, end]; short clips repeat frames."""
+    index = frame_index(container, stream)  # (pts, is_keyframe) in presentation order
+    times = np.array([p for p, _ in index], dtype=np.float64) * float(stream.time_base)
+    lo = -np.inf if start is None else start
+    hi = np.inf if end is None else end
+    in_range = np.flatnonzero((times >= lo) & (times < hi))
+    if in_range.size == 0 and len(index) and start is not None:
+        # a window shorter than one frame interval: the frame on screen at `start`
+        in_range = np.flatnonzero(times <= start)[-1:]
+    if in_range.size == 0:
+        raise MediaError(path, "no video frames", "a 0-second clip, or a time range outside the video")
+    # the centres of n equal bins over the frames in range
+    picks = in_range[((np.arange(n) + 0.5) * in_range.size / n).astype(int)]
+    wanted_pts = {index[i][0] for i in picks}
+    decoded = decode_pts(container, stream, index, wanted_pts)
+    return np.stack([decoded[index[i][0]] for i in picks])
+
+
+def frame_index(container, stream) -> list[tuple[int, bool]]:
+    """Every frame's (pts, is_keyframe), sorted by pts, from the packets alone (no decoding).
+    Call it on a freshly opened container (load_clip reads video first)."""
+    index = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size]
+    index.sort()
+    return index
+
+
+def decode_pts(container, stream, index: list[tuple[int, bool]], wanted: set[int]) -> dict[int, np.ndarray]:
+    """Decode just the groups of pictures that hold `wanted` frames: seek to each one's keyframe,
+    decode up to its last wanted frame."""
+    keyframes = np.array([pts for pts, key in index if key] or [index[0][0]])
+    groups: dict[int, list[int]] = {}
+    for pts in sorted(wanted):
+        key = int(keyframes[max(np.searchsorted(keyframes, pts, side="right") - 1, 0)])
+        groups.setdefault(key, []).append(pts)
+    frames: dict[int, np.ndarray] = {}
+    for key, group in groups.items():
+        container.seek(key, stream=stream)
+        for frame in container.decode(stream):
+            if frame.pts in wanted and frame.pts not in frames:
+                frames[frame.pts] = frame.to_ndarray(format="rgb24")
+            if frame.pts is not None and frame.pts >= group[-1]:
+                break
+    missing = wanted - frames.keys()
+    if missing:  # a stream whose packets decode to other timestamps: fall back to nearest frames
+        frames.update(nearest_frames(container, stream, missing))
+    return frames
+
+
+def nearest_frames(container, stream, wanted: set[int]) -> dict[int, np.ndarray]:
+    container.seek(0, stream=stream)
+    decoded = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(stream) if f.pts is not None]
+    if not decoded:
+        raise av.InvalidDataError(0, "no decodable video frames")
+    pts = np.array([p for p, _ in decoded])
+    return {w: decoded[int(np.abs(pts - w).argmin())][1] for w in wanted}
+
+
+def transform_frames(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, 112, 112) float, with the R3D-18 weights' own transforms."""
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    return VIDEO_TRANSFORMS(video).transpose(0, 1).contiguous()  # the transform gives (3, T, h, w)
+
+
+def read_audio(container, start: float | None, end: float | None) -> np.ndarray:
+    """Mono float32 samples at SAMPLE_RATE_HZ for [start, min(end, start + MAX_AUDIO_S)]."""
+    stream = container.streams.audio[0]
+    start = start or 0.0
+    stop = start + MAX_AUDIO_S if end is None else min(end, start + MAX_AUDIO_S)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
+    container.seek(int(start / float(stream.time_base)), stream=stream)
+    chunks, first_time = [], None
+    for frame in container.decode(stream):
+        if frame.time is not None and frame.time >= stop:
+            break
+        if first_time is None:
+            first_time = frame.time or 0.0
+        chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
+    chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
+    if not chunks:
+        return np.zeros(0, np.float32)
+    samples = np.concatenate(chunks)
+    skip = max(0, round((start - (first_time or 0.0)) * SAMPLE_RATE_HZ))  # seeking lands before `start`
+    return samples[skip : skip + round((stop - start) * SAMPLE_RATE_HZ)]
+
+
+def log_mel(samples: np.ndarray) -> torch.Tensor:
+    """(N,) float32 at 16 kHz -> (1, N_MELS, MEL_FRAMES) log-mel, zero mean and unit variance per clip.
+
+    Log, because mel power spans many orders of magnitude: raw power (the tutorial's) lets a few
+    loud bins dominate the convolutions, while dB follows loudness as heard. Per-clip
+    normalisation removes the recording's gain. No audio gives zeros (the normalised mean).
+    """
+    if samples.size == 0:
+        return torch.zeros(1, N_MELS, MEL_FRAMES)
+    power = librosa.feature.melspectrogram(y=samples, sr=SAMPLE_RATE_HZ, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS)
+    mel = librosa.power_to_db(power, ref=np.max, top_db=TOP_DB)  # (M, F)
+    mel = (mel - mel.mean()) / max(float(mel.std()), 1e-6)
+    mel = mel[:, :MEL_FRAMES]
+    mel = np.pad(mel, ((0, 0), (0, MEL_FRAMES - mel.shape[1])))
+    return torch.from_numpy(mel.astype(np.float32)).unsqueeze(0)

@@ -1,0 +1,140 @@
+"""load_clip on real files it must read, and on the bad ones it must refuse clearly."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from emosent.data import MediaError, load_clip
+from emosent.data.media import MEL_FRAMES, N_MELS, VIDEO_TRANSFORMS, read_frames
+
+VIDEO_SHAPE = (16, 3, 112, 112)
+AUDIO_SHAPE = (1, N_MELS, MEL_FRAMES)
+MEAN = torch.tensor(VIDEO_TRANSFORMS.mean).view(1, 3, 1, 1)
+STD = torch.tensor(VIDEO_TRANSFORMS.std).view(1, 3, 1, 1)
+
+
+def grey_levels(video: torch.Tensor) -> list[int]:
+    """Undo the normalisation and read back each frame's grey level (0..255)."""
+    pixels = (video * STD + MEAN) * 255  # (T, 3, h, w)
+    return [round(float(v)) for v in pixels.mean(dim=(1, 2, 3))]
+
+
+def test_normal_clip_gives_the_model_inputs(clips):
+    clip = load_clip(clips["normal"])
+    assert clip.video.shape == VIDEO_SHAPE and clip.video.dtype == torch.float32
+    assert clip.audio.shape == AUDIO_SHAPE and clip.has_audio
+    assert clip.duration_s == pytest.approx(2.0, abs=0.1)
+    # normalised with the Kinetics statistics: roughly zero-centred, not 0..255 or 0..1
+    assert -3 < float(clip.video.mean()) < 3 and float(clip.video.std()) < 3
+    # per-clip normalised log-mel over the 2 s of sound (63 frames), zero-padded after
+    assert abs(float(clip.audio[..., :60].mean())) < 0.2
+    assert torch.all(clip.audio[..., 70:] == 0)
+
+
+def test_frames_are_sampled_uniformly_in_time(clips):
+    # 50 frames, 16 samples: bin centres (k + 0.5) * 50 / 16 -> source frames 1, 4, 7, ...
+    expected = [(8 * int((k + 0.5) * 50 / 16)) % 256 for k in range(16)]
+    got = grey_levels(load_clip(clips["normal"]).video)
+    assert np.abs(np.array(got) - expected).max() <= 3, (got, expected)
+
+
+def test_time_window_reads_only_that_window(clips):
+    # [1.0, 1.5) s at 25 fps holds the 13 source frames 25..37
+    got = grey_levels(load_clip(clips["normal"], start=1.0, end=1.5).video)
+    expected = [(8 * (25 + int((k + 0.5) * 13 / 16))) % 256 for k in range(16)]
+    assert np.abs(np.array(got) - expected).max() <= 3, (got, expected)
+
+
+def test_rgb_channel_order(tmp_path):
+    from emosent.data.sample import write_clip
+
+    red = lambda i, t: np.broadcast_to(np.array([220, 20, 20], np.uint8), (120, 160, 3)).copy()
+    path = write_clip(tmp_path / "red.mp4", duration_s=0.5, fps=10, width=160, height=120, frame_fn=red)
+    pixels = (load_clip(path, modalities=("video",)).video * STD + MEAN) * 255
+    r, g, b = (float(pixels[:, c].mean()) for c in range(3))
+    assert r > 180 and g < 60 and b < 60
+
+
+def test_fewer_than_16_frames_repeats_frames(clips):
+    clip = load_clip(clips["short"])  # 5 frames
+    levels = grey_levels(clip.video)
+    assert clip.video.shape == VIDEO_SHAPE
+    assert len(set(levels)) == 5 and levels == sorted(levels)
+
+
+def test_clip_without_audio_gives_silence_and_says_so(clips):
+    clip = load_clip(clips["no_audio"])
+    assert clip.video.shape == VIDEO_SHAPE
+    assert not clip.has_audio and clip.audio.shape == AUDIO_SHAPE and torch.count_nonzero(clip.audio) == 0
+
+
+def test_clip_without_video_stream(clips):
+    with pytest.raises(MediaError, match="no_video.mp4: no video stream"):
+        load_clip(clips["no_video"])
+    audio_only = load_clip(clips["no_video"], modalities=("audio",))
+    assert audio_only.audio.shape == AUDIO_SHAPE and audio_only.has_audio and audio_only.video is None
+
+
+def test_zero_second_clip(clips):
+    with pytest.raises(MediaError, match="zero.mp4: no video frames") as err:
+        load_clip(clips["zero"])
+    assert err.value.reason == "no video frames"
+
+
+def test_five_minute_clip_reads_only_what_it_needs(clips):
+    clip = load_clip(clips["long"])
+    assert clip.video.shape == VIDEO_SHAPE and clip.audio.shape == AUDIO_SHAPE
+    assert clip.duration_s == pytest.approx(300, abs=1)
+    # the audio is truncated to the first 9.6 s: every one of the 300 mel frames holds sound
+    assert torch.count_nonzero(clip.audio[0, :, -1]) > 0
+
+
+def test_full_hd_clip_is_resized(clips):
+    assert load_clip(clips["hd"]).video.shape == VIDEO_SHAPE
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("truncated", "not a readable media file"),
+    ("text", "not a readable media file"),
+    ("missing", "file not found"),
+])
+def test_unreadable_files_give_a_clear_error_naming_the_file(clips, name, reason):
+    with pytest.raises(MediaError) as err:
+        load_clip(clips[name])
+    assert err.value.reason == reason and str(clips[name]) in str(err.value)
+
+
+def test_nothing_is_written_next_to_the_input(clips):
+    folder = clips["normal"].parent
+    before = sorted(p.name for p in folder.iterdir())
+    load_clip(clips["normal"])
+    load_clip(clips["no_audio"])
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_audio_files_are_read_by_pyav(tmp_path):
+    from emosent.data.sample import write_clip
+
+    # an audio-only mp4 here; FLAC and WAV are covered by the RAVDESS test in test_manifest.py
+    path = write_clip(tmp_path / "speech.m4a.mp4", duration_s=3.0, audio_fn=lambda t: (0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+    clip = load_clip(path, modalities=("audio",))
+    assert clip.has_audio and clip.audio.shape == AUDIO_SHAPE
+    # 3 s = 94 mel frames of sound, then padding
+    assert torch.count_nonzero(clip.audio[0, :, 80]) > 0 and torch.count_nonzero(clip.audio[0, :, 100]) == 0
+
+
+def test_seek_decoding_matches_decoding_every_frame(tmp_path):
+    from emosent.data.sample import write_clip
+
+    # frames with B-frames and a short GOP, so that seeking is exercised
+    path = write_clip(tmp_path / "gop.mp4", duration_s=4.0, fps=25, width=160, height=120,
+                      frame_fn=lambda i, t: np.full((120, 160, 3), (8 * i) % 256, np.uint8), gop=12)
+    with av.open(str(path)) as c:
+        sought = read_frames(c, c.streams.video[0], None, None, 16, path)
+    with av.open(str(path)) as c:
+        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    picks = [int((k + 0.5) * len(every) / 16) for k in range(16)]
+    assert np.array_equal(sought, np.stack([every[i] for i in picks]))
