@@ -43,8 +43,8 @@ def test_padding_to_longest_and_truncation_at_128_tokens(tokenizer):
 def test_empty_utterance_is_a_counted_skip(tokenizer, clips):
     data = UtteranceDataset([utt(""), utt("fine")], ("text",))
     batch = Collator(tokenizer)([data[0], data[1]])
-    assert batch["input_ids"].shape[0] == 1 and batch["skipped"][0][0] == "empty text"
-    assert "test.csv:2" in batch["skipped"][0][1]
+    assert batch["input_ids"].shape[0] == 1 and batch["skipped"][0][:2] == (0, "empty text")
+    assert "test.csv:2" in batch["skipped"][0][2]
     # without the text modality an empty utterance is fine
     item = UtteranceDataset([utt("", path=clips["normal"])], ("audio",))[0]
     assert "skip" not in item and item["audio"].shape == (1, 64, 300)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from emosent.config import DEFAULT_LR
 from emosent.encoders import WeightsUnavailableError
 
 
@@ -17,6 +18,68 @@ def cmd_make_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from emosent.config import TrainConfig
+    from emosent.train import Launch, train
+
+    lr = DEFAULT_LR | {k: v for k, v in (("text", args.lr_text), ("video", args.lr_video), ("audio", args.lr_audio),
+                                               ("fusion", args.lr_fusion), ("heads", args.lr_heads)) if v is not None}
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr=lr,
+                         label_smoothing=args.label_smoothing, num_workers=args.num_workers)
+    launch = Launch(accelerator=args.accelerator, devices=parse_devices(args.devices), num_nodes=args.num_nodes, strategy=args.strategy)
+    train(args.data, args.out, model_config(args), config, launch, resume=args.resume, cache_dir=args.cache_dir)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from emosent.evaluate import evaluate, format_table
+
+    result = evaluate(args.model, args.data, args.split, args.out, args.cache_dir)
+    print(format_table(result))
+    print(f"report: {result['out']}/metrics.json and confusion_emotion.png, confusion_sentiment.png")
+    return 0
+
+
+def model_config(args: argparse.Namespace):
+    from emosent.config import ModelConfig
+
+    return ModelConfig(text_encoder=args.text_encoder, pooling=args.pooling, video_weights=args.video_weights,
+                       modalities=parse_modalities(args.modalities), train_audio_conv=args.train_audio_conv)
+
+
+def parse_modalities(text: str) -> tuple[str, ...]:
+    from emosent.config import MODALITIES
+
+    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in MODALITIES]
+    if unknown or not chosen:
+        raise ValueError(f"--modalities {text!r}: use a comma-separated subset of {','.join(MODALITIES)}")
+    return chosen
+
+
+def parse_devices(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--text-encoder", default="bert-base-uncased",
+                   help="bert-base-uncased (the design; needs internet once), minilm (offline), tiny (tests), or a local HF model dir")
+    g.add_argument("--pooling", choices=("pooler", "mean"), default="pooler", help="text pooling (default: the design's pooler)")
+    g.add_argument("--video-weights", default="kinetics400",
+                   help="kinetics400 (the design; needs internet once), none (random), or a local R3D-18 state-dict file")
+    g.add_argument("--modalities", default="text,video,audio", help="comma-separated subset of text,video,audio")
+    g.add_argument("--train-audio-conv", action="store_true", help="unfreeze the audio convolutions (trains end to end)")
+
+
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("devices (passed to Lightning)")
+    g.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
+    g.add_argument("--devices", default="auto", help="number of devices per node, or auto")
+    g.add_argument("--num-nodes", type=int, default=1)
+    g.add_argument("--strategy", default="auto", help="auto, ddp, ... (multi-GPU / multi-node: ddp)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emosent", description="Emotion and sentiment recognition in video.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -26,6 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-class", type=int, default=10, help="training clips per emotion (dev/test get half)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_make_sample)
+
+    p = commands.add_parser("train", help="train on a MELD-layout folder or your own CSVs")
+    p.add_argument("--data", required=True, type=Path, help="MELD-layout folder, folder with train.csv/dev.csv, or a CSV with a split column")
+    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, TensorBoard logs, model/")
+    add_model_options(p)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--label-smoothing", type=float, default=0.05)
+    for name, default in DEFAULT_LR.items():
+        g.add_argument(f"--lr-{name}", type=float, default=None, help=f"learning rate of the {name} parameters (default {default:g})")
+    g.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
+    add_launch_options(p)
+    p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser("evaluate", help="metrics JSON, confusion matrices and a table for a trained model")
+    p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: beside the model, evaluation-SPLIT/)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
+    p.set_defaults(run=cmd_evaluate)
     return parser
 
 

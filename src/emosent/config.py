@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 MODALITIES = ("text", "video", "audio")
 POOLINGS = ("pooler", "mean")
+DEFAULT_LR = {"text": 8e-6, "video": 8e-5, "audio": 8e-5, "fusion": 5e-4, "heads": 5e-4}  # the design's Adam groups
 
 
 @dataclass
@@ -45,3 +46,21 @@ class ModelConfig:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
         return d
+
+
+@dataclass
+class TrainConfig:
+    """The design's recipe; learning rates per parameter group."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    seed: int = 0
+    lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.05
+    grad_clip_norm: float = 1.0
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    num_workers: int = 2
+    train_split: str = "train"
+    val_split: str = "dev"

@@ -41,7 +41,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.backbone = freeze(backbone)
         self.pooling = pooling
-        self.projection = nn.Linear(backbone.config.hidden_size, out_dim)
+        self.feature_width = backbone.config.hidden_size  # H
+        self.projection = nn.Linear(self.feature_width, out_dim)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L), (B, L) -> (B, H): the pooler output, or the masked mean of the last hidden states."""
@@ -72,6 +73,7 @@ class VideoEncoder(nn.Module):
         super().__init__()
         backbone.fc = nn.Identity()
         self.backbone = freeze(backbone)
+        self.feature_width = R3D_FEATURES
         self.fc = nn.Sequential(nn.Linear(R3D_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
@@ -101,6 +103,7 @@ class AudioEncoder(nn.Module):
         )
         if frozen:
             freeze(self.conv_layers)
+        self.feature_width = AUDIO_CONV_FEATURES
         self.projection = nn.Sequential(nn.Linear(AUDIO_CONV_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:
@@ -128,6 +131,12 @@ class EmotionSentimentOutput:
 # Keyword arguments of `forward` per modality: raw inputs, and the cached output of the frozen part.
 RAW_INPUTS = {"text": ("input_ids", "attention_mask"), "video": ("video",), "audio": ("audio",)}
 FEATURE_INPUTS = {"text": "text_features", "video": "video_features", "audio": "audio_features"}
+INPUT_NAMES = (*(n for names in RAW_INPUTS.values() for n in names), *FEATURE_INPUTS.values())
+
+
+def model_inputs(batch: dict) -> dict:
+    """The entries of a batch that `EmotionSentimentModel.forward` takes (labels and the rest left out)."""
+    return {k: batch[k] for k in INPUT_NAMES if k in batch}
 
 
 class EmotionSentimentModel(nn.Module):
@@ -160,10 +169,22 @@ class EmotionSentimentModel(nn.Module):
     def encoders(self) -> dict[str, nn.Module]:
         return {m: getattr(self, m) for m in self.config.modalities}
 
+    def feature_modules(self) -> list[nn.Module]:
+        """Each encoder's part before its head: what `encode_frozen` runs (frozen in the design)."""
+        return [getattr(enc, name) for enc in self.encoders.values() for name in ("backbone", "conv_layers") if hasattr(enc, name)]
+
     def frozen_modules(self) -> list[nn.Module]:
         """Submodules whose parameters are all frozen: they stay in eval mode (see `train`)."""
-        parts = [getattr(enc, name) for enc in self.encoders.values() for name in ("backbone", "conv_layers") if hasattr(enc, name)]
-        return [m for m in parts if not any(p.requires_grad for p in m.parameters())]
+        return [m for m in self.feature_modules() if not any(p.requires_grad for p in m.parameters())]
+
+    def frozen_state_keys(self) -> set[str]:
+        """state_dict keys of the frozen modules (weights and BatchNorm statistics)."""
+        prefixes = {id(m): name for name, m in self.named_modules()}
+        return {f"{prefixes[id(m)]}.{k}" for m in self.frozen_modules() for k in m.state_dict()}
+
+    def trains_encoder_internals(self) -> bool:
+        """True when part of an encoder before its head is trainable: frozen outputs cannot be cached."""
+        return any(p.requires_grad for m in self.feature_modules() for p in m.parameters())
 
     def train(self, mode: bool = True) -> EmotionSentimentModel:
         # The tutorial this design comes from froze weights with requires_grad=False only, so in

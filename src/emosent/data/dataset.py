@@ -59,7 +59,7 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict:
         good = [it for it in items if "skip" not in it]
-        batch: dict = {"skipped": [(it["skip"], it["error"]) for it in items if "skip" in it]}
+        batch: dict = {"skipped": [(it["index"], it["skip"], it["error"]) for it in items if "skip" in it]}
         batch["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
         batch["emotion"] = torch.tensor([it["emotion"] for it in good], dtype=torch.long)
         batch["sentiment"] = torch.tensor([it["sentiment"] for it in good], dtype=torch.long)
@@ -86,7 +86,7 @@ class SkipCounter:
 
     def update(self, batch: dict) -> None:
         self.seen += len(batch["index"]) + len(batch["skipped"])
-        for reason, error in batch["skipped"]:
+        for _, reason, error in batch["skipped"]:
             self.reasons[reason] += 1
             if len(self.first_errors) < 3:
                 self.first_errors.append(error)

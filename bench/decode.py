@@ -1,0 +1,259 @@
+"""Decoding throughput: clips per second to build a clip's video AND audio model inputs.
+
+Compared, in the same run and on the same files:
+
+* emosent: `emosent.data.media.load_clip`, which demuxes the packets once to find the frame
+  timestamps and keyframes, then decodes only the groups of pictures (GOPs) that hold one of the
+  16 wanted frames, and converts only those 16 frames to RGB.
+* naive: what a plain OpenCV loop (`while cap.read(): ...`) does: decode EVERY video frame and
+  convert each one to an RGB array, then keep the 16 uniformly spaced ones. It knows the frame
+  count from the container header (as `cv2.CAP_PROP_FRAME_COUNT` would) so it keeps only those 16
+  arrays instead of holding the whole clip in memory: a slightly kinder baseline than a list of
+  every frame. Its transforms and its audio path are emosent's own (`transform_frames`,
+  `read_audio`, `log_mel`), so the two differ only in how they reach the frames.
+
+Before timing, every file is read by both pipelines and the video tensors are asserted equal, so
+the comparison is between two ways of computing the same thing.
+
+Cases: the train clips of `make_sample` (1-4 s, up to 320x240, one GOP each), and a generated
+60 s 640x360 25 fps H.264 + AAC clip (a panning texture, a moving disc and grain, so the encoder
+writes real P-frames) at two keyframe intervals. The interval decides what seeking can save:
+every wanted frame costs the decoding of its GOP from the keyframe up to that frame. With
+gop=25 (1 s, typical of phone/camera recordings and streaming encodes) that is a few frames per
+wanted frame; with libx264's default (250 frames = 10 s) the 16 wanted frames span nearly every
+frame of the clip, so both pipelines decode about as much.
+
+Note: `write_clip` encodes with x264's `ultrafast` preset, which writes no B-frames and uses
+CAVLC, so these streams are cheaper to decode per frame than typical camera or web video.
+
+Run: .venv/bin/python bench/decode.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from emosent.data.media import NUM_FRAMES, load_clip, log_mel, read_audio, transform_frames
+from emosent.data.sample import MELD_SPLITS, make_sample, write_clip
+
+SAMPLE_PER_CLASS = 3  # make_sample's train split: 7 emotions x 3 = 21 clips
+SAMPLE_SEED = 0
+
+LONG_DURATION_S = 60.0
+LONG_WIDTH_PX, LONG_HEIGHT_PX = 640, 360
+LONG_FPS = 25
+LONG_GOPS = (25, None)  # keyframe every 1 s; libx264's default (250 frames = 10 s)
+X264_DEFAULT_GOP_FRAMES = 250  # only for the case label
+
+PAN_PX_PER_S = 50  # the texture scrolls left at 2 px per frame
+TEXTURE_CELL_PX = 8  # the texture is random cells of this size, blurred: edges but not pure noise
+DISC_RADIUS_PX = 40
+DISC_ORBIT_S = 4.0  # the disc goes round the frame once in this time
+GRAIN_STD = 4.0  # 8-bit levels, changes every frame (from a pool of precomputed grains)
+GRAIN_POOL = 7
+TONE_HZ = 440.0
+TONE_AMPLITUDE = 0.3
+AUDIO_NOISE_STD = 0.02
+
+REPEATS = 5  # timed passes per case; the median is reported
+QUICK_REPEATS = 2
+
+VideoAudio = tuple[torch.Tensor, torch.Tensor]
+
+
+def main() -> None:
+    args = parse_args()
+    repeats = QUICK_REPEATS if args.quick else REPEATS
+    print(describe_machine())
+    print(f"repeats: {repeats} (median reported)\n")
+    log_mel(np.zeros(16_000, np.float32))  # librosa/numba compile here, not inside a timing
+    with tempfile.TemporaryDirectory(prefix="emosent-bench-") as tmp:
+        cases = make_cases(Path(tmp))
+        rows = [measure_case(name, paths, repeats) for name, paths in cases]
+    print_table(rows)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPEATS} repetitions instead of {REPEATS}")
+    return parser.parse_args()
+
+
+def describe_machine() -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in read_text("/proc/cpuinfo").splitlines() if line.startswith("model name")),
+        platform.processor() or "unknown CPU",
+    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"machine: {cpu}, {cores} cores usable\n"
+        f"python {platform.python_version()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
+        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
+    )
+
+
+def read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+# --- the media ------------------------------------------------------------------------------
+
+
+def make_cases(tmp: Path) -> list[tuple[str, list[Path]]]:
+    print("generating media ...", flush=True)
+    sample_dir = make_sample(tmp / "sample", n_per_class=SAMPLE_PER_CLASS, seed=SAMPLE_SEED)
+    train_clips = sorted((sample_dir / MELD_SPLITS["train"][1]).glob("*.mp4"))
+    cases = [(f"make_sample train ({len(train_clips)} clips, 1-4 s)", train_clips)]
+    for gop in LONG_GOPS:
+        label = f"gop={gop}" if gop is not None else f"gop=default ({X264_DEFAULT_GOP_FRAMES})"
+        path = write_long_clip(tmp / f"long_gop{gop}.mp4", gop)
+        cases.append((f"60 s 640x360 25 fps, {label}", [path]))
+    return cases
+
+
+def write_long_clip(path: Path, gop: int | None) -> Path:
+    return write_clip(
+        path,
+        duration_s=LONG_DURATION_S,
+        fps=LONG_FPS,
+        width=LONG_WIDTH_PX,
+        height=LONG_HEIGHT_PX,
+        frame_fn=moving_scene(LONG_WIDTH_PX, LONG_HEIGHT_PX, np.random.default_rng(SAMPLE_SEED)),
+        audio_fn=tone_with_noise,
+        gop=gop,
+    )
+
+
+def moving_scene(width: int, height: int, rng: np.random.Generator) -> Callable[[int, float], np.ndarray]:
+    """frame_fn for write_clip: a panning texture, a disc orbiting over it, and fresh grain."""
+    pan_px = int(PAN_PX_PER_S * LONG_DURATION_S) + 1
+    texture = blurred_cells(height, width + pan_px, rng)  # (H, W + pan, 3) float32
+    grains = rng.normal(0, GRAIN_STD, (GRAIN_POOL, height, width, 1)).astype(np.float32)
+    yy, xx = np.mgrid[:height, :width]
+    disc_colour = np.array([230, 60, 40], np.float32)
+
+    def frame_fn(i: int, t_s: float) -> np.ndarray:
+        x0 = int(PAN_PX_PER_S * t_s)
+        frame = texture[:, x0 : x0 + width] + grains[i % GRAIN_POOL]
+        angle = 2 * np.pi * t_s / DISC_ORBIT_S
+        cx, cy = width / 2 + 0.35 * width * np.cos(angle), height / 2 + 0.3 * height * np.sin(angle)
+        frame[(xx - cx) ** 2 + (yy - cy) ** 2 < DISC_RADIUS_PX**2] = disc_colour
+        return np.clip(frame, 0, 255).astype(np.uint8)
+
+    return frame_fn
+
+
+def blurred_cells(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Random colour cells upsampled and box-blurred: textured like a scene, not white noise."""
+    cells = rng.uniform(30, 225, (height // TEXTURE_CELL_PX + 1, width // TEXTURE_CELL_PX + 1, 3))
+    image = np.repeat(np.repeat(cells, TEXTURE_CELL_PX, axis=0), TEXTURE_CELL_PX, axis=1)[:height, :width]
+    blurred = image.copy()
+    for axis in (0, 1):
+        blurred = (np.roll(blurred, -2, axis) + np.roll(blurred, -1, axis) + blurred
+                   + np.roll(blurred, 1, axis) + np.roll(blurred, 2, axis)) / 5  # fmt: skip
+    return blurred.astype(np.float32)
+
+
+def tone_with_noise(t: np.ndarray) -> np.ndarray:
+    noise = np.random.default_rng(SAMPLE_SEED).normal(0, AUDIO_NOISE_STD, t.shape)
+    return (TONE_AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * t) + noise).astype(np.float32)
+
+
+# --- the two pipelines ----------------------------------------------------------------------
+
+
+def emosent_load(path: Path) -> VideoAudio:
+    clip = load_clip(path)
+    return clip.video, clip.audio
+
+
+def naive_load(path: Path) -> VideoAudio:
+    """Decode and convert every frame to RGB, keep the 16 uniformly spaced; same audio path."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        picks = uniform_picks(stream.frames, NUM_FRAMES)
+        wanted = set(picks.tolist())
+        kept, decoded = {}, 0
+        for i, frame in enumerate(container.decode(stream)):
+            rgb = frame.to_ndarray(format="rgb24")  # paid for every frame, as cap.read() does
+            if i in wanted:
+                kept[i] = rgb
+            decoded = i + 1
+        if decoded != stream.frames:
+            raise RuntimeError(f"{path}: header says {stream.frames} frames, decoded {decoded}")
+        video = transform_frames(np.stack([kept[i] for i in picks]))
+        audio = log_mel(read_audio(container, None, None))
+    return video, audio
+
+
+def uniform_picks(n_frames: int, n: int) -> np.ndarray:
+    """The centres of n equal bins over n_frames frames: load_clip's rule."""
+    return ((np.arange(n) + 0.5) * n_frames / n).astype(int)
+
+
+def audio_only(path: Path) -> None:
+    load_clip(path, modalities=("audio",))
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def measure_case(name: str, paths: list[Path], repeats: int) -> dict:
+    print(f"measuring: {name}", flush=True)
+    check_same_inputs(paths)  # also warms up both pipelines on these files
+    return {
+        "case": name,
+        "emosent": clips_per_s(emosent_load, paths, repeats),
+        "naive": clips_per_s(naive_load, paths, repeats),
+        "audio_ms": 1000 / clips_per_s(audio_only, paths, repeats),
+    }
+
+
+def check_same_inputs(paths: list[Path]) -> None:
+    for path in paths:
+        (video, audio), (naive_video, naive_audio) = emosent_load(path), naive_load(path)
+        assert video.shape == (NUM_FRAMES, 3, 112, 112), video.shape
+        assert torch.equal(video, naive_video), f"{path.name}: the two pipelines picked different frames"
+        assert torch.equal(audio, naive_audio), f"{path.name}: audio differs"
+
+
+def clips_per_s(load: Callable[[Path], object], paths: list[Path], repeats: int) -> float:
+    """len(paths) / the median wall time of one pass over paths."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for path in paths:
+            load(path)
+        times.append(time.perf_counter() - start)
+    return len(paths) / statistics.median(times)
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ("case", "emosent clips/s", "naive clips/s", "ratio")
+    lines = [(r["case"], f"{r['emosent']:.2f}", f"{r['naive']:.2f}", f"{r['emosent'] / r['naive']:.1f}x") for r in rows]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
+    print()
+    for cells in (header, tuple("-" * w for w in widths), *lines):
+        print(" | ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
+    print("\naudio decode + log-mel alone (paid by both pipelines), ms per clip:")
+    for r in rows:
+        print(f"  {r['case']}: {r['audio_ms']:.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

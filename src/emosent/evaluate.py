@@ -1,0 +1,77 @@
+"""Evaluate a trained model on a split: metrics JSON, confusion-matrix PNGs, a table on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+
+from emosent.data import read_manifest
+from emosent.features import FeatureDataset, extract_features
+from emosent.metrics import TASKS, task_metrics
+from emosent.model import EmotionSentimentModel, model_inputs
+from emosent.plots import confusion_png
+
+METRICS_FILE = "metrics.json"
+
+
+@torch.no_grad()
+def predict_features(model: EmotionSentimentModel, dataset: FeatureDataset, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Softmax probabilities per task: emotion (N, 7), sentiment (N, 3), from cached frozen features."""
+    model.eval()
+    chunks = {task: [] for task in TASKS}
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        out = model(**model_inputs(batch))
+        chunks["emotion"].append(out.emotion_logits.softmax(-1))
+        chunks["sentiment"].append(out.sentiment_logits.softmax(-1))
+    return {task: torch.cat(c) for task, c in chunks.items()}
+
+
+def task_report(probs: torch.Tensor, target: torch.Tensor, classes: tuple[str, ...]) -> dict:
+    k = len(classes)
+    report = {name.split("/")[-1]: float(v) for name, v in task_metrics(k, prefix="")(probs, target).items()}
+    per_class = {
+        "precision": MulticlassPrecision(k, average=None, zero_division=0)(probs, target),
+        "recall": MulticlassRecall(k, average=None, zero_division=0)(probs, target),
+        "f1": MulticlassF1Score(k, average=None, zero_division=0)(probs, target),
+    }
+    support = torch.bincount(target, minlength=k)
+    report["per_class"] = {
+        c: {**{m: float(v[i]) for m, v in per_class.items()}, "support": int(support[i])} for i, c in enumerate(classes)
+    }
+    report["confusion_matrix"] = MulticlassConfusionMatrix(k)(probs, target).tolist()
+    return report
+
+
+def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None,
+             cache_dir: str | Path | None = None) -> dict:
+    """Metrics of the model in `model_dir` on `split` of `data`, written to `out` (default:
+    beside the model directory, `evaluation-{split}/`) as metrics.json and confusion PNGs."""
+    model_dir = Path(model_dir)
+    out = Path(out) if out else model_dir.parent / f"evaluation-{split}"
+    model = EmotionSentimentModel.from_pretrained(model_dir)
+    records = read_manifest(data, split)
+    features = extract_features(model, records, split, Path(cache_dir) if cache_dir else None)
+    probs = predict_features(model, FeatureDataset(features))
+    result = {"model": str(model_dir), "data": str(data), "split": split, "examples": len(features),
+              "skipped": dict(features.skipped.reasons)}
+    out.mkdir(parents=True, exist_ok=True)
+    for task, classes in TASKS.items():
+        result[task] = task_report(probs[task], features.tensors[task], classes)
+        confusion_png(torch.tensor(result[task]["confusion_matrix"]).numpy(), classes,
+                      f"{task} ({split}, n={len(features)})", out / f"confusion_{task}.png")
+    (out / METRICS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    result["out"] = str(out)
+    return result
+
+
+def format_table(result: dict) -> str:
+    names = ("accuracy", "weighted_precision", "weighted_f1", "macro_f1")
+    lines = [f"{result['split']}: {result['examples']} examples" + (f", skipped {result['skipped']}" if result["skipped"] else ""),
+             f"{'task':<10}" + "".join(f"{n:>20}" for n in names)]
+    for task in TASKS:
+        lines.append(f"{task:<10}" + "".join(f"{result[task][n]:>20.4f}" for n in names))
+    return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""Run the frozen encoders once and keep their outputs.
+
+In the design the text transformer, the R3D-18 backbone and the audio convolutions never change,
+so their outputs are a pure function of (frozen weights, preprocessing settings, the manifest's
+rows). Those outputs are stored per split as safetensors shards in a folder named by a
+fingerprint of exactly those things; a matching fingerprint reuses the shards, anything else
+extracts anew. Extraction is a Lightning predict loop, so it batches on a GPU when there is one
+and runs under the same multi-device launcher as training, each rank writing its own shards.
+Finished shards survive an interruption and are not redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Subset
+
+from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset
+from emosent.data.dataset import MAX_TOKENS
+from emosent.data.media import HOP_LENGTH, MEL_FRAMES, N_FFT, N_MELS, NUM_FRAMES, SAMPLE_RATE_HZ, TOP_DB, VIDEO_TRANSFORMS
+from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
+
+FORMAT_VERSION = 1  # bump when the stored layout or the preprocessing code changes meaning
+SHARD_ROWS = 256
+META_FILE = "meta.json"
+
+
+def default_cache_dir() -> Path:
+    """$EMOSENT_CACHE, else $XDG_CACHE_HOME/emosent, else ~/.cache/emosent: never beside the data."""
+    if "EMOSENT_CACHE" in os.environ:
+        return Path(os.environ["EMOSENT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emosent"
+
+
+def weights_digest(modules: list[torch.nn.Module]) -> str:
+    """sha256 over the modules' weights and buffers."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(model: EmotionSentimentModel, records: list[Utterance]) -> str:
+    """Everything that changes the frozen outputs: encoders and their weights, pooling, frame and
+    mel settings, and the rows (text, media file with its size and mtime, time range)."""
+    c = model.config
+    spec = {
+        "format": FORMAT_VERSION,
+        "modalities": c.modalities,
+        "text": [c.text_encoder, c.pooling, MAX_TOKENS] if "text" in c.modalities else None,
+        "video": [c.video_weights, NUM_FRAMES, repr(VIDEO_TRANSFORMS)] if "video" in c.modalities else None,
+        "audio": [SAMPLE_RATE_HZ, N_MELS, N_FFT, HOP_LENGTH, MEL_FRAMES, TOP_DB] if "audio" in c.modalities else None,
+        "weights": weights_digest(model.feature_modules()),
+    }
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    media = {"video", "audio"} & set(c.modalities)
+    for r in records:
+        row = [r.text if "text" in c.modalities else None]
+        if media:
+            stat = r.path.stat() if r.path is not None and r.path.is_file() else None
+            row += [str(r.path), r.start, r.end, stat and [stat.st_size, stat.st_mtime_ns]]
+        h.update(json.dumps(row).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class Features:
+    """The frozen outputs of the rows that could be read, with their labels.
+    tensors: text_features (N, H), video_features (N, 512), audio_features (N, 128), emotion (N,),
+    sentiment (N,), index (N,) = row numbers in the manifest."""
+
+    tensors: dict[str, torch.Tensor]
+    skipped: SkipCounter
+    directory: Path
+    reused: bool
+
+    def __len__(self) -> int:
+        return len(self.tensors["index"])
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    def __init__(self, features: Features):
+        self.tensors = features.tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors["index"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def extract_features(
+    model: EmotionSentimentModel,
+    records: list[Utterance],
+    split: str,
+    cache_dir: Path | None = None,
+    *,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    trainer_kwargs: dict | None = None,
+    log=print,
+) -> Features:
+    """Frozen outputs of `records`, from the cache when the fingerprint matches, else extracted."""
+    if not records:
+        raise ValueError(f"the {split} split has no rows")
+    key = fingerprint(model, records)
+    directory = (cache_dir or default_cache_dir()) / "features" / f"{split}-{key[:20]}"
+    n_shards = (len(records) + SHARD_ROWS - 1) // SHARD_ROWS
+    pending = [k for k in range(n_shards) if not shard_path(directory, k).is_file()]
+    if pending:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / META_FILE).write_text(json.dumps({"fingerprint": key, "rows": len(records), "config": model.config.to_dict()}, indent=2))
+        done = n_shards - len(pending)
+        log(f"extracting frozen features of {len(records)} {split} rows into {directory}"
+            + (f" ({done} of {n_shards} shards already done)" if done else ""))
+        run_extraction(model, records, directory, pending, batch_size, num_workers, trainer_kwargs or {})
+    else:
+        log(f"reusing cached {split} features from {directory} (fingerprint matches: nothing to extract)")
+    features = load_shards(directory, n_shards, records, reused=not pending)
+    log(f"{split}: {len(features)} rows with features; {features.skipped.summary('rows')}")
+    return features
+
+
+def shard_path(directory: Path, k: int) -> Path:
+    return directory / f"shard-{k:05d}.safetensors"
+
+
+def shard_rows(k: int, total: int) -> range:
+    return range(k * SHARD_ROWS, min((k + 1) * SHARD_ROWS, total))
+
+
+class FrozenEncoders(L.LightningModule):
+    """predict_step: a batch of raw inputs -> the frozen parts' outputs."""
+
+    def __init__(self, model: EmotionSentimentModel):
+        super().__init__()
+        self.model = model
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        out = {"index": batch["index"], "skipped": batch["skipped"]}
+        if batch["index"].numel():
+            names = [n for m in self.model.config.modalities for n in RAW_INPUTS[m]]
+            out.update({k: v.float().cpu() for k, v in self.model.encode_frozen(**{n: batch[n] for n in names}).items()})
+        return out
+
+
+class ExtractionData(L.LightningDataModule):
+    """Each rank reads the rows of every world_size-th pending shard, in order."""
+
+    def __init__(self, dataset: UtteranceDataset, pending: list[int], collate: Collator, batch_size: int, num_workers: int):
+        super().__init__()
+        self.dataset, self.pending, self.collate = dataset, pending, collate
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def my_shards(self) -> list[int]:
+        return self.pending[self.trainer.global_rank :: self.trainer.world_size]
+
+    def predict_dataloader(self) -> DataLoader:
+        rows = [i for k in self.my_shards() for i in shard_rows(k, len(self.dataset))]
+        return DataLoader(Subset(self.dataset, rows), batch_size=self.batch_size, collate_fn=self.collate,
+                          num_workers=self.num_workers if rows else 0)
+
+
+class ShardWriter(BasePredictionWriter):
+    """Gathers predicted rows into shards; a shard is written (atomically) once all its rows are in."""
+
+    def __init__(self, directory: Path, dims: dict[str, int], total: int):
+        super().__init__(write_interval="batch")
+        self.directory, self.dims, self.total = directory, dims, total
+        self.open: dict[int, dict] = {}
+
+    def buffer(self, k: int) -> dict:
+        if k not in self.open:
+            n = len(shard_rows(k, self.total))
+            self.open[k] = {"n": 0, "valid": torch.zeros(n, dtype=torch.uint8), "skipped": [],
+                            **{name: torch.zeros(n, d) for name, d in self.dims.items()}}
+        return self.open[k]
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for j, row in enumerate(prediction["index"].tolist()):
+            buf, r = self.buffer(row // SHARD_ROWS), row % SHARD_ROWS
+            buf["valid"][r] = 1
+            for name in self.dims:
+                buf[name][r] = prediction[name][j]
+            buf["n"] += 1
+        for row, reason, error in prediction["skipped"]:
+            buf = self.buffer(row // SHARD_ROWS)
+            buf["skipped"].append([row, reason, error])
+            buf["n"] += 1
+        for k in [k for k, buf in self.open.items() if buf["n"] == len(shard_rows(k, self.total))]:
+            self.write(k, self.open.pop(k))
+
+    def write(self, k: int, buf: dict) -> None:
+        path = shard_path(self.directory, k)
+        tmp = path.with_suffix(".tmp")  # inside the cache folder; renamed only when complete
+        tensors = {name: buf[name].contiguous() for name in (*self.dims, "valid")}
+        save_file(tensors, str(tmp), metadata={"skipped": json.dumps(buf["skipped"])})
+        os.replace(tmp, path)
+        if not sys.stderr.isatty():
+            print(f"features: wrote {path.name} ({len(buf['valid'])} rows)", flush=True)
+
+
+def run_extraction(model, records, directory, pending, batch_size, num_workers, trainer_kwargs) -> None:
+    dims = feature_dims(model)
+    dataset = UtteranceDataset(records, model.config.modalities)
+    data = ExtractionData(dataset, pending, Collator(model.tokenizer), batch_size, num_workers)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        callbacks=[ShardWriter(directory, dims, len(records))],
+        **trainer_kwargs,
+    )
+    trainer.predict(FrozenEncoders(model.eval()), datamodule=data, return_predictions=False)
+    trainer.strategy.barrier()  # every rank's shards are on disk before anyone reads them
+
+
+def feature_dims(model: EmotionSentimentModel) -> dict[str, int]:
+    return {FEATURE_INPUTS[m]: encoder.feature_width for m, encoder in model.encoders.items()}
+
+
+def load_shards(directory: Path, n_shards: int, records: list[Utterance], reused: bool) -> Features:
+    """Concatenate the shards, keep the valid rows, attach labels from the manifest."""
+    from emosent.labels import EMOTIONS, SENTIMENTS
+
+    parts: dict[str, list[torch.Tensor]] = {}
+    skipped = SkipCounter()
+    for k in range(n_shards):
+        with safe_open(str(shard_path(directory, k)), framework="pt") as f:
+            valid = f.get_tensor("valid").bool()
+            for name in f.keys():
+                if name != "valid":
+                    parts.setdefault(name, []).append(f.get_tensor(name)[valid])
+            rows = torch.tensor(list(shard_rows(k, len(records))))[valid]
+            parts.setdefault("index", []).append(rows)
+            skipped.update({"index": rows, "skipped": [tuple(s) for s in json.loads(f.metadata()["skipped"])]})
+    tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    idx = tensors["index"].tolist()
+    tensors["emotion"] = torch.tensor([EMOTIONS.index(records[i].emotion) for i in idx], dtype=torch.long)
+    tensors["sentiment"] = torch.tensor([SENTIMENTS.index(records[i].sentiment) for i in idx], dtype=torch.long)
+    return Features(tensors, skipped, directory, reused)
