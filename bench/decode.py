@@ -78,11 +78,13 @@ def main() -> None:
     repeats = QUICK_REPEATS if args.quick else REPEATS
     print(describe_machine())
     print(f"repeats: {repeats} (median reported)\n")
+    cpu_before = cpu_snapshot()
     log_mel(np.zeros(16_000, np.float32))  # librosa/numba compile here, not inside a timing
     with tempfile.TemporaryDirectory(prefix="emosent-bench-") as tmp:
         cases = make_cases(Path(tmp))
         rows = [measure_case(name, paths, repeats) for name, paths in cases]
     print_table(rows)
+    print(f"\n{contention_note(cpu_before)}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,6 +104,27 @@ def describe_machine() -> str:
         f"python {platform.python_version()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
         f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
     )
+
+
+def cpu_snapshot() -> tuple[float | None, float, float]:
+    """(CPU-s spent by all processes or None off Linux, CPU-s spent by this one, wall clock)."""
+    fields = read_text("/proc/stat").split("\n", 1)[0].split()[1:]
+    busy = None
+    if len(fields) >= 8:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return busy, own.user + own.system, time.perf_counter()
+
+
+def contention_note(before: tuple[float | None, float, float]) -> str:
+    """How much CPU other processes took while the benchmark ran: timings on a shared machine drift."""
+    after = cpu_snapshot()
+    wall_s = after[2] - before[2]
+    if before[0] is None or after[0] is None:
+        return f"took {wall_s:.0f} s"
+    others_s = (after[0] - before[0]) - (after[1] - before[1])
+    return f"took {wall_s:.0f} s, during which other processes used {others_s:.0f} CPU-s (near 0: a quiet machine)"
 
 
 def read_text(path: str) -> str:
@@ -216,11 +239,13 @@ def audio_only(path: Path) -> None:
 def measure_case(name: str, paths: list[Path], repeats: int) -> dict:
     print(f"measuring: {name}", flush=True)
     check_same_inputs(paths)  # also warms up both pipelines on these files
+    loads = {"emosent": emosent_load, "naive": naive_load, "audio": audio_only}
+    seconds = median_pass_seconds(loads, paths, repeats)
     return {
         "case": name,
-        "emosent": clips_per_s(emosent_load, paths, repeats),
-        "naive": clips_per_s(naive_load, paths, repeats),
-        "audio_ms": 1000 / clips_per_s(audio_only, paths, repeats),
+        "emosent": len(paths) / seconds["emosent"],
+        "naive": len(paths) / seconds["naive"],
+        "audio_ms": 1000 * seconds["audio"] / len(paths),
     }
 
 
@@ -232,15 +257,17 @@ def check_same_inputs(paths: list[Path]) -> None:
         assert torch.equal(audio, naive_audio), f"{path.name}: audio differs"
 
 
-def clips_per_s(load: Callable[[Path], object], paths: list[Path], repeats: int) -> float:
-    """len(paths) / the median wall time of one pass over paths."""
-    times = []
+def median_pass_seconds(loads: dict[str, Callable[[Path], object]], paths: list[Path], repeats: int) -> dict[str, float]:
+    """Median wall time of one pass over `paths` for each loader. The loaders take turns within
+    each repetition, so a burst of load from another process hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in loads}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for path in paths:
-            load(path)
-        times.append(time.perf_counter() - start)
-    return len(paths) / statistics.median(times)
+        for name, load in loads.items():
+            start = time.perf_counter()
+            for path in paths:
+                load(path)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def print_table(rows: list[dict]) -> None:

@@ -71,3 +71,20 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     (d / "text.mp4").write_text("this is not a video\n")
     out["truncated"], out["text"], out["missing"] = d / "truncated.mp4", d / "text.mp4", d / "missing.mp4"
     return out
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """A make-sample dataset: 2 clips per emotion in train, dev and test (42 clips)."""
+    from emosent.data.sample import make_sample
+
+    return make_sample(tmp_path_factory.mktemp("data") / "sample", n_per_class=2, seed=0)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
+    """`python -m emosent ARGS` in a subprocess, as a user runs it; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "emosent", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from pathlib import Path
 
-from emosent.config import DEFAULT_LR
+from emosent.config import DEFAULT_LR, Launch
 from emosent.encoders import WeightsUnavailableError
 
 
@@ -20,14 +22,13 @@ def cmd_make_sample(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from emosent.config import TrainConfig
-    from emosent.train import Launch, train
+    from emosent.train import train
 
     lr = DEFAULT_LR | {k: v for k, v in (("text", args.lr_text), ("video", args.lr_video), ("audio", args.lr_audio),
                                                ("fusion", args.lr_fusion), ("heads", args.lr_heads)) if v is not None}
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr=lr,
                          label_smoothing=args.label_smoothing, num_workers=args.num_workers)
-    launch = Launch(accelerator=args.accelerator, devices=parse_devices(args.devices), num_nodes=args.num_nodes, strategy=args.strategy)
-    train(args.data, args.out, model_config(args), config, launch, resume=args.resume, cache_dir=args.cache_dir)
+    train(args.data, args.out, model_config(args), config, launch(args), resume=args.resume, cache_dir=args.cache_dir)
     return 0
 
 
@@ -37,6 +38,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.data, args.split, args.out, args.cache_dir)
     print(format_table(result))
     print(f"report: {result['out']}/metrics.json and confusion_emotion.png, confusion_sentiment.png")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import lightning as L
+
+    from emosent.data import read_manifest
+    from emosent.features import extract_features
+    from emosent.model import EmotionSentimentModel
+
+    if args.model:
+        model = EmotionSentimentModel.from_pretrained(args.model)
+    else:  # the seed fixes the random parts (e.g. the audio convolutions), as in `emosent train --seed`
+        L.seed_everything(args.seed, verbose=False)
+        model = EmotionSentimentModel(model_config(args))
+    features = extract_features(model, read_manifest(args.data, args.split), args.split, args.out, batch_size=args.batch_size,
+                                num_workers=args.num_workers, shard_rows=args.shard_rows, trainer_kwargs=launch(args).trainer_kwargs())
+    print(f"features: {features.directory}")
     return 0
 
 
@@ -57,8 +76,9 @@ def parse_modalities(text: str) -> tuple[str, ...]:
     return chosen
 
 
-def parse_devices(text: str) -> str | int:
-    return int(text) if text.isdigit() else text
+def launch(args: argparse.Namespace) -> Launch:
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    return Launch(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -107,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_launch_options(p)
     p.set_defaults(run=cmd_train)
 
+    p = commands.add_parser("extract", help="run the frozen encoders once and cache their outputs (train does this itself)")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--split", default="train", choices=("train", "dev", "test"))
+    p.add_argument("--out", type=Path, default=None, help="cache folder (default ~/.cache/emosent, where train looks)")
+    p.add_argument("--model", type=Path, default=None, help="extract for a trained model directory instead of the model options")
+    add_model_options(p)
+    p.add_argument("--seed", type=int, default=0, help="as in train: fixes the randomly initialised frozen parts")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--shard-rows", type=int, default=256, help="rows per shard: the unit of resuming")
+    add_launch_options(p)
+    p.set_defaults(run=cmd_extract)
+
     p = commands.add_parser("evaluate", help="metrics JSON, confusion matrices and a table for a trained model")
     p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
     p.add_argument("--data", required=True, type=Path)
@@ -117,7 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep the console for what the user asked: no library adverts or deprecation chatter."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # lightning on torch 2.14
+    logging.getLogger("lightning.pytorch").addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -64,3 +64,17 @@ class TrainConfig:
     num_workers: int = 2
     train_split: str = "train"
     val_split: str = "dev"
+
+
+@dataclass
+class Launch:
+    """Where to run: passed to Lightning as is, so multi-GPU and multi-node DDP (torchrun, SLURM)
+    need no code of ours."""
+
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+    def trainer_kwargs(self) -> dict:
+        return asdict(self)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -32,6 +33,11 @@ from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
 
 FORMAT_VERSION = 1  # bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
+
+
+@rank_zero_only
+def log(message: str) -> None:
+    print(message, flush=True)
 META_FILE = "meta.json"
 
 
@@ -109,36 +115,47 @@ def extract_features(
     *,
     batch_size: int = 16,
     num_workers: int = 2,
+    shard_rows: int = SHARD_ROWS,
     trainer_kwargs: dict | None = None,
-    log=print,
 ) -> Features:
     """Frozen outputs of `records`, from the cache when the fingerprint matches, else extracted."""
     if not records:
         raise ValueError(f"the {split} split has no rows")
     key = fingerprint(model, records)
-    directory = (cache_dir or default_cache_dir()) / "features" / f"{split}-{key[:20]}"
-    n_shards = (len(records) + SHARD_ROWS - 1) // SHARD_ROWS
-    pending = [k for k in range(n_shards) if not shard_path(directory, k).is_file()]
+    shards = Shards(len(records), shard_rows)
+    directory = (cache_dir or default_cache_dir()) / "features" / f"{split}-{key[:20]}-{shard_rows}"
+    pending = [k for k in range(shards.count) if not shards.path(directory, k).is_file()]
     if pending:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / META_FILE).write_text(json.dumps({"fingerprint": key, "rows": len(records), "config": model.config.to_dict()}, indent=2))
-        done = n_shards - len(pending)
+        (directory / META_FILE).write_text(json.dumps({"fingerprint": key, "rows": len(records), "shard_rows": shard_rows,
+                                                       "config": model.config.to_dict()}, indent=2))
+        done = shards.count - len(pending)
         log(f"extracting frozen features of {len(records)} {split} rows into {directory}"
-            + (f" ({done} of {n_shards} shards already done)" if done else ""))
-        run_extraction(model, records, directory, pending, batch_size, num_workers, trainer_kwargs or {})
+            + (f" ({done} of {shards.count} shards already done)" if done else ""))
+        run_extraction(model, records, directory, shards, pending, batch_size, num_workers, trainer_kwargs or {})
     else:
         log(f"reusing cached {split} features from {directory} (fingerprint matches: nothing to extract)")
-    features = load_shards(directory, n_shards, records, reused=not pending)
+    features = load_shards(directory, shards, records, reused=not pending)
     log(f"{split}: {len(features)} rows with features; {features.skipped.summary('rows')}")
     return features
 
 
-def shard_path(directory: Path, k: int) -> Path:
-    return directory / f"shard-{k:05d}.safetensors"
+@dataclass(frozen=True)
+class Shards:
+    """Rows 0..total-1 cut into consecutive shards of `size` rows."""
 
+    total: int
+    size: int
 
-def shard_rows(k: int, total: int) -> range:
-    return range(k * SHARD_ROWS, min((k + 1) * SHARD_ROWS, total))
+    @property
+    def count(self) -> int:
+        return (self.total + self.size - 1) // self.size
+
+    def rows(self, k: int) -> range:
+        return range(k * self.size, min((k + 1) * self.size, self.total))
+
+    def path(self, directory: Path, k: int) -> Path:
+        return directory / f"shard-{k:05d}.safetensors"
 
 
 class FrozenEncoders(L.LightningModule):
@@ -159,93 +176,90 @@ class FrozenEncoders(L.LightningModule):
 class ExtractionData(L.LightningDataModule):
     """Each rank reads the rows of every world_size-th pending shard, in order."""
 
-    def __init__(self, dataset: UtteranceDataset, pending: list[int], collate: Collator, batch_size: int, num_workers: int):
+    def __init__(self, dataset: UtteranceDataset, shards: Shards, pending: list[int], collate: Collator, batch_size: int, num_workers: int):
         super().__init__()
-        self.dataset, self.pending, self.collate = dataset, pending, collate
+        self.dataset, self.shards, self.pending, self.collate = dataset, shards, pending, collate
         self.batch_size, self.num_workers = batch_size, num_workers
 
-    def my_shards(self) -> list[int]:
-        return self.pending[self.trainer.global_rank :: self.trainer.world_size]
-
     def predict_dataloader(self) -> DataLoader:
-        rows = [i for k in self.my_shards() for i in shard_rows(k, len(self.dataset))]
+        mine = self.pending[self.trainer.global_rank :: self.trainer.world_size]
+        rows = [i for k in mine for i in self.shards.rows(k)]
+        if not rows:  # more ranks than pending shards: one empty batch, since DDP forbids an empty loader
+            return DataLoader([[]], batch_size=None, collate_fn=self.collate)
         return DataLoader(Subset(self.dataset, rows), batch_size=self.batch_size, collate_fn=self.collate,
-                          num_workers=self.num_workers if rows else 0)
+                          num_workers=self.num_workers)
 
 
 class ShardWriter(BasePredictionWriter):
     """Gathers predicted rows into shards; a shard is written (atomically) once all its rows are in."""
 
-    def __init__(self, directory: Path, dims: dict[str, int], total: int):
+    def __init__(self, directory: Path, shards: Shards, dims: dict[str, int]):
         super().__init__(write_interval="batch")
-        self.directory, self.dims, self.total = directory, dims, total
+        self.directory, self.shards, self.dims = directory, shards, dims
         self.open: dict[int, dict] = {}
 
-    def buffer(self, k: int) -> dict:
+    def buffer(self, row: int) -> tuple[dict, int]:
+        k = row // self.shards.size
         if k not in self.open:
-            n = len(shard_rows(k, self.total))
+            n = len(self.shards.rows(k))
             self.open[k] = {"n": 0, "valid": torch.zeros(n, dtype=torch.uint8), "skipped": [],
                             **{name: torch.zeros(n, d) for name, d in self.dims.items()}}
-        return self.open[k]
+        return self.open[k], row % self.shards.size
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for j, row in enumerate(prediction["index"].tolist()):
-            buf, r = self.buffer(row // SHARD_ROWS), row % SHARD_ROWS
+            buf, r = self.buffer(row)
             buf["valid"][r] = 1
             for name in self.dims:
                 buf[name][r] = prediction[name][j]
             buf["n"] += 1
         for row, reason, error in prediction["skipped"]:
-            buf = self.buffer(row // SHARD_ROWS)
+            buf, _ = self.buffer(row)
             buf["skipped"].append([row, reason, error])
             buf["n"] += 1
-        for k in [k for k, buf in self.open.items() if buf["n"] == len(shard_rows(k, self.total))]:
-            self.write(k, self.open.pop(k))
+        for k in [k for k, buf in self.open.items() if buf["n"] == len(self.shards.rows(k))]:
+            self.write(k, self.open.pop(k), trainer.global_rank)
 
-    def write(self, k: int, buf: dict) -> None:
-        path = shard_path(self.directory, k)
+    def write(self, k: int, buf: dict, rank: int) -> None:
+        path = self.shards.path(self.directory, k)
         tmp = path.with_suffix(".tmp")  # inside the cache folder; renamed only when complete
         tensors = {name: buf[name].contiguous() for name in (*self.dims, "valid")}
         save_file(tensors, str(tmp), metadata={"skipped": json.dumps(buf["skipped"])})
         os.replace(tmp, path)
         if not sys.stderr.isatty():
-            print(f"features: wrote {path.name} ({len(buf['valid'])} rows)", flush=True)
+            print(f"features: rank {rank} wrote {path.name} ({len(buf['valid'])} rows)", flush=True)
 
 
-def run_extraction(model, records, directory, pending, batch_size, num_workers, trainer_kwargs) -> None:
-    dims = feature_dims(model)
+def run_extraction(model, records, directory, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> None:
+    dims = {FEATURE_INPUTS[m]: encoder.feature_width for m, encoder in model.encoders.items()}
     dataset = UtteranceDataset(records, model.config.modalities)
-    data = ExtractionData(dataset, pending, Collator(model.tokenizer), batch_size, num_workers)
+    data = ExtractionData(dataset, shards, pending, Collator(model.tokenizer), batch_size, num_workers)
     trainer = L.Trainer(
         logger=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
-        callbacks=[ShardWriter(directory, dims, len(records))],
+        callbacks=[ShardWriter(directory, shards, dims)],
         **trainer_kwargs,
     )
     trainer.predict(FrozenEncoders(model.eval()), datamodule=data, return_predictions=False)
     trainer.strategy.barrier()  # every rank's shards are on disk before anyone reads them
 
 
-def feature_dims(model: EmotionSentimentModel) -> dict[str, int]:
-    return {FEATURE_INPUTS[m]: encoder.feature_width for m, encoder in model.encoders.items()}
-
-
-def load_shards(directory: Path, n_shards: int, records: list[Utterance], reused: bool) -> Features:
+def load_shards(directory: Path, shards: Shards, records: list[Utterance], reused: bool) -> Features:
     """Concatenate the shards, keep the valid rows, attach labels from the manifest."""
     from emosent.labels import EMOTIONS, SENTIMENTS
 
     parts: dict[str, list[torch.Tensor]] = {}
     skipped = SkipCounter()
-    for k in range(n_shards):
-        with safe_open(str(shard_path(directory, k)), framework="pt") as f:
+    for k in range(shards.count):
+        with safe_open(str(shards.path(directory, k)), framework="pt") as f:
             valid = f.get_tensor("valid").bool()
             for name in f.keys():
                 if name != "valid":
                     parts.setdefault(name, []).append(f.get_tensor(name)[valid])
-            rows = torch.tensor(list(shard_rows(k, len(records))))[valid]
+            rows = torch.tensor(list(shards.rows(k)))[valid]
             parts.setdefault("index", []).append(rows)
             skipped.update({"index": rows, "skipped": [tuple(s) for s in json.loads(f.metadata()["skipped"])]})
     tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}

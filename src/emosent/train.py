@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import MeanMetric, SumMetric
 
-from emosent.config import ModelConfig, TrainConfig
+from emosent.config import Launch, ModelConfig, TrainConfig
 from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset, read_manifest
-from emosent.features import FeatureDataset, extract_features, weights_digest
+from emosent.features import FeatureDataset, extract_features, log, weights_digest
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
@@ -172,20 +172,6 @@ class EpochLog(Callback):
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {trainer.global_step} {shown}", flush=True)
 
 
-@dataclass
-class Launch:
-    """Where to run: passed to Lightning as is, so multi-GPU and multi-node DDP (torchrun, SLURM)
-    need no code of ours."""
-
-    accelerator: str = "auto"
-    devices: str | int = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-
-    def trainer_kwargs(self) -> dict:
-        return asdict(self)
-
-
 def train(
     data: str | Path,
     out: str | Path,
@@ -235,7 +221,7 @@ def datasets(model, train_records: list[Utterance], val_records: list[Utterance]
     """(train set, validation set, collate function, loader workers): cached frozen features when
     every trainable layer sits after the frozen parts, raw clips otherwise."""
     if model.trains_encoder_internals():
-        print("training end to end: part of an encoder is trainable, so its outputs cannot be cached", flush=True)
+        log("training end to end: part of an encoder is trainable, so its outputs cannot be cached")
         modalities = model.config.modalities
         return (UtteranceDataset(train_records, modalities), UtteranceDataset(val_records, modalities),
                 Collator(model.tokenizer), config.num_workers)

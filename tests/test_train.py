@@ -1,0 +1,153 @@
+"""Training and evaluation, run for real on a generated dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli
+from emosent.train import class_weights
+
+TINY = ("--text-encoder", "tiny", "--video-weights", "none")
+
+
+def scalars(run_dir) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_class_weights_are_inverse_frequency_normalised_to_mean_one():
+    labels = ["joy"] * 6 + ["anger"] * 2 + ["fear"] * 1
+    w = class_weights(labels, ("anger", "disgust", "fear", "joy"))
+    # N / (K n_c) with N = 9, K = 3 classes present; an absent class weighs 0
+    torch.testing.assert_close(w, torch.tensor([9 / 6, 0.0, 9 / 3, 9 / 18]))
+    per_example = [float(w[("anger", "disgust", "fear", "joy").index(x)]) for x in labels]
+    assert sum(per_example) / len(per_example) == pytest.approx(1.0)
+
+
+def test_train_one_epoch_then_evaluate(sample_dir, tmp_path):
+    run = tmp_path / "run"
+    cache = tmp_path / "cache"
+    result = run_cli("train", "--data", sample_dir, "--out", run, *TINY, "--epochs", "1", "--batch-size", "4",
+                     "--cache-dir", cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "last.ckpt").is_file() and list((run / "checkpoints").glob("best-*.ckpt"))
+    assert (run / "model" / "config.json").is_file() and (run / "model" / "model.safetensors").is_file()
+    training = json.loads((run / "model" / "training.json").read_text())
+    assert set(training["class_weights"]["emotion"]) == {"anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"}
+    assert training["global_step"] == 4  # 14 training clips in batches of 4: 4 steps
+    tags = scalars(run)
+    for tag in ("train/loss", "val/loss", "val/emotion/accuracy", "val/emotion/weighted_precision", "val/emotion/weighted_f1",
+                "val/emotion/macro_f1", "val/sentiment/accuracy", "val/sentiment/macro_f1", "train/emotion/accuracy"):
+        assert tag in tags, (tag, sorted(tags))
+    assert any(t.startswith("lr-Adam/fusion") for t in tags) and any(t.startswith("lr-Adam/heads") for t in tags)
+    # the checkpoints hold only what training changes: no frozen R3D-18 or BERT weights
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not any(".backbone." in k for k in ckpt["state_dict"]) and "model.fusion.0.weight" in ckpt["state_dict"]
+
+    evaluation = run_cli("evaluate", "--model", run / "model", "--data", sample_dir, "--split", "test",
+                         "--out", tmp_path / "eval", "--cache-dir", cache)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "emotion" in evaluation.stdout and "weighted_f1" in evaluation.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["examples"] == 14
+    for task, k in (("emotion", 7), ("sentiment", 3)):
+        report = metrics[task]
+        assert {"accuracy", "weighted_precision", "weighted_f1", "macro_f1", "per_class", "confusion_matrix"} <= set(report)
+        assert 0 <= report["accuracy"] <= 1 and len(report["per_class"]) == k
+        assert sum(c["support"] for c in report["per_class"].values()) == 14
+        assert sum(map(sum, report["confusion_matrix"])) == 14
+        assert (tmp_path / "eval" / f"confusion_{task}.png").stat().st_size > 5000
+
+    again = run_cli("train", "--data", sample_dir, "--out", tmp_path / "run2", *TINY, "--epochs", "1", "--batch-size", "4",
+                    "--cache-dir", cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing cached train features" in again.stdout and "reusing cached dev features" in again.stdout
+    assert "extracting" not in again.stdout
+
+
+def test_training_reduces_the_loss(sample_dir, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", sample_dir, "--out", run, *TINY, "--modalities", "text,audio", "--epochs", "15",
+                     "--batch-size", "2", "--cache-dir", tmp_path / "cache", "--lr-fusion", "3e-3", "--lr-heads", "3e-3",
+                     "--lr-audio", "3e-3", "--lr-text", "3e-3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = scalars(run)
+    train_loss, val_accuracy = logged["train/loss"], logged["val/emotion/accuracy"]
+    assert len(train_loss) == 15 and train_loss[-1] < 0.8 * train_loss[0], train_loss
+    assert val_accuracy[-1] >= 2 / 7, val_accuracy  # chance is 1/7
+
+
+def test_existing_run_dir_needs_resume(sample_dir, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "something").write_text("x")
+    result = run_cli("train", "--data", sample_dir, "--out", tmp_path / "run", *TINY)
+    assert result.returncode == 2 and "already holds a run: pass --resume" in result.stderr
+
+
+def test_end_to_end_when_an_encoder_part_is_trainable(sample_dir, tmp_path):
+    result = run_cli("train", "--data", sample_dir, "--out", tmp_path / "run", *TINY, "--modalities", "audio",
+                     "--train-audio-conv", "--epochs", "1", "--batch-size", "8", "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("training end to end") == 1 and "extracting" not in result.stdout
+    assert not (tmp_path / "cache").exists()
+
+
+def test_killed_run_resumes_to_the_same_number_of_steps(sample_dir, tmp_path):
+    """SIGKILL in the middle of epoch 2, --resume: as many optimiser steps as an uninterrupted run."""
+    # End to end (the audio convolutions unfrozen) with video: R3D-18 runs on every step, so an
+    # epoch of 7 steps lasts several seconds and can be interrupted in its middle.
+    args = ["train", "--data", sample_dir, *TINY, "--modalities", "video,audio", "--train-audio-conv", "--epochs", "2",
+            "--batch-size", "2", "--num-workers", "0", "--seed", "7"]
+    full = run_cli(*args, "--out", tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    expected = json.loads((tmp_path / "full" / "model" / "training.json").read_text())
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "emosent", *map(str, args), "--out", str(killed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    last = killed / "checkpoints" / "last.ckpt"
+    for line in proc.stdout:  # "epoch 1/2 ..." is printed once epoch 1 and its checkpoint are done
+        if line.startswith("epoch 1/2"):
+            break
+    deadline = time.time() + 60
+    while not last.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    started = time.time()
+    time.sleep(2.0)  # into epoch 2: 7 steps of about 1 s each
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0, f"epoch 2 ended within {time.time() - started:.1f} s"
+    assert not (killed / "model").exists()
+
+    resumed = run_cli(*args, "--out", killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = json.loads((killed / "model" / "training.json").read_text())
+    assert got["global_step"] == expected["global_step"] == 2 * 7
+    for key in ("val/loss", "val/emotion/accuracy"):
+        assert got["last_epoch_metrics"][key] == pytest.approx(expected["last_epoch_metrics"][key], abs=0.15), key
+
+
+def test_two_process_ddp_on_cpu(sample_dir, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", sample_dir, "--out", run, *TINY, "--modalities", "text,audio", "--epochs", "2",
+                     "--batch-size", "4", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+                     "--cache-dir", tmp_path / "cache", "--num-workers", "0")
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "world_size: 2" in result.stderr or "distributed_backend=gloo" in result.stderr
+    # extraction ran under the same launcher: each rank wrote shards (1 shard per split here)
+    examples = scalars(run)["val/examples"]
+    assert examples == [14.0, 14.0]  # both devices' validation examples, each exactly once
+    training = json.loads((run / "model" / "training.json").read_text())
+    assert training["global_step"] == 2 * 2  # 14 clips / 2 ranks = 7 each, batches of 4: 2 steps per epoch
