@@ -20,3 +20,13 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo
+
+# The main job, end to end on a generated dataset: make-sample -> train (offline MiniLM text
+# encoder, random video weights) -> evaluate. Everything lands in ./demo.
+demo: $(STAMP)
+	rm -rf demo
+	$(BIN)/emosent make-sample demo/data --n-per-class 10 --seed 0
+	$(BIN)/emosent train --data demo/data --out demo/run --text-encoder minilm --video-weights none \
+		--epochs 30 --batch-size 8 --cache-dir demo/cache
+	$(BIN)/emosent evaluate --model demo/run/model --data demo/data --split test --out demo/report --cache-dir demo/cache
+	@echo "report: demo/report/metrics.json, plots: demo/report/confusion_*.png, TensorBoard: .venv/bin/tensorboard --logdir demo/run/tensorboard"

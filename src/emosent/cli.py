@@ -153,16 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
 def quiet_libraries() -> None:
     """Keep the console for what the user asked: no library adverts or deprecation chatter."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # lightning on torch 2.14
-    logging.getLogger("lightning.pytorch").addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
+    # The frozen encoders are in eval mode on purpose (see EmotionSentimentModel.train).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    no_tips = logging.Filter()
+    no_tips.filter = lambda record: not str(record.msg).startswith("💡 Tip")
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(no_tips)
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in ("train", "extract", "evaluate"):
+        import lightning.pytorch  # noqa: F401  (sets up the logging handler that quiet_libraries filters)
+
+        quiet_libraries()
     try:
         return args.run(args)
     except (ValueError, OSError, WeightsUnavailableError) as err:

@@ -259,7 +259,7 @@ def export_best(task: EmotionSentimentTask, best_path: str, out: Path, weights: 
     model_dir = task.model.save_pretrained(out / "model")
     summary = {
         "class_weights": {t: dict(zip(classes, weights[t].tolist())) for t, classes in TASKS.items()},
-        "best_checkpoint": str(Path(best_path).relative_to(out)),
+        "best_checkpoint": Path(best_path).name,
         "best_epoch": checkpoint["epoch"] + 1,
         "global_step": trainer.global_step,
         "epochs_run": trainer.current_epoch,
