@@ -59,6 +59,28 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from emosent.analyze import analyze, write_json
+    from emosent.plots import timeline_png
+
+    result = analyze(args.video, args.model, subtitles=args.subtitles, transcript=args.transcript, asr=args.asr,
+                     asr_model=args.asr_model, batch_size=args.batch_size, device=args.device)
+    for line in result["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
+    for s in result["skipped"]:
+        print(f"skipped segment {s['start_time']:.3f}-{s['end_time']:.3f} s: {s['reason']}", file=sys.stderr)
+    if args.plot:
+        timeline_png(result, args.plot)
+    if args.out:
+        write_json(result, args.out)
+        print(f"{len(result['utterances'])} utterances analysed in {result['elapsed_s']:.1f} s -> {args.out}", file=sys.stderr)
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
 def model_config(args: argparse.Namespace):
     from emosent.config import ModelConfig
 
@@ -147,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="report folder (default: beside the model, evaluation-SPLIT/)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
     p.set_defaults(run=cmd_evaluate)
+
+    p = commands.add_parser("analyze", help="emotion and sentiment per utterance of a video")
+    p.add_argument("video", type=Path)
+    p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--subtitles", type=Path, help="segments from an .srt or .vtt file")
+    src.add_argument("--transcript", type=Path, help='segments from a JSON list of {"start", "end", "text"}')
+    src.add_argument("--asr", action="store_true", help="segments from speech recognition (pip install 'emosent[asr]')")
+    p.add_argument("--asr-model", default="small", help="faster-whisper model size (default small)")
+    p.add_argument("--out", type=Path, help="result JSON (default: printed to stdout)")
+    p.add_argument("--plot", type=Path, help="timeline PNG")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
+    p.set_defaults(run=cmd_analyze)
     return parser
 
 

@@ -30,3 +30,35 @@ def confusion_png(matrix: np.ndarray, labels: tuple[str, ...], title: str, path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+EMOTION_COLOURS = {"anger": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "joy": "#ffbf00",
+                   "neutral": "#9e9e9e", "sadness": "#1f77b4", "surprise": "#17becf"}
+SENTIMENT_COLOURS = {"negative": "#c0392b", "neutral": "#bdbdbd", "positive": "#27ae60"}
+
+
+def timeline_png(result: dict, path: Path) -> Path:
+    """One band per utterance, coloured by its top emotion (upper row) and sentiment (lower row);
+    opacity follows the confidence, and wide bands carry their label."""
+    utterances = result["utterances"]
+    duration = max(result["duration_s"], 1e-3)
+    fig, ax = plt.subplots(figsize=(13, 3.6))
+    for u in utterances:
+        start, width = u["start_time"], u["end_time"] - u["start_time"]
+        for row, top, colours in ((1.1, u["emotions"][0], EMOTION_COLOURS), (0.1, u["sentiments"][0], SENTIMENT_COLOURS)):
+            ax.broken_barh([(start, width)], (row, 0.8), facecolors=colours[top["label"]],
+                           alpha=0.35 + 0.65 * top["confidence"], edgecolor="white")
+            if width > 0.05 * duration:
+                ax.text(start + width / 2, row + 0.4, top["label"], ha="center", va="center", fontsize=8)
+    ax.set_xlim(0, duration)
+    ax.set_ylim(0, 2)
+    ax.set_yticks([0.5, 1.5], ["sentiment", "emotion"])
+    ax.set_xlabel("time (s)")
+    ax.set_title(f"{Path(result['video']).name}: {len(utterances)} utterances (opacity = confidence)")
+    for title, colours, corner in (("emotion", EMOTION_COLOURS, "lower left"), ("sentiment", SENTIMENT_COLOURS, "lower right")):
+        fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()], list(colours), title=title,
+                   loc=corner, ncol=len(colours), frameon=False, fontsize=8, title_fontsize=8)
+    fig.subplots_adjust(bottom=0.36, left=0.08, right=0.98)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

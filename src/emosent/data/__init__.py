@@ -2,16 +2,18 @@
 
 from emosent.data.dataset import Collator, SkipCounter, UtteranceDataset
 from emosent.data.manifest import ManifestError, Utterance, read_manifest
-from emosent.data.media import Clip, MediaError, load_clip
+from emosent.data.media import Clip, MediaError, MediaInfo, load_clip, probe
 
 __all__ = [
     "Clip",
     "Collator",
     "ManifestError",
     "MediaError",
+    "MediaInfo",
     "SkipCounter",
     "Utterance",
     "UtteranceDataset",
     "load_clip",
+    "probe",
     "read_manifest",
 ]

@@ -33,7 +33,9 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         u = self.utterances[index]
-        item = {"index": index, "emotion": EMOTIONS.index(u.emotion), "sentiment": SENTIMENTS.index(u.sentiment)}
+        item = {"index": index}
+        if u.emotion is not None:
+            item.update(emotion=EMOTIONS.index(u.emotion), sentiment=SENTIMENTS.index(u.sentiment))
         if "text" in self.modalities:
             if not u.text:
                 return {"index": index, "skip": "empty text", "error": f"{u.source}: the utterance text is empty"}
@@ -61,8 +63,9 @@ class Collator:
         good = [it for it in items if "skip" not in it]
         batch: dict = {"skipped": [(it["index"], it["skip"], it["error"]) for it in items if "skip" in it]}
         batch["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
-        batch["emotion"] = torch.tensor([it["emotion"] for it in good], dtype=torch.long)
-        batch["sentiment"] = torch.tensor([it["sentiment"] for it in good], dtype=torch.long)
+        for label in ("emotion", "sentiment"):
+            if all(label in it for it in good):
+                batch[label] = torch.tensor([it[label] for it in good], dtype=torch.long)
         if not good:
             return batch
         if "text" in good[0]:

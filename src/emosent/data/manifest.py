@@ -29,12 +29,13 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Utterance:
-    """One labelled utterance. `path` is its media file (may not exist for text-only use);
-    `start`/`end` are seconds within it (None: the whole file); `source` is "file:line"."""
+    """One utterance. `path` is its media file (may not exist for text-only use); `start`/`end`
+    are seconds within it (None: the whole file); `source` is "file:line". Labels are None for
+    utterances to analyse."""
 
     text: str
-    emotion: str
-    sentiment: str
+    emotion: str | None
+    sentiment: str | None
     path: Path | None
     start: float | None = None
     end: float | None = None

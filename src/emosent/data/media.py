@@ -91,6 +91,25 @@ def load_clip(
     return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s)
 
 
+@dataclass
+class MediaInfo:
+    duration_s: float
+    has_video: bool
+    has_audio: bool
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Duration and streams of a media file, from its header; MediaError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(path, "file not found", "check the path")
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return MediaInfo(container_duration(container), bool(container.streams.video), bool(container.streams.audio))
+    except av.FFmpegError as err:
+        raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
+
+
 def container_duration(container: av.container.InputContainer) -> float:
     if container.duration is not None:
         return container.duration / av.time_base

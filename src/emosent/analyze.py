@@ -1,0 +1,160 @@
+"""Analyse a video: emotion and sentiment per utterance, with the training pipeline itself.
+
+Each segment's frames and audio are read straight from the source video for [start, end] by
+`emosent.data.load_clip` (no cutting, no re-encoding, no temporary files), batched through
+`Collator` and the model exactly as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from emosent.data import Collator, MediaError, Utterance, UtteranceDataset, probe
+from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
+from emosent.segments import Segment, read_segments, transcribe
+
+TOP_K = 3
+STAGES = ("decode", "text", "video", "audio", "heads")
+
+
+@dataclass
+class Timer:
+    """Seconds spent per stage; synchronises CUDA so GPU work is charged to its stage."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def run(self, stage: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds[stage] += time.perf_counter() - start
+        return result
+
+
+def analyze(
+    video: str | Path,
+    model: EmotionSentimentModel | str | Path,
+    *,
+    subtitles: str | Path | None = None,
+    transcript: str | Path | None = None,
+    asr: bool = False,
+    asr_model: str = "small",
+    batch_size: int = 8,
+    device: str = "auto",
+) -> dict:
+    """Emotion and sentiment per segment of `video`; segments come from exactly one of
+    `subtitles` (.srt/.vtt), `transcript` (.json) or `asr`. Returns the result dict (see README)."""
+    started = time.perf_counter()
+    video = Path(video)
+    if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) != 1:
+        raise ValueError("give exactly one of --subtitles, --transcript or --asr")
+    model_dir = None if isinstance(model, EmotionSentimentModel) else Path(model)
+    if model_dir is not None:
+        model = EmotionSentimentModel.from_pretrained(model_dir)
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    model = model.to(device).eval()
+
+    info = probe(video)  # fails here, clearly, on a path that is not media
+    if "video" in model.config.modalities and not info.has_video:
+        raise MediaError(video, "no video stream", "this model reads frames; analyse a video file")
+    duration = info.duration_s
+    warnings: list[str] = []
+    if "audio" in model.config.modalities and not info.has_audio:
+        warnings.append(f"{video}: no audio stream: the audio input is silence")
+    segments = transcribe(video, asr_model) if asr else read_segments(subtitles or transcript, warnings)
+    kept, skipped = check_segments(segments, duration, "text" in model.config.modalities, warnings)
+
+    timer = Timer()
+    probs = predict_segments(model, video, kept, batch_size, device, timer, skipped)
+    utterances = [
+        {"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text,
+         "emotions": top_k(p_e, EMOTIONS), "sentiments": top_k(p_s, SENTIMENTS)}
+        for s, (p_e, p_s) in zip(kept, probs) if p_e is not None
+    ]
+    return {
+        "video": str(video),
+        "model": str(model_dir) if model_dir else model.config.text_encoder,
+        "duration_s": round(duration, 3),
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "utterances": utterances,
+        "skipped": skipped,
+        "warnings": warnings,
+        "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
+    }
+
+
+def check_segments(segments: list[Segment], duration: float, needs_text: bool, warnings: list[str]):
+    """Clip segments to the video, skip the ones outside it or without text; note overlaps."""
+    kept, skipped = [], []
+    for s in sorted(segments, key=lambda s: (s.start, s.end)):
+        start, end = max(s.start, 0.0), min(s.end, duration)
+        if end <= start:
+            reason = "outside the video" if s.start >= duration or s.end <= 0 else "ends before it starts"
+            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": reason})
+            continue
+        if needs_text and not s.text:
+            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": "empty text"})
+            continue
+        if (start, end) != (s.start, s.end):
+            warnings.append(f"segment {s.start:.3f}-{s.end:.3f} s clipped to the video: {start:.3f}-{end:.3f} s")
+        if kept and start < kept[-1].end:
+            warnings.append(f"segments {kept[-1].start:.3f}-{kept[-1].end:.3f} s and {start:.3f}-{end:.3f} s overlap; "
+                            "each is analysed on its own")
+        kept.append(Segment(start, end, s.text))
+    return kept, skipped
+
+
+@torch.no_grad()
+def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list):
+    """(emotion probs, sentiment probs) per segment, (None, None) for a segment that failed."""
+    records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
+                         source=f"segment {s.start:.3f}-{s.end:.3f} s") for s in segments]
+    dataset = UtteranceDataset(records, model.config.modalities)
+    collate = Collator(model.tokenizer)
+    probs: list = [(None, None)] * len(records)
+    for first in range(0, len(records), batch_size):
+        items = [timer.run("decode", dataset.__getitem__, i) for i in range(first, min(first + batch_size, len(records)))]
+        batch = collate(items)
+        for index, reason, error in batch["skipped"]:
+            skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
+                            "text": segments[index].text, "reason": reason, "error": error})
+        if not batch["index"].numel():
+            continue
+        features = {}
+        for modality, encoder in model.encoders.items():
+            inputs = [batch[name].to(device) for name in RAW_INPUTS[modality]]
+            features[FEATURE_INPUTS[modality]] = timer.run(modality, encoder.features, *inputs)
+        out = timer.run("heads", model, **features)
+        for j, index in enumerate(batch["index"].tolist()):
+            probs[index] = (out.emotion_logits[j].softmax(-1).cpu(), out.sentiment_logits[j].softmax(-1).cpu())
+    return probs
+
+
+def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict]:
+    values, indices = p.topk(k)
+    return [{"label": labels[i], "confidence": round(float(v), 4)} for v, i in zip(values.tolist(), indices.tolist())]
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    """Write atomically: a failure leaves no partial file behind."""
+    path = Path(path)
+    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+

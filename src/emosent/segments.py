@@ -1,0 +1,129 @@
+"""Where the utterances of a video are: subtitles (SRT, WebVTT), a transcript JSON, or speech
+recognition (faster-whisper, an optional extra)."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import srt
+import webvtt
+from webvtt.errors import MalformedCaptionError, MalformedFileError
+
+ASR_HINT = "install the optional extra with: pip install 'emosent[asr]'"
+
+
+class SegmentsError(ValueError):
+    """Segments that cannot be read; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
+
+
+def read_segments(path: str | Path, warnings: list[str] | None = None) -> list[Segment]:
+    """Segments from a .srt, .vtt or .json (`[{"start": s, "end": s, "text": "..."}]`) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegmentsError(f"{path}: file not found")
+    text = decode_text(path, warnings if warnings is not None else [])
+    suffix = path.suffix.lower()
+    if suffix == ".srt":
+        return parse_srt(path, text)
+    if suffix == ".vtt":
+        return parse_vtt(path, text)
+    if suffix == ".json":
+        return parse_transcript(path, text)
+    raise SegmentsError(f"{path}: unknown subtitle format {suffix!r}; use .srt, .vtt or a transcript .json")
+
+
+def decode_text(path: Path, warnings: list[str]) -> str:
+    """UTF-8 (with or without BOM) or UTF-16 with a BOM; legacy Windows-1252 files are read as
+    such with a warning. Binary files are refused."""
+    data = path.read_bytes()
+    if b"\x00" in data and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SegmentsError(f"{path}: binary data, not a subtitle or transcript text file")
+    for encoding in ("utf-8-sig", "utf-16"):
+        try:
+            if encoding == "utf-16" and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+                continue
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    warnings.append(f"{path}: not UTF-8; read as Windows-1252 (save it as UTF-8 to be sure of accents)")
+    return data.decode("cp1252", errors="replace")
+
+
+def parse_srt(path: Path, text: str) -> list[Segment]:
+    try:
+        cues = list(srt.parse(text))
+    except srt.SRTParseError as err:
+        raise SegmentsError(f"{path}: not a valid SRT file ({err}); expected numbered cues with "
+                            "'HH:MM:SS,mmm --> HH:MM:SS,mmm' lines") from None
+    if not cues:
+        raise SegmentsError(f"{path}: no subtitle cues found")
+    return [Segment(c.start.total_seconds(), c.end.total_seconds(), clean(c.content)) for c in cues]
+
+
+def parse_vtt(path: Path, text: str) -> list[Segment]:
+    try:
+        captions = webvtt.from_string(text).captions
+    except (MalformedFileError, MalformedCaptionError) as err:
+        raise SegmentsError(f"{path}: not a valid WebVTT file ({err}); it must start with 'WEBVTT' and have "
+                            "'HH:MM:SS.mmm --> HH:MM:SS.mmm' cues") from None
+    if not captions:
+        raise SegmentsError(f"{path}: no captions found")
+    # Caption.start is 'HH:MM:SS.mmm'; start_in_seconds would drop the milliseconds
+    return [Segment(seconds(c.start), seconds(c.end), clean(c.text)) for c in captions]
+
+
+def seconds(timestamp: str) -> float:
+    """'HH:MM:SS.mmm' -> seconds."""
+    parts = [float(p) for p in timestamp.replace(",", ".").split(":")]
+    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
+
+
+def parse_transcript(path: Path, text: str) -> list[Segment]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SegmentsError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(items, list):
+        raise SegmentsError(f'{path}: expected a JSON list of {{"start": s, "end": s, "text": "..."}}')
+    segments = []
+    for i, item in enumerate(items):
+        try:
+            segments.append(Segment(float(item["start"]), float(item["end"]), clean(str(item["text"]))))
+        except (KeyError, TypeError, ValueError):
+            raise SegmentsError(f'{path}: item {i} is not {{"start": seconds, "end": seconds, "text": "..."}}: {item!r}') from None
+    if not segments:
+        raise SegmentsError(f"{path}: the transcript is empty")
+    return segments
+
+
+def transcribe(video: str | Path, model_size: str = "small", device: str = "auto") -> list[Segment]:
+    """Speech recognition with faster-whisper (optional extra). It decodes the audio with PyAV
+    itself: nothing is cut or written."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise SegmentsError(f"--asr needs faster-whisper, which is not installed: {ASR_HINT}; "
+                            "or pass --subtitles / --transcript") from None
+    try:
+        model = WhisperModel(model_size, device=device)
+    except Exception as err:  # huggingface_hub raises several kinds when offline
+        raise SegmentsError(f"could not load the faster-whisper model {model_size!r} ({err.__class__.__name__}): it is "
+                            "downloaded on first use and needs internet once; or pass --subtitles / --transcript") from None
+    pieces, _ = model.transcribe(str(video))
+    return [Segment(p.start, p.end, clean(p.text)) for p in pieces]
+
+
+def clean(text: str) -> str:
+    """One line, single spaces, no invisible format characters (a cue of only U+200B is empty)."""
+    visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return " ".join(visible.split())

@@ -1,0 +1,160 @@
+"""emosent analyze: per-utterance results from subtitles or transcripts, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli, solid_frames, tone
+from emosent import EMOTIONS, SENTIMENTS, EmotionSentimentModel, ModelConfig
+from emosent.analyze import analyze
+
+SRT = """1
+00:00:00,000 --> 00:00:00,900
+I am so furious about this
+
+2
+00:00:01,000 --> 00:00:01,800
+What a wonderful surprise
+
+3
+00:00:01,700 --> 00:00:03,500
+Well, that is that
+"""
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"))
+    return model.save_pretrained(tmp_path_factory.mktemp("model") / "model")
+
+
+@pytest.fixture(scope="module")
+def clip(sample_dir):
+    return sorted((sample_dir / "output_repeated_splits_test").glob("*.mp4"))[0]
+
+
+def check_utterance(u: dict) -> None:
+    for key, labels in (("emotions", EMOTIONS), ("sentiments", SENTIMENTS)):
+        top = u[key]
+        assert len(top) == 3 and all(t["label"] in labels for t in top)
+        confidences = [t["confidence"] for t in top]
+        assert all(0 <= c <= 1 for c in confidences) and confidences == sorted(confidences, reverse=True)
+
+
+def test_cli_on_a_sample_clip_with_an_srt(model_dir, clip, tmp_path):
+    subtitles = tmp_path / "clip.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:00,600\nI am so furious\n\n2\n00:00:00,600 --> 00:00:01,000\nlovely\n")
+    out, plot = tmp_path / "result.json", tmp_path / "timeline.png"
+    result = run_cli("analyze", clip, "--model", model_dir, "--subtitles", subtitles, "--out", out, "--plot", plot)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert {"video", "model", "duration_s", "elapsed_s", "utterances"} <= set(data)
+    assert [u["text"] for u in data["utterances"]] == ["I am so furious", "lovely"]
+    assert [(u["start_time"], u["end_time"]) for u in data["utterances"]] == [(0.0, 0.6), (0.6, 1.0)]
+    for u in data["utterances"]:
+        check_utterance(u)
+    assert plot.stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.srt", "result.json", "timeline.png"]
+
+
+def test_segments_outside_overlapping_and_empty(model_dir, clip, tmp_path):
+    subtitles = tmp_path / "s.srt"
+    subtitles.write_text(
+        "1\n00:00:00,000 --> 00:00:00,800\nfirst\n\n"
+        "2\n00:00:00,500 --> 00:00:00,900\noverlapping\n\n"
+        "3\n00:00:00,900 --> 00:01:00,000\nruns past the end\n\n"
+        "4\n00:02:00,000 --> 00:02:01,000\nafter the end\n\n"
+        "5\n00:00:00,100 --> 00:00:00,200\n\u200b\n"
+    )
+    result = analyze(clip, model_dir, subtitles=subtitles)
+    assert [u["text"] for u in result["utterances"]] == ["first", "overlapping", "runs past the end"]
+    assert result["utterances"][2]["end_time"] == pytest.approx(result["duration_s"], abs=1e-3)
+    assert [(s["text"], s["reason"]) for s in result["skipped"]] == [("", "empty text"), ("after the end", "outside the video")]
+    assert any("overlap" in w for w in result["warnings"]) and any("clipped" in w for w in result["warnings"])
+    assert set(result["timing_s"]) == {"decode", "text", "video", "audio", "heads"}
+
+
+def test_webvtt_and_transcript_json(model_dir, clip, tmp_path):
+    vtt = tmp_path / "s.vtt"
+    vtt.write_text("WEBVTT\n\n00:00:00.250 --> 00:00:00.750\nhello there\n\n00:00:00.750 --> 00:00:01.000\nbye\n")
+    transcript = tmp_path / "t.json"
+    transcript.write_text(json.dumps([{"start": 0.25, "end": 0.75, "text": "hello there"}, {"start": 0.75, "end": 1.0, "text": "bye"}]))
+    a = analyze(clip, model_dir, subtitles=vtt)
+    b = analyze(clip, model_dir, transcript=transcript)
+    assert [(u["start_time"], u["end_time"], u["text"]) for u in a["utterances"]] == [(0.25, 0.75, "hello there"), (0.75, 1.0, "bye")]
+    assert a["utterances"] == b["utterances"]  # same segments, same pipeline, same numbers
+
+
+def test_the_same_numbers_as_the_training_pipeline(model_dir, clip, tmp_path):
+    """A segment covering the whole clip gives the probabilities of the model on the training batch."""
+    from emosent.data import Collator, Utterance, UtteranceDataset
+    from emosent.model import model_inputs
+
+    model = EmotionSentimentModel.from_pretrained(model_dir)
+    info = analyze(clip, model, transcript=write_json(tmp_path / "t.json", [{"start": 0, "end": 1000, "text": "so happy"}]))
+    record = Utterance(text="so happy", emotion=None, sentiment=None, path=clip, start=0.0, end=info["duration_s"])
+    batch = Collator(model.tokenizer)([UtteranceDataset([record], model.config.modalities)[0]])
+    with torch.no_grad():
+        probs = model(**model_inputs(batch)).emotion_logits.softmax(-1)[0]
+    top = info["utterances"][0]["emotions"][0]
+    assert top["confidence"] == pytest.approx(float(probs.max()), abs=1e-4) and top["label"] == EMOTIONS[int(probs.argmax())]
+
+
+def write_json(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_wrong_format_or_encoding_of_subtitles(model_dir, clip, tmp_path):
+    garbage = tmp_path / "bad.srt"
+    garbage.write_text("this is not\na subtitle file\n")
+    out = tmp_path / "out.json"
+    result = run_cli("analyze", clip, "--model", model_dir, "--subtitles", garbage, "--out", out)
+    assert result.returncode == 2 and "bad.srt: not a valid SRT file" in result.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.srt"]  # nothing partial left
+
+    binary = tmp_path / "bin.vtt"
+    binary.write_bytes(b"\x00\x01\x02WEBVTT")
+    result = run_cli("analyze", clip, "--model", model_dir, "--subtitles", binary)
+    assert result.returncode == 2 and "binary data" in result.stderr
+
+    legacy = tmp_path / "legacy.srt"
+    legacy.write_bytes("1\n00:00:00,000 --> 00:00:00,500\nCafé déjà vu\n".encode("cp1252"))
+    out = analyze(clip, model_dir, subtitles=legacy)
+    assert out["utterances"][0]["text"] == "Café déjà vu" and any("Windows-1252" in w for w in out["warnings"])
+
+    with pytest.raises(ValueError, match="unknown subtitle format '.txt'"):
+        analyze(clip, model_dir, subtitles=write_json(tmp_path / "s.txt", []))
+
+
+def test_video_without_audio_and_paths_that_are_not_videos(model_dir, tmp_path):
+    from emosent.data.sample import write_clip
+
+    silent = write_clip(tmp_path / "silent.mp4", duration_s=1.0, fps=25, width=160, height=120, frame_fn=solid_frames(160, 120))
+    transcript = write_json(tmp_path / "t.json", [{"start": 0, "end": 1, "text": "hello"}])
+    result = analyze(silent, model_dir, transcript=transcript)
+    assert len(result["utterances"]) == 1 and any("no audio stream" in w for w in result["warnings"])
+
+    text_file = tmp_path / "notes.mp4"
+    text_file.write_text("not a video")
+    out = tmp_path / "out.json"
+    result = run_cli("analyze", text_file, "--model", model_dir, "--transcript", transcript, "--out", out)
+    assert result.returncode == 2 and "notes.mp4: not a readable media file" in result.stderr and not out.exists()
+
+    audio_only = write_clip(tmp_path / "voice.mp4", duration_s=1.0, audio_fn=tone())
+    result = run_cli("analyze", audio_only, "--model", model_dir, "--transcript", transcript)
+    assert result.returncode == 2 and "voice.mp4: no video stream" in result.stderr
+
+
+def test_asr_without_the_extra_fails_at_once(model_dir, clip):
+    try:  # faster-whisper is an optional extra, absent from the test environment
+        import faster_whisper  # noqa: F401
+        pytest.skip("faster-whisper is installed here")
+    except ImportError:
+        pass
+    result = run_cli("analyze", clip, "--model", model_dir, "--asr")
+    assert result.returncode == 2 and "pip install 'emosent[asr]'" in result.stderr
