@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from emosent.data import MediaError, load_clip
-from emosent.data.media import MEL_FRAMES, N_MELS, VIDEO_TRANSFORMS, read_frames
+from emosent.data.media import MEL_FRAMES, N_MELS, VIDEO_TRANSFORMS, pick_frames, read_frames
 
 VIDEO_SHAPE = (16, 3, 112, 112)
 AUDIO_SHAPE = (1, N_MELS, MEL_FRAMES)
@@ -34,18 +34,39 @@ def test_normal_clip_gives_the_model_inputs(clips):
     assert torch.all(clip.audio[..., 70:] == 0)
 
 
+def frame_numbers(levels: list[int], first: int, count: int, n: int = 16) -> list[int]:
+    """The source frame of each pick, from its grey level (8 * i) % 256, taking the candidate in
+    the pick's own bin of the `count` frames from `first`; fails if no candidate lies in it."""
+    edges = [first + int(k * count / n) for k in range(n + 1)]
+    found = []
+    for k, level in enumerate(levels):
+        candidates = [i for i in range(edges[k], max(edges[k + 1], edges[k] + 1)) if abs((8 * i) % 256 - level) <= 3]
+        assert candidates, f"pick {k} (grey {level}) is not a frame of its bin {edges[k]}..{edges[k + 1] - 1}"
+        found.append(candidates[0])
+    return found
+
+
 def test_frames_are_sampled_uniformly_in_time(clips):
-    # 50 frames, 16 samples: bin centres (k + 0.5) * 50 / 16 -> source frames 1, 4, 7, ...
-    expected = [(8 * int((k + 0.5) * 50 / 16)) % 256 for k in range(16)]
-    got = grey_levels(load_clip(clips["normal"]).video)
-    assert np.abs(np.array(got) - expected).max() <= 3, (got, expected)
+    # 50 frames, 16 bins of ~3 frames: one frame from each bin, in order
+    frames = frame_numbers(grey_levels(load_clip(clips["normal"]).video), first=0, count=50)
+    assert frames == sorted(frames) and frames[0] == 0 and frames[-1] >= 46
 
 
 def test_time_window_reads_only_that_window(clips):
-    # [1.0, 1.5) s at 25 fps holds the 13 source frames 25..37
+    # [1.0, 1.5) s at 25 fps holds the 13 source frames 25..37: fewer than 16, so centres repeat
     got = grey_levels(load_clip(clips["normal"], start=1.0, end=1.5).video)
     expected = [(8 * (25 + int((k + 0.5) * 13 / 16))) % 256 for k in range(16)]
     assert np.abs(np.array(got) - expected).max() <= 3, (got, expected)
+
+
+def test_pick_frames_prefers_a_keyframe_inside_each_bin():
+    keyframes = [i % 25 == 0 for i in range(1500)]  # a 60 s clip at 25 fps, a keyframe every second
+    picks = pick_frames(keyframes, 16)
+    assert all(keyframes[p] for p in picks)  # every bin of 93.75 frames holds a keyframe
+    assert all(int(k * 1500 / 16) <= p < int((k + 1) * 1500 / 16) for k, p in enumerate(picks))
+    only_first = [i == 0 for i in range(48)]
+    assert pick_frames(only_first, 16).tolist() == [0] + [int((k + 0.5) * 3) for k in range(1, 16)]
+    assert pick_frames([True] * 4, 16).tolist() == [int((k + 0.5) / 4) for k in range(16)]  # repeats
 
 
 def test_rgb_channel_order(tmp_path):
@@ -135,6 +156,7 @@ def test_seek_decoding_matches_decoding_every_frame(tmp_path):
     with av.open(str(path)) as c:
         sought = read_frames(c, c.streams.video[0], None, None, 16, path)
     with av.open(str(path)) as c:
-        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    picks = [int((k + 0.5) * len(every) / 16) for k in range(16)]
-    assert np.array_equal(sought, np.stack([every[i] for i in picks]))
+        decoded = [(f.to_ndarray(format="rgb24"), f.key_frame) for f in c.decode(video=0)]
+    picks = pick_frames([key for _, key in decoded], 16)  # keyframe flags from the decoder, not the demuxer
+    assert sum(decoded[p][1] for p in picks) >= 4 and sum(not decoded[p][1] for p in picks) >= 4  # both kinds of pick
+    assert np.array_equal(sought, np.stack([decoded[p][0] for p in picks]))

@@ -31,7 +31,7 @@ from emosent.data.dataset import MAX_TOKENS
 from emosent.data.media import HOP_LENGTH, MEL_FRAMES, N_FFT, N_MELS, NUM_FRAMES, SAMPLE_RATE_HZ, TOP_DB, VIDEO_TRANSFORMS
 from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
 
-FORMAT_VERSION = 1  # bump when the stored layout or the preprocessing code changes meaning
+FORMAT_VERSION = 2  # bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
 
 

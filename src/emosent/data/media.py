@@ -1,10 +1,11 @@
 """One clip -> the model's video and audio inputs. The only place media is read, for training,
 feature extraction, `analyze` and serving alike.
 
-Video: T frames sampled uniformly over the clip (or [start, end]). The packets are demuxed once
-(cheap: no decoding) to learn every frame's timestamp and where the keyframes are; then only the
-groups of pictures that hold a wanted frame are decoded, each from its keyframe up to its last
-wanted frame. The frames go through the R3D-18 weights' own transforms.
+Video: T frames sampled uniformly over the clip (or [start, end]): one from each of T equal bins.
+The packets are demuxed once (cheap: no decoding) to learn every frame's timestamp and where the
+keyframes are. A bin's frame is a keyframe when the bin holds one, else its centre frame; then
+only the groups of pictures that hold a wanted frame are decoded, each from its keyframe up to
+its last wanted frame. The frames go through the R3D-18 weights' own transforms.
 
 Audio: decoded and resampled to 16 kHz mono by PyAV (any container or codec FFmpeg reads), then a
 64-band log-mel spectrogram, normalised per clip, padded or truncated to 300 frames.
@@ -129,11 +130,28 @@ def read_frames(container, stream, start: float | None, end: float | None, n: in
         in_range = np.flatnonzero(times <= start)[-1:]
     if in_range.size == 0:
         raise MediaError(path, "no video frames", "a 0-second clip, or a time range outside the video")
-    # the centres of n equal bins over the frames in range
-    picks = in_range[((np.arange(n) + 0.5) * in_range.size / n).astype(int)]
+    picks = in_range[pick_frames([index[i][1] for i in in_range], n)]
     wanted_pts = {index[i][0] for i in picks}
     decoded = decode_pts(container, stream, index, wanted_pts)
     return np.stack([decoded[index[i][0]] for i in picks])
+
+
+def pick_frames(is_keyframe: list[bool], n: int) -> np.ndarray:
+    """n frame positions, one per equal bin of the frames: a keyframe of the bin when it has one
+    (the one nearest the bin's centre), else the centre frame. Either way the picks are spread
+    uniformly (stratified, as in temporal segment sampling); a keyframe costs one decoded frame,
+    the centre of a group of pictures up to the whole group. Fewer frames than n: frames repeat."""
+    size = len(is_keyframe)
+    centres = ((np.arange(n) + 0.5) * size / n).astype(int)
+    if size < n:
+        return centres
+    edges = (np.arange(n + 1) * size / n).astype(int)  # bin k holds frames edges[k] .. edges[k+1]-1
+    keyframes = np.flatnonzero(is_keyframe)
+    for k in range(n):
+        inside = keyframes[(keyframes >= edges[k]) & (keyframes < edges[k + 1])]
+        if inside.size:
+            centres[k] = inside[np.abs(inside - centres[k]).argmin()]
+    return centres
 
 
 def frame_index(container, stream) -> list[tuple[int, bool]]:
