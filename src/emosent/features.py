@@ -29,16 +29,18 @@ from torch.utils.data import DataLoader, Subset
 from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset
 from emosent.data.dataset import MAX_TOKENS
 from emosent.data.media import HOP_LENGTH, MEL_FRAMES, N_FFT, N_MELS, NUM_FRAMES, SAMPLE_RATE_HZ, TOP_DB, VIDEO_TRANSFORMS
+from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
 
 FORMAT_VERSION = 2  # bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
+META_FILE = "meta.json"
 
 
 @rank_zero_only
 def log(message: str) -> None:
+    """Progress for the user, once per job (not once per DDP rank)."""
     print(message, flush=True)
-META_FILE = "meta.json"
 
 
 def default_cache_dir() -> Path:
@@ -249,8 +251,6 @@ def run_extraction(model, records, directory, shards: Shards, pending, batch_siz
 
 def load_shards(directory: Path, shards: Shards, records: list[Utterance], reused: bool) -> Features:
     """Concatenate the shards, keep the valid rows, attach labels from the manifest."""
-    from emosent.labels import EMOTIONS, SENTIMENTS
-
     parts: dict[str, list[torch.Tensor]] = {}
     skipped = SkipCounter()
     for k in range(shards.count):
