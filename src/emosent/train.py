@@ -192,6 +192,9 @@ def train(
     model = EmotionSentimentModel(model_config)
     weights = {task: class_weights([getattr(r, task) for r in train_records], classes) for task, classes in TASKS.items()}
     train_set, val_set, collate, workers = datasets(model, train_records, val_records, config, launch, cache_dir)
+    # Extraction, when it runs, draws from the global RNGs: seed again so that shuffling and
+    # dropout are the same whether the feature cache was cold or warm.
+    L.seed_everything(config.seed, workers=True, verbose=False)
     task = EmotionSentimentTask(model, config, weights["emotion"], weights["sentiment"])
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
                                   monitor="val/loss", mode="min", save_top_k=1, save_last=True)
