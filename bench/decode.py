@@ -2,26 +2,29 @@
 
 Compared, in the same run and on the same files:
 
-* emosent: `emosent.data.media.load_clip`, which demuxes the packets once to find the frame
-  timestamps and keyframes, then decodes only the groups of pictures (GOPs) that hold one of the
-  16 wanted frames, and converts only those 16 frames to RGB.
+* emosent: `emosent.data.media.load_clip`. It demuxes the packets once to learn every frame's
+  timestamp and which frames are keyframes, picks 16 frames (one per equal bin of the clip: the
+  bin's keyframe nearest its centre when it holds one, else its centre frame), then decodes only
+  the groups of pictures (GOPs) that hold a pick, each from its keyframe up to its last pick, and
+  converts only the 16 picks to RGB.
 * naive: what a plain OpenCV loop (`while cap.read(): ...`) does: decode EVERY video frame and
-  convert each one to an RGB array, then keep the 16 uniformly spaced ones. It knows the frame
-  count from the container header (as `cv2.CAP_PROP_FRAME_COUNT` would) so it keeps only those 16
-  arrays instead of holding the whole clip in memory: a slightly kinder baseline than a list of
-  every frame. Its transforms and its audio path are emosent's own (`transform_frames`,
-  `read_audio`, `log_mel`), so the two differ only in how they reach the frames.
+  convert each one to an RGB array, then keep the 16 it needs. It picks them with emosent's own
+  rule (`pick_frames`, fed the decoded frames' keyframe flags) and keeps only the candidates (bin
+  centres and keyframes) rather than a list of every frame, a slightly kinder baseline. Its
+  transforms and audio path are emosent's own too (`transform_frames`, `read_audio`, `log_mel`),
+  so the two differ only in how they reach the frames.
 
-Before timing, every file is read by both pipelines and the video tensors are asserted equal, so
-the comparison is between two ways of computing the same thing.
+Before timing, every file is read by both pipelines and the video and audio tensors are asserted
+equal, so the comparison is between two ways of computing the same thing.
 
-Cases: the train clips of `make_sample` (1-4 s, up to 320x240, one GOP each), and a generated
-60 s 640x360 25 fps H.264 + AAC clip (a panning texture, a moving disc and grain, so the encoder
-writes real P-frames) at two keyframe intervals. The interval decides what seeking can save:
-every wanted frame costs the decoding of its GOP from the keyframe up to that frame. With
-gop=25 (1 s, typical of phone/camera recordings and streaming encodes) that is a few frames per
-wanted frame; with libx264's default (250 frames = 10 s) the 16 wanted frames span nearly every
-frame of the clip, so both pipelines decode about as much.
+Cases: the train clips of `make_sample` (1-4 s, up to 320x240; libx264's default keyframe
+interval is longer than a clip, so each is one GOP), and a generated 60 s 640x360 25 fps
+H.264 + AAC clip (a panning texture, a moving disc and grain, so the encoder writes real
+P-frames) at two keyframe intervals. The interval decides what seeking can save: a pick costs
+the decoding of its GOP from the keyframe up to it, one frame when it is a keyframe. With gop=25
+(1 s, typical of phone/camera recordings and streaming encodes) every bin of the 60 s clip holds
+keyframes; with libx264's default (250 frames = 10 s) most bins hold none, and their centre frames
+need most of their GOPs decoded. The table gives how many frames each pipeline decodes.
 
 Note: `write_clip` encodes with x264's `ultrafast` preset, which writes no B-frames and uses
 CAVLC, so these streams are cheaper to decode per frame than typical camera or web video.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -45,7 +49,15 @@ import av
 import numpy as np
 import torch
 
-from emosent.data.media import NUM_FRAMES, load_clip, log_mel, read_audio, transform_frames
+from emosent.data.media import (
+    NUM_FRAMES,
+    frame_index,
+    load_clip,
+    log_mel,
+    pick_frames,
+    read_audio,
+    transform_frames,
+)
 from emosent.data.sample import MELD_SPLITS, make_sample, write_clip
 
 SAMPLE_PER_CLASS = 3  # make_sample's train split: 7 emotions x 3 = 21 clips
@@ -75,6 +87,7 @@ VideoAudio = tuple[torch.Tensor, torch.Tensor]
 
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed run still removes its media
     repeats = QUICK_REPEATS if args.quick else REPEATS
     print(describe_machine())
     print(f"repeats: {repeats} (median reported)\n")
@@ -94,16 +107,19 @@ def parse_args() -> argparse.Namespace:
 
 
 def describe_machine() -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in read_text("/proc/cpuinfo").splitlines() if line.startswith("model name")),
-        platform.processor() or "unknown CPU",
-    )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
-        f"machine: {cpu}, {cores} cores usable\n"
+        f"machine: {cpu_model()}, {cores} cores usable\n"
         f"python {platform.python_version()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
         f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
     )
+
+
+def cpu_model() -> str:
+    for line in read_text("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
 
 
 def cpu_snapshot() -> tuple[float | None, float, float]:
@@ -206,27 +222,34 @@ def emosent_load(path: Path) -> VideoAudio:
 
 
 def naive_load(path: Path) -> VideoAudio:
-    """Decode and convert every frame to RGB, keep the 16 uniformly spaced; same audio path."""
+    """Decode and convert every frame to RGB, keep emosent's 16 picks; the same audio path."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        picks = uniform_picks(stream.frames, NUM_FRAMES)
-        wanted = set(picks.tolist())
-        kept, decoded = {}, 0
+        centres = set(pick_frames([False] * stream.frames, NUM_FRAMES).tolist())  # from the header's count
+        candidates, is_keyframe = {}, []
         for i, frame in enumerate(container.decode(stream)):
             rgb = frame.to_ndarray(format="rgb24")  # paid for every frame, as cap.read() does
-            if i in wanted:
-                kept[i] = rgb
-            decoded = i + 1
-        if decoded != stream.frames:
-            raise RuntimeError(f"{path}: header says {stream.frames} frames, decoded {decoded}")
-        video = transform_frames(np.stack([kept[i] for i in picks]))
+            is_keyframe.append(frame.key_frame)
+            if frame.key_frame or i in centres:
+                candidates[i] = rgb
+        picks = pick_frames(is_keyframe, NUM_FRAMES)
+        video = transform_frames(np.stack([candidates[i] for i in picks]))
         audio = log_mel(read_audio(container, None, None))
     return video, audio
 
 
-def uniform_picks(n_frames: int, n: int) -> np.ndarray:
-    """The centres of n equal bins over n_frames frames: load_clip's rule."""
-    return ((np.arange(n) + 0.5) * n_frames / n).astype(int)
+def frames_decoded(path: Path) -> tuple[int, int]:
+    """(frames load_clip decodes: per GOP holding a pick, its keyframe up to its last pick;
+    frames the naive loop decodes: all of them), from the packet index."""
+    with av.open(str(path)) as container:
+        index = frame_index(container, container.streams.video[0])
+    is_keyframe = [key for _, key in index]
+    keyframes = np.flatnonzero(is_keyframe)
+    last_pick_of_gop: dict[int, int] = {}
+    for pick in pick_frames(is_keyframe, NUM_FRAMES):
+        gop_start = int(keyframes[max(np.searchsorted(keyframes, pick, side="right") - 1, 0)])
+        last_pick_of_gop[gop_start] = max(last_pick_of_gop.get(gop_start, 0), int(pick))
+    return sum(last - start + 1 for start, last in last_pick_of_gop.items()), len(index)
 
 
 def audio_only(path: Path) -> None:
@@ -241,8 +264,10 @@ def measure_case(name: str, paths: list[Path], repeats: int) -> dict:
     check_same_inputs(paths)  # also warms up both pipelines on these files
     loads = {"emosent": emosent_load, "naive": naive_load, "audio": audio_only}
     seconds = median_pass_seconds(loads, paths, repeats)
+    decoded = [frames_decoded(path) for path in paths]
     return {
         "case": name,
+        "decoded": tuple(sum(counts) for counts in zip(*decoded)),
         "emosent": len(paths) / seconds["emosent"],
         "naive": len(paths) / seconds["naive"],
         "audio_ms": 1000 * seconds["audio"] / len(paths),
@@ -257,7 +282,9 @@ def check_same_inputs(paths: list[Path]) -> None:
         assert torch.equal(audio, naive_audio), f"{path.name}: audio differs"
 
 
-def median_pass_seconds(loads: dict[str, Callable[[Path], object]], paths: list[Path], repeats: int) -> dict[str, float]:
+def median_pass_seconds(
+    loads: dict[str, Callable[[Path], object]], paths: list[Path], repeats: int
+) -> dict[str, float]:
     """Median wall time of one pass over `paths` for each loader. The loaders take turns within
     each repetition, so a burst of load from another process hits them alike."""
     times: dict[str, list[float]] = {name: [] for name in loads}
@@ -271,8 +298,17 @@ def median_pass_seconds(loads: dict[str, Callable[[Path], object]], paths: list[
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ("case", "emosent clips/s", "naive clips/s", "ratio")
-    lines = [(r["case"], f"{r['emosent']:.2f}", f"{r['naive']:.2f}", f"{r['emosent'] / r['naive']:.1f}x") for r in rows]
+    header = ("case", "emosent clips/s", "naive clips/s", "ratio", "frames decoded: emosent / naive")
+    lines = [
+        (
+            r["case"],
+            f"{r['emosent']:.2f}",
+            f"{r['naive']:.2f}",
+            f"{r['emosent'] / r['naive']:.1f}x",
+            "{} / {}".format(*r["decoded"]),
+        )
+        for r in rows
+    ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     print()
     for cells in (header, tuple("-" * w for w in widths), *lines):
