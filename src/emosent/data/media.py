@@ -138,9 +138,10 @@ def read_frames(container, stream, start: float | None, end: float | None, n: in
 
 def pick_frames(is_keyframe: list[bool], n: int) -> np.ndarray:
     """n frame positions, one per equal bin of the frames: a keyframe of the bin when it has one
-    (the one nearest the bin's centre), else the centre frame. Either way the picks are spread
-    uniformly (stratified, as in temporal segment sampling); a keyframe costs one decoded frame,
-    the centre of a group of pictures up to the whole group. Fewer frames than n: frames repeat."""
+    (the one nearest the bin's centre), else the centre frame. One pick per bin (stratified, as in
+    temporal segment sampling), so spacing is uniform up to half a bin; since encoders also place
+    keyframes at scene cuts, picks lean towards the first frame after a cut. A keyframe costs one
+    decoded frame, a centre frame up to its whole group of pictures. Fewer frames than n: repeats."""
     size = len(is_keyframe)
     centres = ((np.arange(n) + 0.5) * size / n).astype(int)
     if size < n:
