@@ -27,6 +27,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from emosent.data.manifest import MELD_CLIP_DIRS
 from emosent.labels import EMOTIONS, SENTIMENTS
 
 FrameFn = Callable[[int, float], np.ndarray]
@@ -69,11 +70,7 @@ MELD_COLUMNS = (
 )
 
 # split name -> (CSV file name, clip directory), as in the MELD.Raw release.
-MELD_SPLITS: dict[str, tuple[str, str]] = {
-    "train": ("train_sent_emo.csv", "train_splits"),
-    "dev": ("dev_sent_emo.csv", "dev_splits_complete"),
-    "test": ("test_sent_emo.csv", "output_repeated_splits_test"),
-}
+MELD_SPLITS: dict[str, tuple[str, str]] = {split: (f"{split}_sent_emo.csv", clip_dir) for split, clip_dir in MELD_CLIP_DIRS.items()}
 
 CLIP_MIN_S = 1.0
 CLIP_MAX_S = 4.0
