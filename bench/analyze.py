@@ -11,8 +11,6 @@ per-segment endpoint works; the ratio says what batching buys.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 from pathlib import Path
@@ -23,6 +21,8 @@ import torch
 from emosent import EmotionSentimentModel, ModelConfig
 from emosent.analyze import analyze
 from emosent.data.sample import write_clip
+
+import machine
 
 DURATION_S = 60.0
 WIDTH, HEIGHT, FPS = 640, 360, 25
@@ -60,12 +60,6 @@ def srt_time(s: float) -> str:
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
-def machine(device: str) -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
-    gpu = torch.cuda.get_device_name() if device != "cpu" and torch.cuda.is_available() else "CPU only"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -85,7 +79,7 @@ def main() -> None:
     assert all(len(r["utterances"]) == SEGMENTS for r in batched)
     best = min(batched, key=lambda r: r["elapsed_s"])
     elapsed = statistics.median(r["elapsed_s"] for r in batched)
-    print(f"machine: {machine(args.device)}")
+    print(f"machine: {machine.describe(args.device)}")
     print(f"video: {DURATION_S:.0f} s, {WIDTH}x{HEIGHT} {FPS} fps H.264 + AAC, {SEGMENTS} subtitle segments; "
           f"model: minilm + R3D-18 + audio CNN; batch {args.batch_size}; median of {args.repeats}")
     print(f"RTF {elapsed / DURATION_S:.3f} ({elapsed:.2f} s for {DURATION_S:.0f} s of video)")

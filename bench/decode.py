@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -59,6 +58,8 @@ from emosent.data.media import (
     transform_frames,
 )
 from emosent.data.sample import MELD_SPLITS, make_sample, write_clip
+
+import machine
 
 SAMPLE_PER_CLASS = 3  # make_sample's train split: 7 emotions x 3 = 21 clips
 SAMPLE_SEED = 0
@@ -89,7 +90,7 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed run still removes its media
     repeats = QUICK_REPEATS if args.quick else REPEATS
-    print(describe_machine())
+    print(f"machine: {machine.describe()}\nPyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info})")
     print(f"repeats: {repeats} (median reported)\n")
     cpu_before = cpu_snapshot()
     log_mel(np.zeros(16_000, np.float32))  # librosa/numba compile here, not inside a timing
@@ -104,22 +105,6 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPEATS} repetitions instead of {REPEATS}")
     return parser.parse_args()
-
-
-def describe_machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: {cpu_model()}, {cores} cores usable\n"
-        f"python {platform.python_version()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
-        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
-    )
-
-
-def cpu_model() -> str:
-    for line in read_text("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_snapshot() -> tuple[float | None, float, float]:

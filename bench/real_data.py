@@ -42,8 +42,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -57,6 +55,8 @@ import torch
 from emosent.data import read_manifest
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.metrics import task_metrics
+
+import machine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -272,18 +272,6 @@ def table(title: str, prefix: str, results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} (CPU threads {torch.get_num_threads()})"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "real_data" / time.strftime("%Y%m%d-%H%M%S"))
@@ -296,7 +284,7 @@ def main() -> int:
     if out.exists() and any(out.iterdir()):
         sys.exit(f"{out} is not empty: choose a fresh --out")
     out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}\nout: {out}", flush=True)
+    print(f"machine: {machine.describe()}\nout: {out}", flush=True)
 
     sources = sources_digests()
     digest = short_digest(sources)
@@ -320,9 +308,9 @@ def main() -> int:
         tables.insert(0, f"**WARNING: emosent's sources changed during this run ({', '.join(changed)}): "
                          "later variants may have run another version. Run again.**")
 
-    report = "\n\n".join(tables) + f"\n\nTotal wall time: {total:.0f} s on {machine()}; emosent sources sha256 {digest}.\n"
+    report = "\n\n".join(tables) + f"\n\nTotal wall time: {total:.0f} s on {machine.describe()}; emosent sources sha256 {digest}.\n"
     (out / "tables.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"machine": machine(), "emosent_sources_sha256": digest,
+    (out / "results.json").write_text(json.dumps({"machine": machine.describe(), "emosent_sources_sha256": digest,
                                                   "sources_changed_during_run": changed, "total_s": total,
                                                   **everything}, indent=2) + "\n")
     print("\n" + report)

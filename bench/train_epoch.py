@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -23,16 +22,6 @@ import time
 from pathlib import Path
 
 MODEL = dict(text_encoder="minilm", video_weights="none")  # R3D-18 costs the same with any weights
-
-
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
-    import torch
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def run_mode(mode: str, data: Path, cache: Path, epochs: int, batch_size: int) -> dict:
@@ -97,7 +86,9 @@ def main() -> None:
 
     from emosent.data.sample import make_sample
 
-    print(f"machine: {machine()}")
+    import machine
+
+    print(f"machine: {machine.describe('auto')}")
     with tempfile.TemporaryDirectory() as tmp:
         data = make_sample(Path(tmp) / "data", n_per_class=args.n_per_class, seed=0)
         results = {}

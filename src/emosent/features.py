@@ -60,9 +60,10 @@ def weights_digest(modules: list[torch.nn.Module]) -> str:
     return h.hexdigest()
 
 
-def fingerprint(model: EmotionSentimentModel, records: list[Utterance]) -> str:
+def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights: str | None = None) -> str:
     """Everything that changes the frozen outputs: encoders and their weights, pooling, frame and
-    mel settings, and the rows (text, media file with its size and mtime, time range)."""
+    mel settings, and the rows (text, media file with its size and mtime, time range).
+    `weights`: `weights_digest(model.feature_modules())` when the caller has it already."""
     c = model.config
     spec = {
         "format": FORMAT_VERSION,
@@ -70,7 +71,7 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance]) -> str:
         "text": [c.text_encoder, c.pooling, MAX_TOKENS] if "text" in c.modalities else None,
         "video": [c.video_weights, NUM_FRAMES, repr(VIDEO_TRANSFORMS)] if "video" in c.modalities else None,
         "audio": [SAMPLE_RATE_HZ, N_MELS, N_FFT, HOP_LENGTH, MEL_FRAMES, TOP_DB] if "audio" in c.modalities else None,
-        "weights": weights_digest(model.feature_modules()),
+        "weights": weights or weights_digest(model.feature_modules()),
     }
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     media = {"video", "audio"} & set(c.modalities)
@@ -119,11 +120,13 @@ def extract_features(
     num_workers: int = 2,
     shard_rows: int = SHARD_ROWS,
     trainer_kwargs: dict | None = None,
+    weights: str | None = None,
 ) -> Features:
-    """Frozen outputs of `records`, from the cache when the fingerprint matches, else extracted."""
+    """Frozen outputs of `records`, from the cache when the fingerprint matches, else extracted.
+    `weights`: the frozen weights' digest when the caller has it already (see `fingerprint`)."""
     if not records:
         raise ValueError(f"the {split} split has no rows")
-    key = fingerprint(model, records)
+    key = fingerprint(model, records, weights)
     shards = Shards(len(records), shard_rows)
     directory = (cache_dir or default_cache_dir()) / "features" / f"{split}-{key[:20]}-{shard_rows}"
     pending = [k for k in range(shards.count) if not shards.path(directory, k).is_file()]

@@ -27,7 +27,6 @@ from torchmetrics import MeanMetric, SumMetric
 from emosent.config import Launch, ModelConfig, TrainConfig
 from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset, read_manifest
 from emosent.features import FeatureDataset, extract_features, log, weights_digest
-from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
 
@@ -52,7 +51,9 @@ class EmotionSentimentTask(L.LightningModule):
     """Weighted, label-smoothed cross-entropy per head (total = emotion + sentiment), metrics per
     stage, Adam with per-module learning rates, ReduceLROnPlateau on the validation loss."""
 
-    def __init__(self, model: EmotionSentimentModel, config: TrainConfig, emotion_weights: torch.Tensor, sentiment_weights: torch.Tensor):
+    def __init__(self, model: EmotionSentimentModel, config: TrainConfig, emotion_weights: torch.Tensor, sentiment_weights: torch.Tensor,
+                 frozen_digest: str | None = None):
+        """frozen_digest: `weights_digest(model.frozen_modules())` when the caller has it already."""
         super().__init__()
         self.model, self.config = model, config
         self.register_buffer("emotion_weights", emotion_weights)
@@ -64,7 +65,7 @@ class EmotionSentimentTask(L.LightningModule):
         self.mean_loss = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", "val")})
         self.val_examples = SumMetric()  # how many validation examples the metrics cover, over all devices
         self.skips = {"train": SkipCounter(), "val": SkipCounter()}
-        self.frozen_digest = weights_digest(model.frozen_modules())
+        self.frozen_digest = frozen_digest or weights_digest(model.frozen_modules())
 
     def step(self, batch: dict, stage: str) -> torch.Tensor | None:
         if "skipped" in batch:
@@ -191,11 +192,13 @@ def train(
     val_records = read_manifest(data, config.val_split)
     model = EmotionSentimentModel(model_config)
     weights = {task: class_weights([getattr(r, task) for r in train_records], classes) for task, classes in TASKS.items()}
-    train_set, val_set, collate, workers = datasets(model, train_records, val_records, config, launch, cache_dir)
+    # Hashed once (bert-base is 440 MB): it keys both splits' feature caches and marks checkpoints.
+    frozen_digest = weights_digest(model.frozen_modules())
+    train_set, val_set, collate, workers = datasets(model, train_records, val_records, config, launch, cache_dir, frozen_digest)
     # Extraction, when it runs, draws from the global RNGs: seed again so that shuffling and
     # dropout are the same whether the feature cache was cold or warm.
     L.seed_everything(config.seed, workers=True, verbose=False)
-    task = EmotionSentimentTask(model, config, weights["emotion"], weights["sentiment"])
+    task = EmotionSentimentTask(model, config, weights["emotion"], weights["sentiment"], frozen_digest)
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
                                   monitor="val/loss", mode="min", save_top_k=1, save_last=True)
     on_terminal = sys.stderr.isatty()
@@ -220,15 +223,18 @@ def train(
     return out / "model"
 
 
-def datasets(model, train_records: list[Utterance], val_records: list[Utterance], config: TrainConfig, launch: Launch, cache_dir):
+def datasets(model, train_records: list[Utterance], val_records: list[Utterance], config: TrainConfig, launch: Launch, cache_dir,
+             frozen_digest: str):
     """(train set, validation set, collate function, loader workers): cached frozen features when
-    every trainable layer sits after the frozen parts, raw clips otherwise."""
+    every trainable layer sits after the frozen parts, raw clips otherwise. When caching, the
+    frozen modules are exactly the feature modules, so `frozen_digest` keys the cache."""
     if model.trains_encoder_internals():
         log("training end to end: part of an encoder is trainable, so its outputs cannot be cached")
         modalities = model.config.modalities
         return (UtteranceDataset(train_records, modalities), UtteranceDataset(val_records, modalities),
                 Collator(model.tokenizer), config.num_workers)
-    kwargs = dict(cache_dir=Path(cache_dir) if cache_dir else None, num_workers=config.num_workers, trainer_kwargs=launch.trainer_kwargs())
+    kwargs = dict(cache_dir=Path(cache_dir) if cache_dir else None, num_workers=config.num_workers, trainer_kwargs=launch.trainer_kwargs(),
+                  weights=frozen_digest)
     train_features = extract_features(model, train_records, config.train_split, **kwargs)
     val_features = extract_features(model, val_records, config.val_split, **kwargs)
     return FeatureDataset(train_features), FeatureDataset(val_features), None, 0
