@@ -27,10 +27,9 @@ The audio-only model ignores text, so the statement is there only because the CS
 
 Frozen features are extracted once per encoder setting with `emosent extract` (timed on its own
 row) into <out>/cache, so the variants' wall times are training + evaluation only; train and
-evaluate must then report that they reused the cache, which the script checks. Pre-extracting
-also keeps reruns comparable: with the same --seed, `emosent train` gives different results when
-it extracts the features itself than when it finds them cached (the extraction pass consumes
-random state before training starts). With a warm cache, reruns reproduce exactly.
+evaluate must then report that they reused the cache, which the script checks. With the same
+--seed, `emosent train` reproduces its figures exactly whether the cache was cold or warm (it
+re-seeds after extraction).
 
 Run: .venv/bin/python bench/real_data.py [--out DIR] [--only meld|ravdess]
 (default out: runs/real_data/<timestamp>, gitignored; nothing is written under ../shared).
