@@ -43,9 +43,10 @@ def test_fingerprint_follows_weights_pooling_and_rows(sample_dir):
 
 
 def test_interrupted_extraction_redoes_only_missing_shards(sample_dir, tmp_path, capsys):
-    model = tiny_model(modalities=("text", "audio"))
+    model = tiny_model(modalities=("text", "audio")).train()
     records = read_manifest(sample_dir, "train")  # 14 rows, 4 shards of 4
     first = extract_features(model, records, "train", tmp_path, num_workers=0, shard_rows=4)
+    assert model.training and model.fusion.training  # extraction hands the model back in the mode it got it
     shards = sorted(first.directory.glob("shard-*.safetensors"))
     assert len(shards) == 4
     kept = {p: p.stat().st_mtime_ns for p in shards[:2] + shards[3:]}

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import run_cli
 from emosent.train import class_weights
@@ -75,6 +76,10 @@ def test_train_one_epoch_then_evaluate(sample_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing cached train features" in again.stdout and "reusing cached dev features" in again.stdout
     assert "extracting" not in again.stdout
+    # A warm cache trains exactly as the cold one did (same seed): same losses, same weights.
+    assert scalars(tmp_path / "run2")["train/loss"] == tags["train/loss"]
+    cold, warm = (load_file(r / "model" / "model.safetensors") for r in (run, tmp_path / "run2"))
+    assert cold.keys() == warm.keys() and all(torch.equal(cold[k], warm[k]) for k in cold)
 
 
 def test_training_reduces_the_loss(sample_dir, tmp_path):

@@ -248,7 +248,11 @@ def run_extraction(model, records, directory, shards: Shards, pending, batch_siz
         callbacks=[ShardWriter(directory, shards, dims)],
         **trainer_kwargs,
     )
-    trainer.predict(FrozenEncoders(model.eval()), datamodule=data, return_predictions=False)
+    was_training = model.training
+    try:
+        trainer.predict(FrozenEncoders(model.eval()), datamodule=data, return_predictions=False)
+    finally:
+        model.train(was_training)  # the caller may go on to train this model (see train.datasets)
     trainer.strategy.barrier()  # every rank's shards are on disk before anyone reads them
 
 

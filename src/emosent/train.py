@@ -67,6 +67,11 @@ class EmotionSentimentTask(L.LightningModule):
         self.skips = {"train": SkipCounter(), "val": SkipCounter()}
         self.frozen_digest = frozen_digest or weights_digest(model.frozen_modules())
 
+    def on_fit_start(self) -> None:
+        # Lightning's fit keeps whatever mode the modules are in. The trainable layers (dropout,
+        # the fusion BatchNorm) must train; the frozen ones stay in eval (EmotionSentimentModel.train).
+        self.model.train()
+
     def step(self, batch: dict, stage: str) -> torch.Tensor | None:
         if "skipped" in batch:
             self.skips[stage].update(batch)
