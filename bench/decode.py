@@ -6,7 +6,8 @@ Compared, in the same run and on the same files:
   timestamp and which frames are keyframes, picks 16 frames (one per equal bin of the clip: the
   bin's keyframe nearest its centre when it holds one, else its centre frame), then decodes only
   the groups of pictures (GOPs) that hold a pick, each from its keyframe up to its last pick, and
-  converts only the 16 picks to RGB.
+  converts only the 16 picks to RGB. Its frame-index cache is cleared before every load, so
+  each load pays the demux, as a training epoch over many files does.
 * naive: what a plain OpenCV loop (`while cap.read(): ...`) does: decode EVERY video frame and
   convert each one to an RGB array, then keep the 16 it needs. It picks them with emosent's own
   rule (`pick_frames`, fed the decoded frames' keyframe flags) and keeps only the candidates (bin
@@ -50,6 +51,7 @@ import torch
 
 from emosent.data.media import (
     NUM_FRAMES,
+    demux_index,
     frame_index,
     load_clip,
     log_mel,
@@ -202,6 +204,7 @@ def tone_with_noise(t: np.ndarray) -> np.ndarray:
 
 
 def emosent_load(path: Path) -> VideoAudio:
+    demux_index.cache_clear()  # time the uncached path: a training epoch reads each file once
     clip = load_clip(path)
     return clip.video, clip.audio
 
@@ -226,8 +229,7 @@ def naive_load(path: Path) -> VideoAudio:
 def frames_decoded(path: Path) -> tuple[int, int]:
     """(frames load_clip decodes: per GOP holding a pick, its keyframe up to its last pick;
     frames the naive loop decodes: all of them), from the packet index."""
-    with av.open(str(path)) as container:
-        index = frame_index(container, container.streams.video[0])
+    index = frame_index(path)
     is_keyframe = [key for _, key in index]
     keyframes = np.flatnonzero(is_keyframe)
     last_pick_of_gop: dict[int, int] = {}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import solid_frames
 from emosent.data import MediaError, load_clip
 from emosent.data.media import MEL_FRAMES, N_MELS, VIDEO_TRANSFORMS, pick_frames, read_frames
 
@@ -57,6 +58,23 @@ def test_time_window_reads_only_that_window(clips):
     got = grey_levels(load_clip(clips["normal"], start=1.0, end=1.5).video)
     expected = [(8 * (25 + int((k + 0.5) * 13 / 16))) % 256 for k in range(16)]
     assert np.abs(np.array(got) - expected).max() <= 3, (got, expected)
+
+
+def test_segments_of_one_file_demux_it_once_until_it_changes(tmp_path):
+    from emosent.data.media import demux_index
+    from emosent.data.sample import write_clip
+
+    path = write_clip(tmp_path / "talk.mp4", duration_s=1.0, width=160, height=120, frame_fn=solid_frames(160, 120))
+    demux_index.cache_clear()
+    first = grey_levels(load_clip(path, 0.0, 0.5, modalities=("video",)).video)
+    second = grey_levels(load_clip(path, 0.5, 1.0, modalities=("video",)).video)
+    assert (demux_index.cache_info().misses, demux_index.cache_info().hits) == (1, 1)
+    # grey level 8 * frame number (lossy: +-3); frame 13 (0.52 s) is the first at or after 0.5 s
+    assert abs(first[0] - 0) <= 3 and abs(second[0] - 8 * 13) <= 3, (first, second)
+    # the same path rewritten, twice as long: its new frames are read, not the old index's
+    write_clip(path, duration_s=2.0, width=160, height=120, frame_fn=solid_frames(160, 120))
+    later = grey_levels(load_clip(path, 1.5, 2.0, modalities=("video",)).video)
+    assert demux_index.cache_info().misses == 2 and abs(later[0] - (8 * 38) % 256) <= 3, later
 
 
 def test_pick_frames_prefers_a_keyframe_inside_each_bin():

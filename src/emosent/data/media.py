@@ -2,8 +2,8 @@
 feature extraction, `analyze` and serving alike.
 
 Video: T frames sampled uniformly over the clip (or [start, end]): one from each of T equal bins.
-The packets are demuxed once (cheap: no decoding) to learn every frame's timestamp and where the
-keyframes are. A bin's frame is a keyframe when the bin holds one, else its centre frame; then
+The packets are demuxed once per file (cheap: no decoding; cached for the
+last few files) to learn every frame's timestamp and where the keyframes are. A bin's frame is a keyframe when the bin holds one, else its centre frame; then
 only the groups of pictures that hold a wanted frame are decoded, each from its keyframe up to
 its last wanted frame. The frames go through the R3D-18 weights' own transforms.
 
@@ -13,6 +13,7 @@ Audio: decoded and resampled to 16 kHz mono by PyAV (any container or codec FFmp
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ HOP_LENGTH = 512  # 32 ms hop
 MEL_FRAMES = 300  # 300 hops = 9.6 s; longer audio is truncated, shorter is padded
 MAX_AUDIO_S = MEL_FRAMES * HOP_LENGTH / SAMPLE_RATE_HZ  # audio after this is never used: not decoded
 TOP_DB = 80.0  # dynamic range kept below the clip's loudest bin
+INDEX_CACHE_FILES = 4  # frame indexes kept per process (about 8 MB per hour of 25 fps video each)
 
 VIDEO_TRANSFORMS = VIDEO_PREPROCESSING_WEIGHTS.transforms()  # resize 128x171, centre crop 112, Kinetics mean/std
 MEDIA_MODALITIES = ("video", "audio")
@@ -120,7 +122,7 @@ def container_duration(container: av.container.InputContainer) -> float:
 
 def read_frames(container, stream, start: float | None, end: float | None, n: int, path: Path) -> np.ndarray:
     """(n, H, W, 3) uint8 RGB frames at n uniform positions over [start, end]; short clips repeat frames."""
-    index = frame_index(container, stream)  # (pts, is_keyframe) in presentation order
+    index = frame_index(path)  # (pts, is_keyframe) in presentation order
     times = np.array([p for p, _ in index], dtype=np.float64) * float(stream.time_base)
     lo = -np.inf if start is None else start
     hi = np.inf if end is None else end
@@ -155,15 +157,24 @@ def pick_frames(is_keyframe: list[bool], n: int) -> np.ndarray:
     return centres
 
 
-def frame_index(container, stream) -> list[tuple[int, bool]]:
-    """Every frame's (pts, is_keyframe), sorted by pts, from the packets alone (no decoding).
-    Call it on a freshly opened container (load_clip reads video first)."""
-    index = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size]
-    index.sort()
-    return index
+def frame_index(path: Path) -> tuple[tuple[int, bool], ...]:
+    """Every frame's (pts, is_keyframe) in the first video stream, sorted by pts, from the packets
+    alone (no decoding). Kept for the last few files (see demux_index)."""
+    stat = path.stat()
+    return demux_index(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def decode_pts(container, stream, index: list[tuple[int, bool]], wanted: set[int]) -> dict[int, np.ndarray]:
+@functools.lru_cache(maxsize=INDEX_CACHE_FILES)
+def demux_index(path: str, size: int, mtime_ns: int) -> tuple[tuple[int, bool], ...]:
+    """frame_index, cached by path, size and mtime (a rewritten file is demuxed again): `analyze`
+    reads many segments of one video, and demuxing the whole file for each would make it
+    quadratic in the video's length."""
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        return tuple(sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size))
+
+
+def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: set[int]) -> dict[int, np.ndarray]:
     """Decode just the groups of pictures that hold `wanted` frames: seek to each one's keyframe,
     decode up to its last wanted frame."""
     keyframes = np.array([pts for pts, key in index if key] or [index[0][0]])
