@@ -77,6 +77,22 @@ def test_segments_of_one_file_demux_it_once_until_it_changes(tmp_path):
     assert demux_index.cache_info().misses == 2 and abs(later[0] - (8 * 38) % 256) <= 3, later
 
 
+def test_nearest_frames_fallback_finds_the_closest_decoded_frame(tmp_path):
+    # the fallback for streams whose packets decode to other timestamps than the index says
+    from emosent.data.media import frame_index, nearest_frames
+    from emosent.data.sample import write_clip
+
+    path = write_clip(tmp_path / "talk.mp4", duration_s=2.0, width=160, height=120, frame_fn=solid_frames(160, 120))
+    pts = [p for p, _ in frame_index(path)]
+    step = pts[1] - pts[0]
+    wanted = {pts[10] + step // 3: 10, pts[30] - step // 3: 30, pts[-1] + 5 * step: len(pts) - 1}
+    with av.open(str(path)) as container:
+        frames = nearest_frames(container, container.streams.video[0], set(wanted))
+    assert frames.keys() == wanted.keys()
+    for w, source in wanted.items():
+        assert abs(float(frames[w].mean()) - (8 * source) % 256) <= 3, (source, float(frames[w].mean()))
+
+
 def test_pick_frames_prefers_a_keyframe_inside_each_bin():
     keyframes = [i % 25 == 0 for i in range(1500)]  # a 60 s clip at 25 fps, a keyframe every second
     picks = pick_frames(keyframes, 16)

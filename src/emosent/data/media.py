@@ -197,12 +197,21 @@ def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: s
 
 
 def nearest_frames(container, stream, wanted: set[int]) -> dict[int, np.ndarray]:
+    """For each wanted pts, the decoded frame nearest to it (the earlier one on a tie), in one pass
+    from the start that keeps only the best frame so far for each: memory for len(wanted) frames,
+    not for the whole stream."""
     container.seek(0, stream=stream)
-    decoded = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(stream) if f.pts is not None]
-    if not decoded:
+    best: dict[int, tuple[int, np.ndarray]] = {}  # wanted pts -> (distance, frame)
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        closer = [w for w in wanted if w not in best or abs(frame.pts - w) < best[w][0]]
+        if closer:
+            rgb = frame.to_ndarray(format="rgb24")
+            best.update({w: (abs(frame.pts - w), rgb) for w in closer})
+    if not best:
         raise av.InvalidDataError(0, "no decodable video frames")
-    pts = np.array([p for p, _ in decoded])
-    return {w: decoded[int(np.abs(pts - w).argmin())][1] for w in wanted}
+    return {w: rgb for w, (_, rgb) in best.items()}
 
 
 def transform_frames(frames: np.ndarray) -> torch.Tensor:
