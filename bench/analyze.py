@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import srt
 import torch
 
 from emosent import EmotionSentimentModel, ModelConfig
@@ -47,17 +49,10 @@ def speech_like(t: np.ndarray) -> np.ndarray:
 
 def write_srt(path: Path) -> Path:
     step = DURATION_S / SEGMENTS
-    cues = []
-    for k in range(SEGMENTS):
-        start, end = k * step + 0.1, (k + 1) * step - 0.1
-        cues.append(f"{k + 1}\n{srt_time(start)} --> {srt_time(end)}\n{SENTENCES[k % len(SENTENCES)]}\n")
-    path.write_text("\n".join(cues))
+    cues = [srt.Subtitle(k + 1, timedelta(seconds=k * step + 0.1), timedelta(seconds=(k + 1) * step - 0.1),
+                         SENTENCES[k % len(SENTENCES)]) for k in range(SEGMENTS)]
+    path.write_text(srt.compose(cues))
     return path
-
-
-def srt_time(s: float) -> str:
-    ms = round(s * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from emosent.data.media import (
     NUM_FRAMES,
     demux_index,
     frame_index,
+    gop_groups,
     load_clip,
     log_mel,
     pick_frames,
@@ -231,12 +232,8 @@ def frames_decoded(path: Path) -> tuple[int, int]:
     frames the naive loop decodes: all of them), from the packet index."""
     index = frame_index(path)
     is_keyframe = [key for _, key in index]
-    keyframes = np.flatnonzero(is_keyframe)
-    last_pick_of_gop: dict[int, int] = {}
-    for pick in pick_frames(is_keyframe, NUM_FRAMES):
-        gop_start = int(keyframes[max(np.searchsorted(keyframes, pick, side="right") - 1, 0)])
-        last_pick_of_gop[gop_start] = max(last_pick_of_gop.get(gop_start, 0), int(pick))
-    return sum(last - start + 1 for start, last in last_pick_of_gop.items()), len(index)
+    groups = gop_groups(np.flatnonzero(is_keyframe), pick_frames(is_keyframe, NUM_FRAMES).tolist())
+    return sum(picks[-1] - start + 1 for start, picks in groups.items()), len(index)
 
 
 def audio_only(path: Path) -> None:

@@ -2,10 +2,11 @@
 feature extraction, `analyze` and serving alike.
 
 Video: T frames sampled uniformly over the clip (or [start, end]): one from each of T equal bins.
-The packets are demuxed once per file (cheap: no decoding; cached for the
-last few files) to learn every frame's timestamp and where the keyframes are. A bin's frame is a keyframe when the bin holds one, else its centre frame; then
-only the groups of pictures that hold a wanted frame are decoded, each from its keyframe up to
-its last wanted frame. The frames go through the R3D-18 weights' own transforms.
+The packets are demuxed once per file (cheap: no decoding; cached for the last few files) to
+learn every frame's timestamp and where the keyframes are. A bin's frame is a keyframe when the
+bin holds one, else its centre frame; then only the groups of pictures that hold a wanted frame
+are decoded, each from its keyframe up to its last wanted frame. The frames go through the
+R3D-18 weights' own transforms.
 
 Audio: decoded and resampled to 16 kHz mono by PyAV (any container or codec FFmpeg reads), then a
 64-band log-mel spectrogram, normalised per clip, padded or truncated to 300 frames.
@@ -178,12 +179,8 @@ def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: s
     """Decode just the groups of pictures that hold `wanted` frames: seek to each one's keyframe,
     decode up to its last wanted frame."""
     keyframes = np.array([pts for pts, key in index if key] or [index[0][0]])
-    groups: dict[int, list[int]] = {}
-    for pts in sorted(wanted):
-        key = int(keyframes[max(np.searchsorted(keyframes, pts, side="right") - 1, 0)])
-        groups.setdefault(key, []).append(pts)
     frames: dict[int, np.ndarray] = {}
-    for key, group in groups.items():
+    for key, group in gop_groups(keyframes, wanted).items():
         container.seek(key, stream=stream)
         for frame in container.decode(stream):
             if frame.pts in wanted and frame.pts not in frames:
@@ -194,6 +191,17 @@ def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: s
     if missing:  # a stream whose packets decode to other timestamps: fall back to nearest frames
         frames.update(nearest_frames(container, stream, missing))
     return frames
+
+
+def gop_groups(keyframes: np.ndarray, positions) -> dict[int, list[int]]:
+    """`positions` (timestamps or frame numbers, as `keyframes` are) grouped under the keyframe
+    that starts their group of pictures: the last one at or before each (the first keyframe for
+    positions before it), ascending within a group."""
+    groups: dict[int, list[int]] = {}
+    for position in sorted(positions):
+        key = int(keyframes[max(np.searchsorted(keyframes, position, side="right") - 1, 0)])
+        groups.setdefault(key, []).append(position)
+    return groups
 
 
 def nearest_frames(container, stream, wanted: set[int]) -> dict[int, np.ndarray]:
