@@ -34,6 +34,8 @@ RAVDESS frozen-conv also run with seeds 1 and 2, to show how much of a differenc
 
 Run: .venv/bin/python bench/real_data.py [--out DIR] [--only meld|ravdess]
 (default out: runs/real_data/<timestamp>, gitignored; nothing is written under ../shared).
+The report ends with diagnostics read back from the run; `--diagnose RUN` prints them again for
+a finished run folder.
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from emosent.data import read_manifest
+from emosent.data import probe, read_manifest
+from emosent.data.media import MAX_AUDIO_S
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.metrics import task_metrics
 
@@ -267,6 +271,41 @@ def ravdess(root: Path, source: Path) -> list[Result]:
     return results
 
 
+# ---------------------------------------------------------------------------------- diagnostics
+
+
+def diagnostics(out: Path) -> str:
+    """The figures the 'what limits it' notes in BENCHMARKS.md quote, read back from a finished
+    run: how much the cached frozen features vary between rows, the class weights, how long the
+    RAVDESS clips are against the log-mel window, and the audio BatchNorm statistics saved."""
+    lines = ["### Diagnostics", ""]
+    for meta in sorted(out.glob("*/cache/features/train-*/meta.json")):
+        config = json.loads(meta.read_text())["config"]
+        shards = [load_file(p) for p in sorted(meta.parent.glob("shard-*.safetensors"))]
+        name = next(k for k in shards[0] if k.endswith("_features"))
+        x = torch.cat([s[name][s["valid"].bool()] for s in shards]).float()
+        setting = f"pooling {config['pooling']}" if name == "text_features" else "audio convolutions"
+        lines.append(f"- {meta.parts[-5]} train {name} ({setting}; {meta.parent.name}): {len(x)} rows, per-dimension "
+                     f"std across rows (mean over dimensions) {x.std(0).mean():.4f}, mean |value| {x.abs().mean():.4f}")
+    for dataset in ("meld", "ravdess"):
+        training = next(iter(sorted(out.glob(f"{dataset}/runs/*/model/training.json"))), None)
+        if training:
+            weights = json.loads(training.read_text())["class_weights"]["emotion"]
+            lines.append(f"- {dataset} emotion class weights: " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()))
+    if (out / "ravdess" / "data").is_dir():
+        paths = [u.path for split in ("train", "dev") for u in read_manifest(out / "ravdess" / "data", split)]
+        durations = torch.tensor([probe(p).duration_s for p in paths])
+        padding = (1 - durations.clamp(max=MAX_AUDIO_S) / MAX_AUDIO_S).mean()
+        lines.append(f"- ravdess clips: {len(paths)}, {durations.min():.1f}-{durations.max():.1f} s (mean {durations.mean():.1f} s); "
+                     f"the log-mel window is {MAX_AUDIO_S:.1f} s, so on average {padding:.0%} of it is padding")
+    for model in sorted(out.glob("ravdess/runs/*/model/model.safetensors")):
+        state = load_file(model)
+        stats = [f"{k.removeprefix('audio.')} mean {state[k].mean():.3f}" for k in sorted(state)
+                 if k.startswith("audio.conv_layers.") and k.endswith(("running_mean", "running_var"))]
+        lines.append(f"- ravdess {model.parts[-3]} audio BatchNorm: " + ", ".join(stats))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -295,7 +334,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "real_data" / time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--only", choices=("meld", "ravdess"))
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="folder with meld/ and ravdess16k/")
+    parser.add_argument("--diagnose", type=Path, metavar="RUN", help="only print the diagnostics of a finished run folder")
     args = parser.parse_args()
+    if args.diagnose:
+        print(diagnostics(args.diagnose.resolve()))
+        return 0
     out = args.out.resolve()
     if out.is_relative_to(args.data.resolve()):
         sys.exit("--out must not lie inside the shared data folder")
@@ -319,6 +362,7 @@ def main() -> int:
         tables.append(table("RAVDESS, audio only (actors 01-14 -> 15-18, 240 recordings)",
                             f"{common_prefix} --modalities audio --data {out / 'ravdess' / 'data'}", results))
         everything["ravdess"] = [r.__dict__ for r in results]
+    tables.append(diagnostics(out))
     total = time.perf_counter() - started
     now = sources_digests()
     changed = sorted(k for k in sources.keys() | now.keys() if sources.get(k) != now.get(k))
