@@ -89,8 +89,10 @@ def test_training_reduces_the_loss(sample_dir, tmp_path):
                      "--lr-audio", "3e-3", "--lr-text", "3e-3")
     assert result.returncode == 0, result.stderr[-3000:]
     logged = scalars(run)
-    train_loss, val_accuracy = logged["train/loss"], logged["val/emotion/accuracy"]
-    assert len(train_loss) == 15 and train_loss[-1] < 0.8 * train_loss[0], train_loss
+    train_loss, val_loss, val_accuracy = logged["train/loss"], logged["val/loss"], logged["val/emotion/accuracy"]
+    # batches of 2 through BatchNorm make single epochs noisy: compare the last epochs with the first
+    assert len(train_loss) == 15 and min(train_loss[-5:]) < 0.8 * train_loss[0], train_loss
+    assert val_loss[-1] < 0.8 * val_loss[0], val_loss
     assert val_accuracy[-1] >= 2 / 7, val_accuracy  # chance is 1/7
 
 
@@ -98,7 +100,7 @@ def test_existing_run_dir_needs_resume(sample_dir, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "something").write_text("x")
     result = run_cli("train", "--data", sample_dir, "--out", tmp_path / "run", *TINY)
-    assert result.returncode == 2 and "already holds a run: pass --resume" in result.stderr
+    assert result.returncode == 2 and "holds files that are not an emosent run (something)" in result.stderr
 
 
 def test_end_to_end_when_an_encoder_part_is_trainable(sample_dir, tmp_path):

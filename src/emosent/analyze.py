@@ -8,15 +8,15 @@ Each segment's frames and audio are read straight from the source video for [sta
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from emosent.data import Collator, MediaError, Utterance, UtteranceDataset, probe
+from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
 from emosent.segments import Segment, read_segments, transcribe
@@ -50,10 +50,14 @@ def analyze(
     asr_model: str = "small",
     batch_size: int = 8,
     device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Emotion and sentiment per segment of `video`; segments come from exactly one of
-    `subtitles` (.srt/.vtt), `transcript` (.json) or `asr`. Returns the result dict (see README)."""
+    `subtitles` (.srt/.vtt), `transcript` (.json) or `asr`. Returns the result dict (see README).
+    `progress(done, total)` is called after each batch of segments."""
     started = time.perf_counter()
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     video = Path(video)
     if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) != 1:
         raise ValueError("give exactly one of --subtitles, --transcript or --asr")
@@ -74,7 +78,7 @@ def analyze(
     kept, skipped = check_segments(segments, duration, "text" in model.config.modalities, warnings)
 
     timer = Timer()
-    probs = predict_segments(model, video, kept, batch_size, device, timer, skipped)
+    probs = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
     utterances = [
         {"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text,
          "emotions": top_k(p_e, EMOTIONS), "sentiments": top_k(p_s, SENTIMENTS)}
@@ -114,7 +118,8 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
 
 
 @torch.no_grad()
-def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list):
+def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
+                     progress: Callable[[int, int], None] | None = None):
     """(emotion probs, sentiment probs) per segment, (None, None) for a segment that failed."""
     records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
                          source=f"segment {s.start:.3f}-{s.end:.3f} s") for s in segments]
@@ -127,6 +132,8 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
         for index, reason, error in batch["skipped"]:
             skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
                             "text": segments[index].text, "reason": reason, "error": error})
+        if progress is not None:
+            progress(min(first + batch_size, len(records)), len(records))
         if not batch["index"].numel():
             continue
         features = {}
@@ -145,16 +152,6 @@ def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict
 
 
 def write_json(result: dict, path: str | Path) -> Path:
-    """Write atomically: a failure leaves no partial file behind."""
-    path = Path(path)
-    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
+    """Write atomically: a failure leaves no partial file behind. NaN is refused, not written."""
+    text = json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -4,12 +4,50 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import shlex
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from emosent.config import DEFAULT_LR, Launch
 from emosent.encoders import WeightsUnavailableError
+from emosent.files import LockedError
+
+MAX_SEED = 2**32 - 1  # numpy's limit; Lightning replaces a seed outside it with a random one
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; `train` and `extract` stop cleanly and say what was kept."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def number(kind: type, minimum: float | None = None, *, above: bool = False, below: float | None = None):
+    """An argparse type: a finite `kind` (int or float) >= minimum (> minimum with above=True),
+    < below. Errors become argparse's one line, naming the option."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if minimum is not None and (value <= minimum if above else value < minimum):
+            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {minimum:g}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be less than {below:g}, got {text}")
+        return value
+    return parse
+
+
+COUNT = number(int, 1)  # epochs, batch sizes, rows, nodes
+WORKERS = number(int, 0)
+SEED = number(int, 0, below=MAX_SEED + 1)
+RATE = number(float, 0, above=True)
 
 
 def cmd_make_sample(args: argparse.Namespace) -> int:
@@ -63,10 +101,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
     from emosent.analyze import analyze, write_json
-    from emosent.plots import timeline_png
+    from emosent.files import check_outputs
+    from emosent.plots import check_image_path, timeline_png
 
+    # Before any work: never write over what is being read, nor find out at the end that we cannot write.
+    check_outputs({"--out": args.out, "--plot": args.plot},
+                  {"video": args.video, "subtitle file": args.subtitles, "transcript": args.transcript, "model folder": args.model})
+    if args.plot:
+        check_image_path("--plot", args.plot)
     result = analyze(args.video, args.model, subtitles=args.subtitles, transcript=args.transcript, asr=args.asr,
-                     asr_model=args.asr_model, batch_size=args.batch_size, device=args.device)
+                     asr_model=args.asr_model, batch_size=args.batch_size, device=args.device, progress=progress_printer())
     for line in result["warnings"]:
         print(f"warning: {line}", file=sys.stderr)
     for s in result["skipped"]:
@@ -79,6 +123,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
+
+
+def progress_printer():
+    """progress(done, total) for analyze, on stderr (stdout may carry the JSON result): a line
+    updated in place on a terminal, else one line at the start and one per finished quarter."""
+    quarters = [-1]
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\ranalysing: {done}/{total} segments", end="\n" if done == total else "", file=sys.stderr, flush=True)
+            return
+        if quarters[0] < 0:
+            print(f"analysing {total} segments", file=sys.stderr, flush=True)
+            quarters[0] = 0
+        if 4 * done // total > quarters[0]:
+            quarters[0] = 4 * done // total
+            print(f"analysed {done}/{total} segments", file=sys.stderr, flush=True)
+    return progress
 
 
 def model_config(args: argparse.Namespace):
@@ -99,8 +161,18 @@ def parse_modalities(text: str) -> tuple[str, ...]:
 
 
 def launch(args: argparse.Namespace) -> Launch:
-    devices = int(args.devices) if args.devices.isdigit() else args.devices
-    return Launch(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy)
+    return Launch(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy)
+
+
+def devices(text: str) -> int | str:
+    """--devices: auto, a count, or a comma-separated list of device ids (as Lightning takes them)."""
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    if all(part.strip().isdigit() for part in text.split(",")) and "," in text:
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, a number of devices (1 or more) or ids like 0,1; got {text!r}")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -117,8 +189,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_launch_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("devices (passed to Lightning)")
     g.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
-    g.add_argument("--devices", default="auto", help="number of devices per node, or auto")
-    g.add_argument("--num-nodes", type=int, default=1)
+    g.add_argument("--devices", type=devices, default="auto", help="number of devices per node, or auto")
+    g.add_argument("--num-nodes", type=COUNT, default=1)
     g.add_argument("--strategy", default="auto", help="auto, ddp, ... (multi-GPU / multi-node: ddp)")
 
 
@@ -128,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("make-sample", help="write a small synthetic dataset in the MELD layout")
     p.add_argument("out", type=Path, help="folder to create")
-    p.add_argument("--n-per-class", type=int, default=10, help="training clips per emotion (dev/test get half)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-per-class", type=COUNT, default=10, help="training clips per emotion (dev/test get half)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(run=cmd_make_sample)
 
     p = commands.add_parser("train", help="train on a MELD-layout folder or your own CSVs")
@@ -137,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, TensorBoard logs, model/")
     add_model_options(p)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--label-smoothing", type=float, default=0.05)
+    g.add_argument("--epochs", type=COUNT, default=20)
+    g.add_argument("--batch-size", type=COUNT, default=32)
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--label-smoothing", type=number(float, 0, below=1), default=0.05)
     for name, default in DEFAULT_LR.items():
-        g.add_argument(f"--lr-{name}", type=float, default=None, help=f"learning rate of the {name} parameters (default {default:g})")
-    g.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+        g.add_argument(f"--lr-{name}", type=RATE, default=None, help=f"learning rate of the {name} parameters (default {default:g})")
+    g.add_argument("--num-workers", type=WORKERS, default=2, help="data loader processes")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
     add_launch_options(p)
@@ -155,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="cache folder (default ~/.cache/emosent, where train looks)")
     p.add_argument("--model", type=Path, default=None, help="extract for a trained model directory instead of the model options")
     add_model_options(p)
-    p.add_argument("--seed", type=int, default=0, help="as in train: fixes the randomly initialised frozen parts")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--shard-rows", type=int, default=256, help="rows per shard: the unit of resuming")
+    p.add_argument("--seed", type=SEED, default=0, help="as in train: fixes the randomly initialised frozen parts")
+    p.add_argument("--batch-size", type=COUNT, default=16)
+    p.add_argument("--num-workers", type=WORKERS, default=2)
+    p.add_argument("--shard-rows", type=COUNT, default=256, help="rows per shard: the unit of resuming")
     add_launch_options(p)
     p.set_defaults(run=cmd_extract)
 
@@ -180,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr-model", default="small", help="faster-whisper model size (default small)")
     p.add_argument("--out", type=Path, help="result JSON (default: printed to stdout)")
     p.add_argument("--plot", type=Path, help="timeline PNG")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=COUNT, default=8)
     p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
     p.set_defaults(run=cmd_analyze)
     return parser
@@ -207,12 +279,55 @@ def main(argv: list[str] | None = None) -> int:
         import lightning.pytorch  # noqa: F401  (sets up the logging handler that quiet_libraries filters)
 
         quiet_libraries()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    stop_on_signals()
     try:
         return args.run(args)
-    except (ValueError, OSError, WeightsUnavailableError) as err:
+    except (ValueError, OSError, WeightsUnavailableError, LockedError, MisconfigurationException) as err:
         # errors meant for the user (bad argument, bad file, offline weights): one line, no traceback
-        print(f"emosent {args.command}: error: {err}", file=sys.stderr)
+        print(f"emosent {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"emosent {args.command}: stopped by {stop}; {after_interrupt(args)}", file=sys.stderr)
+        return 128 + stop.signum
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or err.__class__.__name__
+    return text if not isinstance(err, OSError) or err.filename is None or str(err.filename) in text else f"{err.filename}: {text}"
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise Interrupted in the main process, so `finally` blocks and Lightning's
+    teardown run and the command says what was kept. A second signal stops at once. Data loader
+    workers (forked, so they inherit this) ignore them: the main process shuts them down."""
+    import os
+
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, and the command that continues it."""
+    if args.command == "train":
+        last = args.out / "checkpoints" / "last.ckpt"
+        again = shlex.join(["emosent", *sys.argv[1:]] + ([] if args.resume else ["--resume"]))
+        if last.is_file():
+            return f"{last} holds the last finished epoch; continue with: {again}"
+        return f"no epoch had finished, so there is no checkpoint yet; start again with: {again}"
+    if args.command == "extract":
+        return "finished shards are kept in the cache; run the same command again to extract the rest"
+    return "nothing was written"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ which carry their own preprocessing (`transforms`) so nothing is re-typed here.
 
 from __future__ import annotations
 
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,11 @@ def _load_tiny() -> tuple[PreTrainedModel, object]:
 
 
 def _load_local(path: Path) -> tuple[PreTrainedModel, object]:
-    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:  # no config.json, no weights, an unknown model type
+        raise ValueError(f"--text-encoder {path}: not a loadable Hugging Face model folder "
+                         f"({err.__class__.__name__}: {str(err).splitlines()[0][:200]})") from None
 
 
 TEXT_ENCODERS: dict[str, TextEncoderSpec] = {
@@ -127,14 +132,29 @@ def build_r3d18(weights: str) -> nn.Module:
     if not path.is_file():
         raise ValueError(f"--video-weights {weights!r} is neither 'kinetics400', 'none' nor an existing file")
     model = r3d_18(weights=None)
-    model.load_state_dict(load_state_dict(path))
+    try:
+        model.load_state_dict(load_state_dict(path))
+    except RuntimeError as err:  # other keys or shapes than torchvision's R3D-18
+        raise ValueError(f"--video-weights {path}: not an R3D-18 state dict ({str(err).splitlines()[0][:160]}); "
+                         "save torchvision's r3d_18().state_dict()") from None
     return model
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from .safetensors, or from a .pth/.pt file without executing pickled code."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from safetensors import SafetensorError
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, SafetensorError, RuntimeError, EOFError) as err:
+        # weights_only refuses pickled code; its message suggests weights_only=False, which we never do
+        raise ValueError(f"{path}: not a plain tensor file ({err.__class__.__name__}); emosent reads only .safetensors "
+                         "or a .pth holding a state dict of tensors (torch.save(model.state_dict(), ...)), and never "
+                         "runs pickled code") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict (names -> tensors), found {type(state).__name__}")
+    return state

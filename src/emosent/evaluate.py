@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1S
 
 from emosent.data import read_manifest
 from emosent.features import FeatureDataset, extract_features
+from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
 from emosent.plots import confusion_png
@@ -52,9 +53,13 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", out: 
     beside the model directory, `evaluation-{split}/`) as metrics.json and confusion PNGs."""
     model_dir = Path(model_dir)
     out = Path(out) if out else model_dir.parent / f"evaluation-{split}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; name a folder for the report")
     model = EmotionSentimentModel.from_pretrained(model_dir)
     records = read_manifest(data, split)
     features = extract_features(model, records, split, Path(cache_dir) if cache_dir else None)
+    if not len(features):
+        raise ValueError(f"no usable {split} clip to evaluate: {features.skipped.summary()}")
     probs = predict_features(model, FeatureDataset(features))
     result = {"model": str(model_dir), "data": str(data), "split": split, "examples": len(features),
               "skipped": dict(features.skipped.reasons)}
@@ -63,7 +68,8 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", out: 
         result[task] = task_report(probs[task], features.tensors[task], classes)
         confusion_png(torch.tensor(result[task]["confusion_matrix"]).numpy(), classes,
                       f"{task} ({split}, n={len(features)})", out / f"confusion_{task}.png")
-    (out / METRICS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2) + "\n"
+    write_atomically(out / METRICS_FILE, lambda tmp: tmp.write_text(text))
     result["out"] = str(out)
     return result
 

@@ -11,6 +11,7 @@ Finished shards survive an interruption and are not redone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset
 from emosent.data.dataset import MAX_TOKENS
 from emosent.data.media import HOP_LENGTH, MEL_FRAMES, N_FFT, N_MELS, NUM_FRAMES, SAMPLE_RATE_HZ, TOP_DB, VIDEO_TRANSFORMS
+from emosent.files import exclusive
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
 
@@ -79,7 +81,8 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
         row = [r.text if "text" in c.modalities else None]
         if media:
             stat = r.path.stat() if r.path is not None and r.path.is_file() else None
-            row += [str(r.path), r.start, r.end, stat and [stat.st_size, stat.st_mtime_ns]]
+            # resolved: `--data meld` and `--data /abs/meld` are the same rows
+            row += [str(r.path.resolve()) if r.path else None, r.start, r.end, stat and [stat.st_size, stat.st_mtime_ns]]
         h.update(json.dumps(row).encode())
     return h.hexdigest()
 
@@ -129,20 +132,34 @@ def extract_features(
     key = fingerprint(model, records, weights)
     shards = Shards(len(records), shard_rows)
     directory = (cache_dir or default_cache_dir()) / "features" / f"{split}-{key[:20]}-{shard_rows}"
-    pending = [k for k in range(shards.count) if not shards.path(directory, k).is_file()]
-    if pending:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / META_FILE).write_text(json.dumps({"fingerprint": key, "rows": len(records), "shard_rows": shard_rows,
-                                                       "config": model.config.to_dict()}, indent=2))
-        done = shards.count - len(pending)
-        log(f"extracting frozen features of {len(records)} {split} rows into {directory}"
-            + (f" ({done} of {shards.count} shards already done)" if done else ""))
-        run_extraction(model, records, directory, shards, pending, batch_size, num_workers, trainer_kwargs or {})
-    else:
-        log(f"reusing cached {split} features from {directory} (fingerprint matches: nothing to extract)")
+    # One extraction per feature set: a second process sharing the cache waits here, then finds
+    # the shards done. Only global rank 0 locks: DDP ranks of one job share its pending list.
+    with exclusive_if_rank_zero(directory.with_name(directory.name + ".lock")):
+        pending = [k for k in range(shards.count) if not shards.path(directory, k).is_file()]
+        if pending:
+            directory.mkdir(parents=True, exist_ok=True)
+            for stale in directory.glob("*.tmp"):  # a shard being written when a process was killed
+                stale.unlink(missing_ok=True)
+            (directory / META_FILE).write_text(json.dumps({"fingerprint": key, "rows": len(records), "shard_rows": shard_rows,
+                                                           "config": model.config.to_dict()}, indent=2))
+            done = shards.count - len(pending)
+            log(f"extracting frozen features of {len(records)} {split} rows into {directory}"
+                + (f" ({done} of {shards.count} shards already done)" if done else ""))
+            run_extraction(model, records, directory, shards, pending, batch_size, num_workers, trainer_kwargs or {})
+        else:
+            log(f"reusing cached {split} features from {directory} (fingerprint matches: nothing to extract)")
     features = load_shards(directory, shards, records, reused=not pending)
     log(f"{split}: {len(features)} rows with features; {features.skipped.summary('rows')}")
     return features
+
+
+@contextlib.contextmanager
+def exclusive_if_rank_zero(lock_path: Path):
+    if rank_zero_only.rank != 0:
+        yield False
+        return
+    with exclusive(lock_path, wait=True, holder=str(lock_path)) as waited:
+        yield waited
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -251,18 +252,45 @@ class EmotionSentimentModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> EmotionSentimentModel:
-        """Rebuild a model written by `save_pretrained`, in eval mode."""
+        """Rebuild a model written by `save_pretrained`, in eval mode. A folder that is not one
+        (missing, truncated or edited files) raises ValueError or FileNotFoundError naming the file."""
         directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train")
-        meta = json.loads(config_path.read_text())
-        if tuple(meta["emotions"]) != EMOTIONS or tuple(meta["sentiments"]) != SENTIMENTS:
-            raise ValueError(f"{config_path}: label names differ from this version's {EMOTIONS} / {SENTIMENTS}")
-        config = ModelConfig(**meta["model_config"])
-        model = cls(config, pretrained=False, text_source=directory / TEXT_ENCODER_DIR)
-        load_model(model, str(directory / WEIGHTS_FILE))
+        config = read_model_config(directory)
+        text_dir = directory / TEXT_ENCODER_DIR
+        if "text" in config.modalities and not text_dir.is_dir():
+            raise FileNotFoundError(f"{text_dir} not found: the model folder is incomplete; copy the whole folder written by emosent train")
+        try:
+            model = cls(config, pretrained=False, text_source=text_dir)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{text_dir}: cannot rebuild the text encoder from its config and tokenizer "
+                             f"({err.__class__.__name__}: {str(err)[:200]}); copy the folder again") from None
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found: the model folder is incomplete; copy the whole folder written by emosent train")
+        try:
+            load_model(model, str(weights))
+        except SafetensorError as err:
+            raise ValueError(f"{weights}: not a readable safetensors file ({err}); it is truncated or corrupt: copy it again") from None
+        except RuntimeError as err:  # missing or unexpected tensors, or other shapes than config.json says
+            raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({str(err).splitlines()[0][:200]}); "
+                             "the two files come from different models") from None
         return model.eval()
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    """The checked ModelConfig of a model folder's config.json."""
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train")
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err}); restore the file written by emosent train") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
+        raise ValueError(f'{config_path}: expected an object with "model_config", "emotions" and "sentiments"')
+    if meta.get("emotions") != list(EMOTIONS) or meta.get("sentiments") != list(SENTIMENTS):
+        raise ValueError(f"{config_path}: label names differ from this version's {EMOTIONS} / {SENTIMENTS}")
+    return ModelConfig.from_dict(meta["model_config"], f"{config_path}: model_config")
 
 
 def check_raw_input(modality: str, tensors: list[torch.Tensor], n_mels: int) -> None:

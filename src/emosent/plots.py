@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+
+from emosent.files import write_atomically  # noqa: E402
 
 
 def confusion_png(matrix: np.ndarray, labels: tuple[str, ...], title: str, path: Path) -> Path:
@@ -27,9 +30,10 @@ def confusion_png(matrix: np.ndarray, labels: tuple[str, ...], title: str, path:
             ax.text(j, i, f"{counts[i, j]}", ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 EMOTION_COLOURS = {"anger": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "joy": "#ffbf00",
@@ -59,6 +63,16 @@ def timeline_png(result: dict, path: Path) -> Path:
         fig.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()], list(colours), title=title,
                    loc=corner, ncol=len(colours), frameon=False, fontsize=8, title_fontsize=8)
     fig.subplots_adjust(bottom=0.36, left=0.08, right=0.98)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fmt = Path(path).suffix.lstrip(".").lower()
+    try:
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
+    finally:
+        plt.close(fig)
+
+
+def check_image_path(option: str, path: Path) -> None:
+    """Refuse, before any work, an image path whose extension matplotlib cannot write."""
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise ValueError(f"{option} {path}: cannot write a {path.suffix or 'extension-less'} image; "
+                         f"end the name with one of {', '.join('.' + f for f in sorted(formats))}")

@@ -3,14 +3,20 @@ recognition (faster-whisper, an optional extra)."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import srt
 import webvtt
+from pydantic import BaseModel, ConfigDict, Field
 from webvtt.errors import MalformedCaptionError, MalformedFileError
+
+from emosent.config import validated
 
 ASR_HINT = "install the optional extra with: pip install 'emosent[asr]'"
 
@@ -67,7 +73,7 @@ def parse_srt(path: Path, text: str) -> list[Segment]:
                             "'HH:MM:SS,mmm --> HH:MM:SS,mmm' lines") from None
     if not cues:
         raise SegmentsError(f"{path}: no subtitle cues found")
-    return [Segment(c.start.total_seconds(), c.end.total_seconds(), clean(c.content)) for c in cues]
+    return [Segment(c.start.total_seconds(), c.end.total_seconds(), clean(html.unescape(strip_tags(c.content)))) for c in cues]
 
 
 def parse_vtt(path: Path, text: str) -> list[Segment]:
@@ -78,8 +84,14 @@ def parse_vtt(path: Path, text: str) -> list[Segment]:
                             "'HH:MM:SS.mmm --> HH:MM:SS.mmm' cues") from None
     if not captions:
         raise SegmentsError(f"{path}: no captions found")
-    # Caption.start is 'HH:MM:SS.mmm'; start_in_seconds would drop the milliseconds
-    return [Segment(seconds(c.start), seconds(c.end), clean(c.text)) for c in captions]
+    # Caption.start is 'HH:MM:SS.mmm'; start_in_seconds would drop the milliseconds. Caption.text
+    # has the cue tags removed but keeps WebVTT's character references (&amp;, &lt;): decode them.
+    return [Segment(seconds(c.start), seconds(c.end), clean(html.unescape(c.text))) for c in captions]
+
+
+def strip_tags(text: str) -> str:
+    """SRT styling (<i>, <font color=...>, {\\an8}) is not speech; entities (&amp;) are decoded after."""
+    return re.sub(r"</?[A-Za-z][^>]*>|\{\\[^}]*\}", "", text)
 
 
 def seconds(timestamp: str) -> float:
@@ -88,22 +100,33 @@ def seconds(timestamp: str) -> float:
     return sum(p * 60**i for i, p in enumerate(reversed(parts)))
 
 
+class TranscriptItem(BaseModel):
+    """One utterance of a transcript JSON: times in seconds (finite, >= 0; JSON true is not a
+    number) and the text as a string. Other keys (a speaker, a confidence) are allowed and ignored."""
+
+    model_config = ConfigDict(strict=True)
+    start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    end: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    text: str
+
+
+TRANSCRIPT_SHAPE = '[{"start": seconds, "end": seconds, "text": "..."}, ...]'
+
+
 def parse_transcript(path: Path, text: str) -> list[Segment]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SegmentsError(f"{path}: not valid JSON ({err})") from None
+        raise SegmentsError(f"{path}: not valid JSON ({err}); expected {TRANSCRIPT_SHAPE}") from None
     if not isinstance(items, list):
-        raise SegmentsError(f'{path}: expected a JSON list of {{"start": s, "end": s, "text": "..."}}')
-    segments = []
-    for i, item in enumerate(items):
-        try:
-            segments.append(Segment(float(item["start"]), float(item["end"]), clean(str(item["text"]))))
-        except (KeyError, TypeError, ValueError):
-            raise SegmentsError(f'{path}: item {i} is not {{"start": seconds, "end": seconds, "text": "..."}}: {item!r}') from None
-    if not segments:
+        raise SegmentsError(f"{path}: expected a JSON list {TRANSCRIPT_SHAPE}, got a {type(items).__name__}")
+    if not items:
         raise SegmentsError(f"{path}: the transcript is empty")
-    return segments
+    try:
+        parsed = validated(list[TranscriptItem], items, path)
+    except ValueError as err:  # "path: 3.start: Input should be ..., got nan": say it is item 3
+        raise SegmentsError(f"{err}; expected {TRANSCRIPT_SHAPE}") from None
+    return [Segment(item.start, item.end, clean(item.text)) for item in parsed]
 
 
 def transcribe(video: str | Path, model_size: str = "small", device: str = "auto") -> list[Segment]:

@@ -9,7 +9,10 @@ TensorBoard and multi-device / multi-node DDP.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -27,10 +31,13 @@ from torchmetrics import MeanMetric, SumMetric
 from emosent.config import Launch, ModelConfig, TrainConfig
 from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset, read_manifest
 from emosent.features import FeatureDataset, extract_features, log, weights_digest
+from emosent.files import exclusive, write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
 
 RUN_CONFIG = "run_config.json"
+LOCK_FILE = ".lock"  # holds the PID of the process training into the folder
+RUN_FILES = {RUN_CONFIG, LOCK_FILE, "checkpoints", "tensorboard"}  # what a run writes before its model
 TRAINING_FILE = "training.json"  # written beside the exported model: class weights, metrics, steps
 
 
@@ -71,6 +78,12 @@ class EmotionSentimentTask(L.LightningModule):
         # Lightning's fit keeps whatever mode the modules are in. The trainable layers (dropout,
         # the fusion BatchNorm) must train; the frozen ones stay in eval (EmotionSentimentModel.train).
         self.model.train()
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout draws from the global RNG: make it a function of (seed, epoch, rank), as the data
+        # order is (EmotionDataModule), so a run resumed from the end of epoch e - 1 trains epoch e
+        # exactly as an uninterrupted run does, to the bit on CPU.
+        torch.manual_seed(epoch_seed(self.config.seed, self.current_epoch, self.global_rank))
 
     def step(self, batch: dict, stage: str) -> torch.Tensor | None:
         if "skipped" in batch:
@@ -138,32 +151,45 @@ class EmotionSentimentTask(L.LightningModule):
         checkpoint["state_dict"].update({k: current[k] for k in frozen_keys(self)})
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}/{rank}".encode()).digest()[:8], "little")
+
+
 def frozen_keys(task: EmotionSentimentTask) -> set[str]:
     return {f"model.{name}" for name in task.model.frozen_state_keys()}
 
 
 class EmotionDataModule(L.LightningDataModule):
     """Train and validation loaders; under DDP each rank gets its share, and validation is split
-    without padding so that metrics count every example exactly once."""
+    without padding so that metrics count every example exactly once. The training order is a
+    function of (seed, epoch) on one device too: Lightning calls the sampler's set_epoch."""
 
     def __init__(self, train_set: Dataset, val_set: Dataset, collate, batch_size: int, num_workers: int, seed: int):
         super().__init__()
         self.train_set, self.val_set, self.collate = train_set, val_set, collate
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
-    def loader(self, dataset: Dataset, sampler, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+    def loader(self, dataset: Dataset, sampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = DistributedSampler(self.train_set, world, rank, shuffle=True, seed=self.seed) if world > 1 else None
-        return self.loader(self.train_set, sampler, shuffle=True)
+        return self.loader(self.train_set, DistributedSampler(self.train_set, world, rank, shuffle=True, seed=self.seed))
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler = UnrepeatedDistributedSampler(self.val_set, world, rank, shuffle=False) if world > 1 else None
-        return self.loader(self.val_set, sampler, shuffle=False)
+        return self.loader(self.val_set, sampler)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """Names checkpoints by the 1-based epoch that the epoch log and training.json use."""
+
+    def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: int | None = None, prefix: str | None = None) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
 
 class EpochLog(Callback):
@@ -191,7 +217,9 @@ def train(
     """Train on `data` (MELD layout or your own CSVs), write the run to `out`, return the
     exported model directory `out/model`."""
     out = Path(out)
-    prepare_run_dir(out, model_config, config, resume)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; name a folder for the run")
+    # Everything that can fail on bad input fails here, before the run folder is touched.
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_records = read_manifest(data, config.train_split)
     val_records = read_manifest(data, config.val_split)
@@ -199,12 +227,20 @@ def train(
     weights = {task: class_weights([getattr(r, task) for r in train_records], classes) for task, classes in TASKS.items()}
     # Hashed once (bert-base is 440 MB): it keys both splits' feature caches and marks checkpoints.
     frozen_digest = weights_digest(model.frozen_modules())
+    with run_lock(out):
+        resume = prepare_run_dir(out, model_config, config, resume)
+        return fit(out, model, weights, frozen_digest, train_records, val_records, config, launch, resume, cache_dir)
+
+
+def fit(out: Path, model: EmotionSentimentModel, weights: dict, frozen_digest: str, train_records: list[Utterance],
+        val_records: list[Utterance], config: TrainConfig, launch: Launch, resume: bool, cache_dir) -> Path:
+    """The Lightning part of `train`, in a run folder already prepared and locked."""
     train_set, val_set, collate, workers = datasets(model, train_records, val_records, config, launch, cache_dir, frozen_digest)
     # Extraction, when it runs, draws from the global RNGs: seed again so that shuffling and
     # dropout are the same whether the feature cache was cold or warm.
     L.seed_everything(config.seed, workers=True, verbose=False)
     task = EmotionSentimentTask(model, config, weights["emotion"], weights["sentiment"], frozen_digest)
-    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
+    checkpoints = EpochCheckpoint(dirpath=out / "checkpoints", filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
                                   monitor="val/loss", mode="min", save_top_k=1, save_last=True)
     on_terminal = sys.stderr.isatty()
     trainer = L.Trainer(
@@ -236,33 +272,79 @@ def datasets(model, train_records: list[Utterance], val_records: list[Utterance]
     if model.trains_encoder_internals():
         log("training end to end: part of an encoder is trainable, so its outputs cannot be cached")
         modalities = model.config.modalities
-        return (UtteranceDataset(train_records, modalities), UtteranceDataset(val_records, modalities),
-                Collator(model.tokenizer), config.num_workers)
+        train_set, val_set = UtteranceDataset(train_records, modalities), UtteranceDataset(val_records, modalities)
+        for split, dataset in ((config.train_split, train_set), (config.val_split, val_set)):
+            check_usable(dataset, split)
+        return train_set, val_set, Collator(model.tokenizer), config.num_workers
     kwargs = dict(cache_dir=Path(cache_dir) if cache_dir else None, num_workers=config.num_workers, trainer_kwargs=launch.trainer_kwargs(),
                   weights=frozen_digest)
     train_features = extract_features(model, train_records, config.train_split, **kwargs)
     val_features = extract_features(model, val_records, config.val_split, **kwargs)
+    for split, features in ((config.train_split, train_features), (config.val_split, val_features)):
+        if not len(features):
+            raise ValueError(f"no usable clip in the {split} split, so training cannot start: {features.skipped.summary()}")
     return FeatureDataset(train_features), FeatureDataset(val_features), None, 0
 
 
-def prepare_run_dir(out: Path, model_config: ModelConfig, config: TrainConfig, resume: bool) -> None:
-    """A new run needs an empty folder; --resume needs the same model configuration and a last checkpoint."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+def check_usable(dataset: UtteranceDataset, split: str) -> None:
+    """Stop before training when no item of `dataset` can be read; stops at the first good item,
+    so a healthy split costs one clip."""
+    skipped = SkipCounter()
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if "skip" not in item:
+            return
+        skipped.update({"index": [], "skipped": [(i, item["skip"], item["error"])]})
+    raise ValueError(f"no usable clip in the {split} split, so training cannot start: {skipped.summary()}")
 
-    if rank_zero_only.rank != 0:  # processes started by the DDP launcher find the folder made by rank 0
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """One training process per run folder (global rank 0; DDP ranks of the same job share it)."""
+    if rank_zero_only.rank != 0:
+        yield
         return
-    run_config = {"model_config": model_config.to_dict(), "train_config": asdict(config)}
-    if resume:
-        last = out / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: {last} not found; start a new run without --resume")
-        saved = json.loads((out / RUN_CONFIG).read_text())
-        if saved["model_config"] != run_config["model_config"]:
-            raise ValueError(f"--resume: the model options differ from the run in {out} ({saved['model_config']})")
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
+    with exclusive(out / LOCK_FILE, wait=False, holder=f"run folder {out}"):
+        yield
+
+
+def prepare_run_dir(out: Path, model_config: ModelConfig, config: TrainConfig, resume: bool) -> bool:
+    """Whether to resume: a folder with a last checkpoint needs --resume and the same model
+    options; a new, empty or checkpoint-less folder (a start that failed or was killed before its
+    first epoch ended) starts from the beginning. Files that are not ours are never touched."""
+    if rank_zero_only.rank != 0:  # processes started by the DDP launcher find the folder made by rank 0
+        return resume and (out / "checkpoints" / "last.ckpt").is_file()
+    run_config = {"model_config": model_config.to_dict(), "train_config": asdict(config)}
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        try:
+            saved = json.loads((out / RUN_CONFIG).read_text())["model_config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"--resume: {out / RUN_CONFIG} is missing or unreadable, so the run's model options are "
+                             "unknown; start a new run in another --out") from None
+        if saved != run_config["model_config"]:
+            raise ValueError(f"--resume: the model options differ from the run in {out} ({saved})")
+        try:
+            torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated (a full disk) or not a checkpoint
+            raise ValueError(f"--resume: {last} cannot be read ({err.__class__.__name__}); it is truncated or corrupt. "
+                             f"Delete it to start the run again from the beginning") from None
+    else:
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise FileExistsError(f"{out} holds files that are not an emosent run ({', '.join(foreign[:3])}): "
+                                  "choose an empty or new --out")
+        if resume or (out / RUN_CONFIG).exists():
+            log(f"{out}: no finished epoch to resume from, so the run starts from the beginning")
+        for leftover in ("checkpoints", "tensorboard"):  # of a start that ended before its first checkpoint
+            shutil.rmtree(out / leftover, ignore_errors=True)
+        resume = False
+    text = json.dumps(run_config, indent=2) + "\n"
+    write_atomically(out / RUN_CONFIG, lambda tmp: tmp.write_text(text))
+    return resume
 
 
 def export_best(task: EmotionSentimentTask, best_path: str, out: Path, weights: dict, trainer: L.Trainer) -> None:

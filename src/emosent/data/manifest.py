@@ -65,6 +65,8 @@ def read_manifest(path: str | Path, split: str | None = "train") -> list[Utteran
 def read_meld(folder: Path, split: str) -> list[Utterance]:
     csv_path = folder / f"{split}_sent_emo.csv"
     rows = read_csv(csv_path, MELD_COLUMNS)
+    if not rows:
+        raise ManifestError(f"{csv_path}: no rows under the header; the {split} split needs at least one utterance")
     check_labels(csv_path, rows, "Emotion", "Sentiment")
     clips = folder / MELD_CLIP_DIRS[split]
     return [
@@ -81,13 +83,19 @@ def read_meld(folder: Path, split: str) -> list[Utterance]:
 
 def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
     rows = read_csv(csv_path, USER_COLUMNS)
+    if not rows:
+        raise ManifestError(f"{csv_path}: no rows under the header; add at least one utterance")
     if split is not None:
         if not rows or "split" not in rows[0][1]:
             raise ManifestError(
                 f"{csv_path}: no 'split' column, so the {split!r} rows cannot be told apart. Add a column "
                 f"'split' with values {SPLITS}, or put the splits in train.csv / dev.csv / test.csv in one folder"
             )
+        found = sorted({row["split"].strip().lower() for _, row in rows})
         rows = [(line, row) for line, row in rows if row["split"].strip().lower() == split]
+        if not rows:
+            raise ManifestError(f"{csv_path}: no rows with split {split!r} (split values found: {found}); "
+                                f"use {', '.join(SPLITS)}")
     check_labels(csv_path, rows, "emotion", "sentiment")
     out = []
     for line, row in rows:

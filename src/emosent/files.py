@@ -1,0 +1,103 @@
+"""Files emosent writes: checked before any work, written atomically with the user's umask, and
+folders locked against a second writer. Nothing here knows about models or data."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when `a` and `b` name one file (through links or other spellings)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work starts, an output (option -> path) that would replace an input
+    (name -> file or folder), another output, or that cannot be written where it points."""
+    chosen: dict[str, Path] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ValueError(f"{option} {path}: is a folder; name a file to write")
+        if not path.parent.is_dir():
+            raise ValueError(f"{option} {path}: the folder {path.parent} does not exist; create it first or choose another path")
+        for name, source in inputs.items():
+            if source is None:
+                continue
+            inside = source.is_dir() and path.resolve().is_relative_to(source.resolve())
+            if inside or same_file(path, source):
+                raise ValueError(f"{option} {path}: that is the {name} being read ({source}); writing there would "
+                                 "destroy it: choose another file")
+        for other, earlier in chosen.items():
+            if same_file(path, earlier):
+                raise ValueError(f"{option} and {other} both name {path}: give them different files")
+        chosen[option] = path
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a hidden file beside `path`, then rename it onto `path`: a failure
+    leaves neither a partial file nor the temporary one. The file gets the mode a plain `open`
+    would give (0666 minus the umask), not mkstemp's private 0600."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock; the message names it."""
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path, *, wait: bool, holder: str) -> Iterator[bool]:
+    """Hold an exclusive lock on `lock_path` (created if needed) for the block. The file keeps the
+    holder's PID for the messages of others. wait=False raises LockedError when it is held,
+    naming the holder's PID; wait=True blocks until it is free and yields True if it had to wait.
+    The lock goes with the process, so a killed holder never leaves a stale lock."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        waited = False
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            if not wait:
+                raise LockedError(f"{holder} is in use by another emosent process (PID {pid}); wait for it to "
+                                  "finish or stop it") from None
+            print(f"waiting for PID {pid}, which holds {lock_path}", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+            waited = True
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield waited
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
