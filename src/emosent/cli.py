@@ -39,7 +39,7 @@ def number(kind: type, minimum: float | None = None, *, above: bool = False, bel
         if minimum is not None and (value <= minimum if above else value < minimum):
             raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {minimum:g}, got {text}")
         if below is not None and value >= below:
-            raise argparse.ArgumentTypeError(f"must be less than {below:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be less than {below:{'d' if kind is int else 'g'}}, got {text}")
         return value
     return parse
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from emosent.config import ModelConfig
 from emosent.encoders import R3D_FEATURES, build_r3d18, load_text_encoder
+from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
 
 AUDIO_CONV_FEATURES = 128
@@ -244,7 +245,8 @@ class EmotionSentimentModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"model_config": self.config.to_dict(), "emotions": list(EMOTIONS), "sentiments": list(SENTIMENTS)}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        save_model(self, str(directory / WEIGHTS_FILE))
+        # safetensors writes its file with mode 0600; a model folder is meant to be shared
+        write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_model(self, str(tmp)))
         if self.tokenizer is not None:
             self.text.backbone.config.save_pretrained(directory / TEXT_ENCODER_DIR)
             self.tokenizer.save_pretrained(directory / TEXT_ENCODER_DIR)

@@ -79,11 +79,13 @@ class EmotionSentimentTask(L.LightningModule):
         # the fusion BatchNorm) must train; the frozen ones stay in eval (EmotionSentimentModel.train).
         self.model.train()
 
-    def on_train_epoch_start(self) -> None:
-        # Dropout draws from the global RNG: make it a function of (seed, epoch, rank), as the data
-        # order is (EmotionDataModule), so a run resumed from the end of epoch e - 1 trains epoch e
-        # exactly as an uninterrupted run does, to the bit on CPU.
-        torch.manual_seed(epoch_seed(self.config.seed, self.current_epoch, self.global_rank))
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Dropout draws from the global RNG: make it a function of (seed, epoch, batch, rank), as
+        # the data order is of (seed, epoch) (EmotionDataModule), so a run resumed from the end of
+        # epoch e - 1 trains epoch e exactly as an uninterrupted run does, to the bit on CPU.
+        # Per batch, not per epoch: Lightning draws from the same RNG between the hooks (a data
+        # loader's base seed), at other points in a resumed run than in a fresh one.
+        torch.manual_seed(batch_seed(self.config.seed, self.current_epoch, batch_idx, self.global_rank))
 
     def step(self, batch: dict, stage: str) -> torch.Tensor | None:
         if "skipped" in batch:
@@ -117,6 +119,14 @@ class EmotionSentimentTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.report_skips("val")
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            # ReduceLROnPlateau steps here, before the epoch's checkpoint is written (at validation
+            # end), not after the epoch as Lightning would: Lightning skips that step for the epoch
+            # a resumed run restarts from, and the resumed LRs would drift from an uninterrupted run's.
+            self.lr_schedulers().step(self.mean_loss["val_loss"].compute())
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        pass  # stepped in on_validation_epoch_end
 
     def report_skips(self, stage: str) -> None:
         counter = self.skips[stage]
@@ -151,8 +161,8 @@ class EmotionSentimentTask(L.LightningModule):
         checkpoint["state_dict"].update({k: current[k] for k in frozen_keys(self)})
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}/{rank}".encode()).digest()[:8], "little")
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}/{batch}/{rank}".encode()).digest()[:8], "little")
 
 
 def frozen_keys(task: EmotionSentimentTask) -> set[str]:
@@ -162,7 +172,7 @@ def frozen_keys(task: EmotionSentimentTask) -> set[str]:
 class EmotionDataModule(L.LightningDataModule):
     """Train and validation loaders; under DDP each rank gets its share, and validation is split
     without padding so that metrics count every example exactly once. The training order is a
-    function of (seed, epoch) on one device too: Lightning calls the sampler's set_epoch."""
+    function of (seed, epoch) on one device too (EpochSampler)."""
 
     def __init__(self, train_set: Dataset, val_set: Dataset, collate, batch_size: int, num_workers: int, seed: int):
         super().__init__()
@@ -175,12 +185,28 @@ class EmotionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        return self.loader(self.train_set, DistributedSampler(self.train_set, world, rank, shuffle=True, seed=self.seed))
+        return self.loader(self.train_set, EpochSampler(self.train_set, self.trainer, world, rank, self.seed))
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler = UnrepeatedDistributedSampler(self.val_set, world, rank, shuffle=False) if world > 1 else None
         return self.loader(self.val_set, sampler)
+
+
+class EpochSampler(DistributedSampler):
+    """A shuffled share of the data whose order is a function of (seed, epoch), the epoch read from
+    the trainer when iteration starts. Lightning's set_epoch comes too late in a resumed run: its
+    first loader iterator is made (and, with worker processes, draws its indices) before the call."""
+
+    def __init__(self, dataset: Dataset, trainer: L.Trainer, world: int, rank: int, seed: int):
+        super().__init__(dataset, world, rank, shuffle=True, seed=seed)
+        self.trainer = trainer
+
+    def __iter__(self):
+        # `processed`, not `current_epoch`: a resumed run creates its iterator before Lightning
+        # marks the restored epoch completed. The same count Lightning passes to set_epoch.
+        self.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return super().__iter__()
 
 
 class EpochCheckpoint(ModelCheckpoint):
