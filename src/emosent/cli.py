@@ -14,16 +14,9 @@ from pathlib import Path
 from emosent.config import DEFAULT_LR, Launch
 from emosent.encoders import WeightsUnavailableError
 from emosent.files import LockedError
+from emosent.signals import Interrupted, stop_on_signals
 
 MAX_SEED = 2**32 - 1  # numpy's limit; Lightning replaces a seed outside it with a random one
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGINT arrived; `train` and `extract` stop cleanly and say what was kept."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
 
 
 def number(kind: type, minimum: float | None = None, *, above: bool = False, below: float | None = None):
@@ -298,25 +291,6 @@ def one_line(err: BaseException) -> str:
     return text if not isinstance(err, OSError) or err.filename is None or str(err.filename) in text else f"{err.filename}: {text}"
 
 
-def stop_on_signals() -> None:
-    """SIGTERM and SIGINT raise Interrupted in the main process, so `finally` blocks and Lightning's
-    teardown run and the command says what was kept. A second signal stops at once. Data loader
-    workers (forked, so they inherit this) ignore them: the main process shuts them down."""
-    import os
-
-    main_pid = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != main_pid:
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def after_interrupt(args: argparse.Namespace) -> str:
     """What an interrupted command kept, and the command that continues it."""
     if args.command == "train":
@@ -324,7 +298,7 @@ def after_interrupt(args: argparse.Namespace) -> str:
         again = shlex.join(["emosent", *sys.argv[1:]] + ([] if args.resume else ["--resume"]))
         if last.is_file():
             return f"{last} holds the last finished epoch; continue with: {again}"
-        return f"no epoch had finished, so there is no checkpoint yet; start again with: {again}"
+        return f"no checkpoint had been written yet; start again with: {again}"
     if args.command == "extract":
         return "finished shards are kept in the cache; run the same command again to extract the rest"
     return "nothing was written"

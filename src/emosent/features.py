@@ -33,6 +33,7 @@ from emosent.data.media import HOP_LENGTH, MEL_FRAMES, N_FFT, N_MELS, NUM_FRAMES
 from emosent.files import exclusive
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
+from emosent.signals import raise_if_interrupted
 
 FORMAT_VERSION = 2  # bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
@@ -229,6 +230,7 @@ class ShardWriter(BasePredictionWriter):
         return self.open[k], row % self.shards.size
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        raise_if_interrupted()
         for j, row in enumerate(prediction["index"].tolist()):
             buf, r = self.buffer(row)
             buf["valid"][r] = 1

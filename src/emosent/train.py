@@ -21,7 +21,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
@@ -34,6 +34,7 @@ from emosent.features import FeatureDataset, extract_features, log, weights_dige
 from emosent.files import exclusive, write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
+from emosent.signals import raise_if_interrupted
 
 RUN_CONFIG = "run_config.json"
 LOCK_FILE = ".lock"  # holds the PID of the process training into the folder
@@ -80,6 +81,7 @@ class EmotionSentimentTask(L.LightningModule):
         self.model.train()
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        raise_if_interrupted()
         # Dropout draws from the global RNG: make it a function of (seed, epoch, batch, rank), as
         # the data order is of (seed, epoch) (EmotionDataModule), so a run resumed from the end of
         # epoch e - 1 trains epoch e exactly as an uninterrupted run does, to the bit on CPU.
@@ -210,19 +212,22 @@ class EpochSampler(DistributedSampler):
 
 
 class EpochCheckpoint(ModelCheckpoint):
-    """Names checkpoints by the 1-based epoch that the epoch log and training.json use."""
+    """Names checkpoints by the 1-based epoch that the epoch log and training.json use and, where
+    there is no terminal for a progress bar (CI, log files), prints one plain line per epoch once
+    its checkpoint is on disk (so a line means the epoch is safe)."""
+
+    def __init__(self, *args, log_epochs: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log_epochs = log_epochs
 
     def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: int | None = None, prefix: str | None = None) -> str:
         if "epoch" in metrics:
             metrics = {**metrics, "epoch": metrics["epoch"] + 1}
         return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
-
-class EpochLog(Callback):
-    """One plain line per epoch where there is no terminal for a progress bar (CI, log files)."""
-
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # runs after the epoch's validation
-        if not trainer.is_global_zero:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not (self.log_epochs and trainer.is_global_zero):
             return
         m = trainer.callback_metrics
         keys = ("train/loss", "val/loss", "val/emotion/accuracy", "val/emotion/weighted_f1", "val/sentiment/accuracy")
@@ -267,13 +272,13 @@ def fit(out: Path, model: EmotionSentimentModel, weights: dict, frozen_digest: s
     L.seed_everything(config.seed, workers=True, verbose=False)
     task = EmotionSentimentTask(model, config, weights["emotion"], weights["sentiment"], frozen_digest)
     checkpoints = EpochCheckpoint(dirpath=out / "checkpoints", filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
-                                  monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+                                  monitor="val/loss", mode="min", save_top_k=1, save_last=True, log_epochs=not sys.stderr.isatty())
     on_terminal = sys.stderr.isatty()
     trainer = L.Trainer(
         max_epochs=config.epochs,
         gradient_clip_val=config.grad_clip_norm,
         logger=TensorBoardLogger(out, name="tensorboard", version=""),
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="epoch")] + ([] if on_terminal else [EpochLog()]),
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="epoch")],
         use_distributed_sampler=False,  # EmotionDataModule shards the data itself (unpadded validation)
         num_sanity_val_steps=0,
         log_every_n_steps=1,
