@@ -223,6 +223,11 @@ def test_broken_model_folders_name_the_file(model_dir, clip, tmp_path):
     # and on the command line, one line and no traceback
     one_clear_line(run_cli("analyze", clip, "--model", tmp_path / "truncated", "--transcript", transcript),
                    "truncated/model.safetensors: not a readable safetensors file")
+    one_clear_line(run_cli("analyze", clip, "--model", model_dir.parent, "--transcript", transcript),
+                   f"did you mean {model_dir}?")
+    one_clear_line(run_cli("analyze", tmp_path, "--model", model_dir, "--transcript", transcript), "a folder, not a media file")
+    one_clear_line(run_cli("analyze", clip, "--model", model_dir, "--transcript", transcript, "--device", "cuda:7"),
+                   "--device cuda:7: no such CUDA GPU here")
 
 
 def test_weight_files_are_never_unpickled(tmp_path, sample_dir):
@@ -257,6 +262,9 @@ def test_failed_starts_leave_nothing_that_blocks_the_corrected_rerun(sample_dir,
     assert not run.exists()
     one_clear_line(run_cli("train", "--data", sample_dir, "--out", run, "--text-encoder", tmp_path / "nowhere", "--video-weights",
                            "none", "--modalities", "text"), "unknown text encoder")
+    assert not run.exists()
+    one_clear_line(run_cli("train", "--data", sample_dir, "--out", run, "--text-encoder", "bert-base-uncased", "--video-weights",
+                           "none", "--modalities", "text", env={"HF_HUB_OFFLINE": "1"}), "offline choices: --text-encoder minilm")
     assert not run.exists()
     header_only = user_csv(tmp_path / "header-only", {"train": [], "dev": [("a.mp4", "hi")]})
     one_clear_line(run_cli("train", "--data", header_only, "--out", run, *FAST), "header-only/train.csv: no rows under the header")
@@ -326,15 +334,25 @@ def wait_for_line(proc, prefix: str) -> None:
     raise AssertionError(f"no line starting {prefix!r}; stderr: {proc.stderr.read()[-2000:]}")
 
 
+# End to end (the audio convolutions train), with loader workers: every source of drift at once
+# (data order, dropout, the plateau scheduler, which the high LRs make cut the rates).
+RESUMABLE = [*TINY, "--modalities", "video,audio", "--train-audio-conv", "--epochs", "3", "--batch-size", "2",
+             "--num-workers", "2", "--seed", "7", "--lr-fusion", "0.05", "--lr-heads", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(sample_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = run_cli("train", "--data", sample_dir, *RESUMABLE, "--out", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(sample_dir, tmp_path, how):
-    """End to end (the audio convolutions train), with loader workers: every source of drift at
-    once (data order, dropout, the plateau scheduler). The stop lands in epoch 2 or at its start:
-    either way the resumed run must end with the same weights, to the bit."""
-    args = ["train", "--data", sample_dir, *TINY, "--modalities", "video,audio", "--train-audio-conv", "--epochs", "3",
-            "--batch-size", "2", "--num-workers", "2", "--seed", "7", "--lr-fusion", "0.05", "--lr-heads", "0.05"]
-    full = run_cli(*args, "--out", tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-3000:]
+def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(sample_dir, uninterrupted, tmp_path, how):
+    """The stop lands in epoch 2 or at its start: either way the resumed run must end with the
+    weights of the uninterrupted one, to the bit."""
+    args = ["train", "--data", sample_dir, *RESUMABLE]
 
     stopped = tmp_path / "stopped"
     proc = start(args, stopped)
@@ -343,12 +361,12 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(sample_dir
     _, stderr = proc.communicate(timeout=120)
     assert not (stopped / "model").exists()
     if how == "SIGTERM":
-        assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+        assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, (proc.returncode, stderr[-3000:])
         assert "stopped by SIGTERM" in stderr and "holds the last finished epoch; continue with: emosent train" in stderr, stderr[-600:]
         assert stderr.rstrip().endswith("--resume")
     resumed = run_cli(*args, "--out", stopped, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_weights(tmp_path / "full", stopped)
+    assert_same_weights(uninterrupted, stopped)
     training = json.loads((stopped / "model" / "training.json").read_text())
     best = training["best_checkpoint"]
     assert best == f"best-epoch{training['best_epoch']:02d}.ckpt" and (stopped / "checkpoints" / best).is_file()

@@ -61,20 +61,22 @@ def analyze(
     video = Path(video)
     if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) != 1:
         raise ValueError("give exactly one of --subtitles, --transcript or --asr")
+    # The cheap checks first: a bad video, device or subtitle file fails before the model loads.
+    device = pick_device(device)
+    info = probe(video)  # fails here, clearly, on a path that is not media
+    warnings: list[str] = []
+    segments = None if asr else read_segments(subtitles or transcript, warnings)
     model_dir = None if isinstance(model, EmotionSentimentModel) else Path(model)
     if model_dir is not None:
         model = EmotionSentimentModel.from_pretrained(model_dir)
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
     model = model.to(device).eval()
-
-    info = probe(video)  # fails here, clearly, on a path that is not media
     if "video" in model.config.modalities and not info.has_video:
         raise MediaError(video, "no video stream", "this model reads frames; analyse a video file")
     duration = info.duration_s
-    warnings: list[str] = []
     if "audio" in model.config.modalities and not info.has_audio:
         warnings.append(f"{video}: no audio stream: the audio input is silence")
-    segments = transcribe(video, asr_model) if asr else read_segments(subtitles or transcript, warnings)
+    if segments is None:
+        segments = transcribe(video, asr_model)
     kept, skipped = check_segments(segments, duration, "text" in model.config.modalities, warnings)
 
     timer = Timer()
@@ -94,6 +96,21 @@ def analyze(
         "warnings": warnings,
         "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
     }
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" (a GPU when there is one), or a torch device name that exists here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} found); use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported; use auto, cpu or cuda:N")
+    return device
 
 
 def check_segments(segments: list[Segment], duration: float, needs_text: bool, warnings: list[str]):

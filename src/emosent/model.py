@@ -283,7 +283,8 @@ def read_model_config(directory: Path) -> ModelConfig:
     """The checked ModelConfig of a model folder's config.json."""
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train")
+        hint = f"; did you mean {directory / 'model'}?" if (directory / "model" / CONFIG_FILE).is_file() else ""
+        raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train{hint}")
     try:
         meta = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

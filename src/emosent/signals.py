@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from multiprocessing import AuthenticationError
 
 _received: list[int] = []
 
@@ -35,7 +36,7 @@ def stop_on_signals() -> None:
     def quiet_workers(exc_type, exc, tb):
         # A loader worker's tensor-passing thread (multiprocessing.resource_sharer) loses its peer
         # when the main process stops: that is expected, not worth a traceback over our message.
-        if os.getpid() != main_pid and issubclass(exc_type, (ConnectionError, EOFError)):
+        if os.getpid() != main_pid and issubclass(exc_type, (ConnectionError, EOFError, AuthenticationError)):
             return
         sys.__excepthook__(exc_type, exc, tb)
 

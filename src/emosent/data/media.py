@@ -105,6 +105,8 @@ class MediaInfo:
 def probe(path: str | Path) -> MediaInfo:
     """Duration and streams of a media file, from its header; MediaError if it is not one."""
     path = Path(path)
+    if path.is_dir():
+        raise MediaError(path, "a folder, not a media file", "name a video file")
     if not path.is_file():
         raise MediaError(path, "file not found", "check the path")
     try:
