@@ -14,7 +14,7 @@ from pathlib import Path
 from emosent.config import DEFAULT_LR, Launch
 from emosent.encoders import WeightsUnavailableError
 from emosent.files import LockedError
-from emosent.signals import Interrupted, stop_on_signals
+from emosent.signals import received, stop_on_signals
 
 MAX_SEED = 2**32 - 1  # numpy's limit; Lightning replaces a seed outside it with a random one
 
@@ -277,13 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     try:
         return args.run(args)
-    except (ValueError, OSError, WeightsUnavailableError, LockedError, MisconfigurationException) as err:
-        # errors meant for the user (bad argument, bad file, offline weights): one line, no traceback
-        print(f"emosent {args.command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except Interrupted as stop:
-        print(f"emosent {args.command}: stopped by {stop}; {after_interrupt(args)}", file=sys.stderr)
-        return 128 + stop.signum
+    except BaseException as err:
+        # After a stop signal, whatever surfaces is the stop: a library may have wrapped our
+        # Interrupted in an error of its own (Lightning's logging does).
+        if (signum := received()) is not None:
+            print(f"emosent {args.command}: stopped by {signal.Signals(signum).name}; {after_interrupt(args)}", file=sys.stderr)
+            return 128 + signum
+        if isinstance(err, (ValueError, OSError, WeightsUnavailableError, LockedError, MisconfigurationException)):
+            # errors meant for the user (bad argument, bad file, offline weights): one line, no traceback
+            print(f"emosent {args.command}: error: {one_line(err)}", file=sys.stderr)
+            return 2
+        raise
 
 
 def one_line(err: BaseException) -> str:

@@ -45,6 +45,11 @@ def stop_on_signals() -> None:
     sys.excepthook = quiet_workers  # inherited by the forked workers
 
 
+def received() -> int | None:
+    """The first stop signal received, if any."""
+    return _received[0] if _received else None
+
+
 def raise_if_interrupted() -> None:
     """For loops to call between units of work: the handler's exception can be swallowed where it
     lands (a `__del__`, a library's broad `except`); the signal is not forgotten."""
