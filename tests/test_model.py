@@ -154,11 +154,16 @@ def test_pooling_choices(pooling):
     mask = torch.tensor([[1, 1, 1, 0, 0, 0]])
     with torch.no_grad():
         pooled = model.text.features(ids, mask)
+        out = model.text.backbone(input_ids=ids, attention_mask=mask)
+        pooler, mean = out.pooler_output, out.last_hidden_state[:, :3].mean(1)
         if pooling == "mean":  # padding does not leak into the mean
             other = ids.clone()
             other[0, 3:] = 5
             assert torch.allclose(pooled, model.text.features(other, mask), atol=1e-6)
     assert pooled.shape == (1, 32)
+    # the chosen pooling, and not the other: fails if the option were ignored
+    assert not torch.allclose(pooler, mean, atol=1e-3)
+    assert torch.allclose(pooled, pooler if pooling == "pooler" else mean, atol=1e-6)
 
 
 def test_bert_base_offline_fails_with_the_offline_choices(monkeypatch):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import platformdirs
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -47,10 +48,11 @@ def log(message: str) -> None:
 
 
 def default_cache_dir() -> Path:
-    """$EMOSENT_CACHE, else $XDG_CACHE_HOME/emosent, else ~/.cache/emosent: never beside the data."""
+    """$EMOSENT_CACHE, else the platform's user cache folder (platformdirs: $XDG_CACHE_HOME/emosent
+    or ~/.cache/emosent on Linux, ~/Library/Caches/emosent on macOS): never beside the data."""
     if "EMOSENT_CACHE" in os.environ:
         return Path(os.environ["EMOSENT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emosent"
+    return platformdirs.user_cache_path("emosent")
 
 
 def weights_digest(modules: list[torch.nn.Module]) -> str:

@@ -30,18 +30,12 @@ WEIGHTS_FILE = "model.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"  # the text backbone's config and tokenizer (weights live in WEIGHTS_FILE)
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        p.requires_grad = False
-    return module
-
-
 class TextEncoder(nn.Module):
     """(B, L) token ids and mask -> (B, feature_dim). Frozen transformer, trainable projection."""
 
     def __init__(self, backbone: nn.Module, pooling: str, out_dim: int):
         super().__init__()
-        self.backbone = freeze(backbone)
+        self.backbone = backbone.requires_grad_(False)
         self.pooling = pooling
         self.feature_width = backbone.config.hidden_size  # H
         self.projection = nn.Linear(self.feature_width, out_dim)
@@ -74,7 +68,7 @@ class VideoEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, out_dim: int, dropout: float):
         super().__init__()
         backbone.fc = nn.Identity()
-        self.backbone = freeze(backbone)
+        self.backbone = backbone.requires_grad_(False)
         self.feature_width = R3D_FEATURES
         self.fc = nn.Sequential(nn.Linear(R3D_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
 
@@ -104,7 +98,7 @@ class AudioEncoder(nn.Module):
             nn.AdaptiveAvgPool1d(1),
         )
         if frozen:
-            freeze(self.conv_layers)
+            self.conv_layers.requires_grad_(False)
         self.feature_width = AUDIO_CONV_FEATURES
         self.projection = nn.Sequential(nn.Linear(AUDIO_CONV_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
 

@@ -84,20 +84,15 @@ def parse_vtt(path: Path, text: str) -> list[Segment]:
                             "'HH:MM:SS.mmm --> HH:MM:SS.mmm' cues") from None
     if not captions:
         raise SegmentsError(f"{path}: no captions found")
-    # Caption.start is 'HH:MM:SS.mmm'; start_in_seconds would drop the milliseconds. Caption.text
+    # start_in_seconds would drop the milliseconds: the Timestamp objects keep them. Caption.text
     # has the cue tags removed but keeps WebVTT's character references (&amp;, &lt;): decode them.
-    return [Segment(seconds(c.start), seconds(c.end), clean(html.unescape(c.text))) for c in captions]
+    return [Segment(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, clean(html.unescape(c.text)))
+            for c in captions]
 
 
 def strip_tags(text: str) -> str:
     """SRT styling (<i>, <font color=...>, {\\an8}) is not speech; entities (&amp;) are decoded after."""
     return re.sub(r"</?[A-Za-z][^>]*>|\{\\[^}]*\}", "", text)
-
-
-def seconds(timestamp: str) -> float:
-    """'HH:MM:SS.mmm' -> seconds."""
-    parts = [float(p) for p in timestamp.replace(",", ".").split(":")]
-    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
 
 
 class TranscriptItem(BaseModel):
