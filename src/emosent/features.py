@@ -137,7 +137,8 @@ def extract_features(
     directory = (cache_dir or default_cache_dir()) / "features" / f"{split}-{key[:20]}-{shard_rows}"
     # One extraction per feature set: a second process sharing the cache waits here, then finds
     # the shards done. Only global rank 0 locks: DDP ranks of one job share its pending list.
-    with exclusive_if_rank_zero(directory.with_name(directory.name + ".lock")):
+    lock = directory.with_name(directory.name + ".lock")
+    with rank_zero_exclusive(lock, wait=True, holder=str(lock)):
         pending = [k for k in range(shards.count) if not shards.path(directory, k).is_file()]
         if pending:
             directory.mkdir(parents=True, exist_ok=True)
@@ -157,12 +158,14 @@ def extract_features(
 
 
 @contextlib.contextmanager
-def exclusive_if_rank_zero(lock_path: Path):
+def rank_zero_exclusive(lock_path: Path, *, wait: bool, holder: str):
+    """`emosent.files.exclusive`, taken by global rank 0 only: the DDP ranks of one job (started
+    by its rank 0) share rank 0's lock."""
     if rank_zero_only.rank != 0:
-        yield False
+        yield
         return
-    with exclusive(lock_path, wait=True, holder=str(lock_path)) as waited:
-        yield waited
+    with exclusive(lock_path, wait=wait, holder=holder):
+        yield
 
 
 @dataclass(frozen=True)

@@ -74,14 +74,13 @@ class LockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive(lock_path: Path, *, wait: bool, holder: str) -> Iterator[bool]:
+def exclusive(lock_path: Path, *, wait: bool, holder: str) -> Iterator[None]:
     """Hold an exclusive lock on `lock_path` (created if needed) for the block. The file keeps the
     holder's PID for the messages of others. wait=False raises LockedError when it is held,
-    naming the holder's PID; wait=True blocks until it is free and yields True if it had to wait.
+    naming the holder's PID; wait=True says whom it waits for and blocks until it is free.
     The lock goes with the process, so a killed holder never leaves a stale lock."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as f:
-        waited = False
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,12 +91,11 @@ def exclusive(lock_path: Path, *, wait: bool, holder: str) -> Iterator[bool]:
                                   "finish or stop it") from None
             print(f"waiting for PID {pid}, which holds {lock_path}", flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
-            waited = True
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
         try:
-            yield waited
+            yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -9,7 +9,6 @@ TensorBoard and multi-device / multi-node DDP.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -30,8 +29,8 @@ from torchmetrics import MeanMetric, SumMetric
 
 from emosent.config import Launch, ModelConfig, TrainConfig
 from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset, read_manifest
-from emosent.features import FeatureDataset, extract_features, log, weights_digest
-from emosent.files import exclusive, write_atomically
+from emosent.features import FeatureDataset, extract_features, log, rank_zero_exclusive, weights_digest
+from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
 from emosent.signals import raise_if_interrupted
@@ -258,7 +257,8 @@ def train(
     weights = {task: class_weights([getattr(r, task) for r in train_records], classes) for task, classes in TASKS.items()}
     # Hashed once (bert-base is 440 MB): it keys both splits' feature caches and marks checkpoints.
     frozen_digest = weights_digest(model.frozen_modules())
-    with run_lock(out):
+    # One training process per run folder.
+    with rank_zero_exclusive(out / LOCK_FILE, wait=False, holder=f"run folder {out}"):
         resume = prepare_run_dir(out, model_config, config, resume)
         return fit(out, model, weights, frozen_digest, train_records, val_records, config, launch, resume, cache_dir)
 
@@ -327,17 +327,6 @@ def check_usable(dataset: UtteranceDataset, split: str) -> None:
             return
         skipped.update({"index": [], "skipped": [(i, item["skip"], item["error"])]})
     raise ValueError(f"no usable clip in the {split} split, so training cannot start: {skipped.summary()}")
-
-
-@contextlib.contextmanager
-def run_lock(out: Path):
-    """One training process per run folder (global rank 0; DDP ranks of the same job share it)."""
-    if rank_zero_only.rank != 0:
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive(out / LOCK_FILE, wait=False, holder=f"run folder {out}"):
-        yield
 
 
 def prepare_run_dir(out: Path, model_config: ModelConfig, config: TrainConfig, resume: bool) -> bool:
