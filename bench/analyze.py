@@ -22,7 +22,7 @@ import torch
 
 from emosent import EmotionSentimentModel, ModelConfig
 from emosent.analyze import analyze
-from emosent.data.sample import write_clip
+from emosent.synthetic import write_clip
 
 import machine
 

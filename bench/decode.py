@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from emosent.data.media import (
-    NUM_FRAMES,
+    DEFAULT,
     demux_index,
     frame_index,
     gop_groups,
@@ -60,10 +60,11 @@ from emosent.data.media import (
     read_audio,
     transform_frames,
 )
-from emosent.data.sample import MELD_SPLITS, make_sample, write_clip
+from emosent.synthetic import MELD_SPLITS, make_sample, write_clip
 
 import machine
 
+NUM_FRAMES = DEFAULT.num_frames  # the design's processor settings
 SAMPLE_PER_CLASS = 3  # make_sample's train split: 7 emotions x 3 = 21 clips
 SAMPLE_SEED = 0
 
@@ -261,7 +262,7 @@ def measure_case(name: str, paths: list[Path], repeats: int) -> dict:
 def check_same_inputs(paths: list[Path]) -> None:
     for path in paths:
         (video, audio), (naive_video, naive_audio) = emosent_load(path), naive_load(path)
-        assert video.shape == (NUM_FRAMES, 3, 112, 112), video.shape
+        assert video.shape == (NUM_FRAMES, 3, DEFAULT.frame_size, DEFAULT.frame_size), video.shape
         assert torch.equal(video, naive_video), f"{path.name}: the two pipelines picked different frames"
         assert torch.equal(audio, naive_audio), f"{path.name}: audio differs"
 

@@ -56,7 +56,7 @@ import torch
 from safetensors.torch import load_file
 
 from emosent.data import probe, read_manifest
-from emosent.data.media import MAX_AUDIO_S
+from emosent.config import ProcessorConfig
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.metrics import task_metrics
 
@@ -295,9 +295,10 @@ def diagnostics(out: Path) -> str:
     if (out / "ravdess" / "data").is_dir():
         paths = [u.path for split in ("train", "dev") for u in read_manifest(out / "ravdess" / "data", split)]
         durations = torch.tensor([probe(p).duration_s for p in paths])
-        padding = (1 - durations.clamp(max=MAX_AUDIO_S) / MAX_AUDIO_S).mean()
+        window = ProcessorConfig().audio_window_s  # the runs' (default) preprocessing
+        padding = (1 - durations.clamp(max=window) / window).mean()
         lines.append(f"- ravdess clips: {len(paths)}, {durations.min():.1f}-{durations.max():.1f} s (mean {durations.mean():.1f} s); "
-                     f"the log-mel window is {MAX_AUDIO_S:.1f} s, so on average {padding:.0%} of it is padding")
+                     f"the log-mel window is {window:.1f} s, so on average {padding:.0%} of it is padding")
     for model in sorted(out.glob("ravdess/runs/*/model/model.safetensors")):
         state = load_file(model)
         stats = [f"{k.removeprefix('audio.')} mean {state[k].mean():.3f}" for k in sorted(state)

@@ -30,8 +30,7 @@ def run_mode(mode: str, data: Path, cache: Path, epochs: int, batch_size: int) -
     import torch
 
     from emosent.config import ModelConfig, TrainConfig
-    from emosent.data import Collator, UtteranceDataset, read_manifest
-    from emosent.features import FeatureDataset, extract_features
+    from emosent.data import read_manifest
     from emosent.labels import EMOTIONS, SENTIMENTS
     from emosent.model import EmotionSentimentModel
     from emosent.train import EmotionDataModule, EmotionSentimentTask, class_weights
@@ -39,14 +38,14 @@ def run_mode(mode: str, data: Path, cache: Path, epochs: int, batch_size: int) -
     L.seed_everything(0, verbose=False)
     records = read_manifest(data, "train")
     model = EmotionSentimentModel(ModelConfig(**MODEL))
-    if mode in ("extract", "cached"):  # "cached" finds the shards "extract" wrote: no extraction
-        start = time.perf_counter()
-        dataset, collate = FeatureDataset(extract_features(model, records, "train", cache, num_workers=0)), None
-        if mode == "extract":
-            return {"mode": mode, "extraction_s": time.perf_counter() - start}
-    else:
-        dataset, collate = UtteranceDataset(records, model.config.modalities), Collator(model.tokenizer)
-    task = EmotionSentimentTask(model, TrainConfig(batch_size=batch_size), class_weights([r.emotion for r in records], EMOTIONS),
+    # validation on the training rows (one batch, see EpochTimer): one feature set serves both
+    config = TrainConfig(batch_size=batch_size, num_workers=0, val_split="train")
+    data_module = EmotionDataModule(model, records, records, config, trainer_kwargs={}, cache_dir=cache, cached=mode != "e2e")
+    start = time.perf_counter()
+    data_module.prepare()  # "cached" finds the shards "extract" wrote: no extraction
+    if mode == "extract":
+        return {"mode": mode, "extraction_s": time.perf_counter() - start}
+    task = EmotionSentimentTask(model, config, class_weights([r.emotion for r in records], EMOTIONS),
                                 class_weights([r.sentiment for r in records], SENTIMENTS))
     times: list[float] = []
 
@@ -62,7 +61,7 @@ def run_mode(mode: str, data: Path, cache: Path, epochs: int, batch_size: int) -
 
     trainer = L.Trainer(max_epochs=epochs, limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[EpochTimer()])
-    trainer.fit(task, datamodule=EmotionDataModule(dataset, dataset, collate, batch_size, 0, seed=0))
+    trainer.fit(task, datamodule=data_module)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -84,7 +83,7 @@ def main() -> None:
         print(json.dumps(run_mode(args.mode, args.data, args.cache, epochs, args.batch_size)))
         return
 
-    from emosent.data.sample import make_sample
+    from emosent.synthetic import make_sample
 
     import machine
 

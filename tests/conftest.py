@@ -48,7 +48,7 @@ def tone(freq_hz: float = 440.0):
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> dict[str, Path]:
     """Real files for the media pipeline's good and bad cases, written once per session."""
-    from emosent.data.sample import write_clip
+    from emosent.synthetic import write_clip
 
     d = tmp_path_factory.mktemp("clips")
     out = {
@@ -76,7 +76,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """A make-sample dataset: 2 clips per emotion in train, dev and test (42 clips)."""
-    from emosent.data.sample import make_sample
+    from emosent.synthetic import make_sample
 
     return make_sample(tmp_path_factory.mktemp("data") / "sample", n_per_class=2, seed=0)
 

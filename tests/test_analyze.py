@@ -91,13 +91,13 @@ def test_webvtt_and_transcript_json(model_dir, clip, tmp_path):
 
 def test_the_same_numbers_as_the_training_pipeline(model_dir, clip, tmp_path):
     """A segment covering the whole clip gives the probabilities of the model on the training batch."""
-    from emosent.data import Collator, Utterance, UtteranceDataset
+    from emosent.data import Utterance
     from emosent.model import model_inputs
 
     model = EmotionSentimentModel.from_pretrained(model_dir)
     info = analyze(clip, model, transcript=write_json(tmp_path / "t.json", [{"start": 0, "end": 1000, "text": "so happy"}]))
     record = Utterance(text="so happy", emotion=None, sentiment=None, path=clip, start=0.0, end=info["duration_s"])
-    batch = Collator(model.tokenizer)([UtteranceDataset([record], model.config.modalities)[0]])
+    batch = model.processor.collate([model.processor(record)])
     with torch.no_grad():
         probs = model(**model_inputs(batch)).emotion_logits.softmax(-1)[0]
     top = info["utterances"][0]["emotions"][0]
@@ -132,7 +132,7 @@ def test_wrong_format_or_encoding_of_subtitles(model_dir, clip, tmp_path):
 
 
 def test_video_without_audio_and_paths_that_are_not_videos(model_dir, tmp_path):
-    from emosent.data.sample import write_clip
+    from emosent.synthetic import write_clip
 
     silent = write_clip(tmp_path / "silent.mp4", duration_s=1.0, fps=25, width=160, height=120, frame_fn=solid_frames(160, 120))
     transcript = write_json(tmp_path / "t.json", [{"start": 0, "end": 1, "text": "hello"}])

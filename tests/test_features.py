@@ -6,7 +6,7 @@ import torch
 
 from conftest import run_cli
 from emosent import EmotionSentimentModel, ModelConfig
-from emosent.data import Collator, UtteranceDataset, read_manifest
+from emosent.data import UtteranceDataset, read_manifest
 from emosent.features import FeatureDataset, extract_features, fingerprint
 from emosent.model import model_inputs
 
@@ -21,7 +21,7 @@ def test_logits_from_cached_features_equal_logits_from_raw_inputs(sample_dir, tm
     records = read_manifest(sample_dir, "dev")[:4]
     features = extract_features(model, records, "dev", tmp_path, num_workers=0)
     cached = next(iter(torch.utils.data.DataLoader(FeatureDataset(features), batch_size=4)))
-    raw = Collator(model.tokenizer)([UtteranceDataset(records, model.config.modalities)[i] for i in range(4)])
+    raw = model.processor.collate([UtteranceDataset(records, model.processor)[i] for i in range(4)])
     with torch.no_grad():
         from_raw = model(**model_inputs(raw))
         from_cache = model(**model_inputs(cached))

@@ -9,12 +9,13 @@ import torch
 
 from conftest import solid_frames
 from emosent.data import MediaError, load_clip
-from emosent.data.media import MEL_FRAMES, N_MELS, VIDEO_TRANSFORMS, pick_frames, read_frames
+from emosent.data.media import DEFAULT, pick_frames, read_frames, video_transforms
 
-VIDEO_SHAPE = (16, 3, 112, 112)
-AUDIO_SHAPE = (1, N_MELS, MEL_FRAMES)
-MEAN = torch.tensor(VIDEO_TRANSFORMS.mean).view(1, 3, 1, 1)
-STD = torch.tensor(VIDEO_TRANSFORMS.std).view(1, 3, 1, 1)
+VIDEO_SHAPE = (DEFAULT.num_frames, 3, DEFAULT.frame_size, DEFAULT.frame_size)
+AUDIO_SHAPE = (1, DEFAULT.n_mels, DEFAULT.mel_frames)
+TRANSFORMS = video_transforms(DEFAULT.frame_transforms, DEFAULT.frame_size, DEFAULT.frame_resize)
+MEAN = torch.tensor(TRANSFORMS.mean).view(1, 3, 1, 1)
+STD = torch.tensor(TRANSFORMS.std).view(1, 3, 1, 1)
 
 
 def grey_levels(video: torch.Tensor) -> list[int]:
@@ -62,7 +63,7 @@ def test_time_window_reads_only_that_window(clips):
 
 def test_segments_of_one_file_demux_it_once_until_it_changes(tmp_path):
     from emosent.data.media import demux_index
-    from emosent.data.sample import write_clip
+    from emosent.synthetic import write_clip
 
     path = write_clip(tmp_path / "talk.mp4", duration_s=1.0, width=160, height=120, frame_fn=solid_frames(160, 120))
     demux_index.cache_clear()
@@ -80,7 +81,7 @@ def test_segments_of_one_file_demux_it_once_until_it_changes(tmp_path):
 def test_nearest_frames_fallback_finds_the_closest_decoded_frame(tmp_path):
     # the fallback for streams whose packets decode to other timestamps than the index says
     from emosent.data.media import frame_index, nearest_frames
-    from emosent.data.sample import write_clip
+    from emosent.synthetic import write_clip
 
     path = write_clip(tmp_path / "talk.mp4", duration_s=2.0, width=160, height=120, frame_fn=solid_frames(160, 120))
     pts = [p for p, _ in frame_index(path)]
@@ -104,7 +105,7 @@ def test_pick_frames_prefers_a_keyframe_inside_each_bin():
 
 
 def test_rgb_channel_order(tmp_path):
-    from emosent.data.sample import write_clip
+    from emosent.synthetic import write_clip
 
     red = lambda i, t: np.broadcast_to(np.array([220, 20, 20], np.uint8), (120, 160, 3)).copy()
     path = write_clip(tmp_path / "red.mp4", duration_s=0.5, fps=10, width=160, height=120, frame_fn=red)
@@ -171,7 +172,7 @@ def test_nothing_is_written_next_to_the_input(clips):
 
 
 def test_audio_files_are_read_by_pyav(tmp_path):
-    from emosent.data.sample import write_clip
+    from emosent.synthetic import write_clip
 
     # an audio-only mp4 here; FLAC and WAV are covered by the RAVDESS test in test_manifest.py
     path = write_clip(tmp_path / "speech.m4a.mp4", duration_s=3.0, audio_fn=lambda t: (0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
@@ -182,7 +183,7 @@ def test_audio_files_are_read_by_pyav(tmp_path):
 
 
 def test_seek_decoding_matches_decoding_every_frame(tmp_path):
-    from emosent.data.sample import write_clip
+    from emosent.synthetic import write_clip
 
     # frames with B-frames and a short GOP, so that seeking is exercised
     path = write_clip(tmp_path / "gop.mp4", duration_s=4.0, fps=25, width=160, height=120,

@@ -86,7 +86,7 @@ def test_save_and_load_give_identical_logits(model, tmp_path):
     with torch.no_grad():
         expected = model(**batch)
     model.save_pretrained(tmp_path / "m")
-    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors", "text_encoder"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "processor.json", "model.safetensors", "text_encoder"}
     loaded = EmotionSentimentModel.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config and not loaded.training
     with torch.no_grad():
@@ -127,10 +127,12 @@ def test_subset_of_modalities_sizes_the_fusion():
 
 def test_bad_shapes_give_clear_errors(model):
     batch = random_batch()
-    with pytest.raises(ValueError, match=r"video must be \(B, T, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"video must be \(B, 16, 3, 112, 112\) as this model's processor makes it"):
         model(**{**batch, "video": batch["video"].transpose(1, 2)})
-    with pytest.raises(ValueError, match=r"audio must be \(B, 1, 64, F\)"):
+    with pytest.raises(ValueError, match=r"audio must be \(B, 1, 64, 300\)"):
         model(**{**batch, "audio": torch.zeros(B, 64, F)})
+    with pytest.raises(ValueError, match=r"audio must be \(B, 1, 64, 300\)"):  # another window than the processor's
+        model(**{**batch, "audio": batch["audio"][..., :150]})
 
 
 def test_minilm_loads_offline_and_gives_128_features(monkeypatch):

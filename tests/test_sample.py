@@ -1,4 +1,4 @@
-"""Tests for the synthetic MELD-style sample writer (emosent.data.sample)."""
+"""Tests for the synthetic MELD-style sample writer (emosent.synthetic)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from emosent.data.sample import (
+from emosent.synthetic import (
     EMOTION_TEMPLATES,
     EMOTION_TONE_HZ,
     MELD_COLUMNS,

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
+from emosent import EmotionSentimentModel
 from emosent.train import class_weights
 
 TINY = ("--text-encoder", "tiny", "--video-weights", "none")
@@ -118,3 +119,29 @@ def test_two_process_ddp_on_cpu(sample_dir, tmp_path):
     assert examples == [14.0, 14.0]  # both devices' validation examples, each exactly once
     training = json.loads((run / "model" / "training.json").read_text())
     assert training["global_step"] == 2 * 2  # 14 clips / 2 ranks = 7 each, batches of 4: 2 steps per epoch
+
+
+def test_non_default_preprocessing_round_trips_through_train_evaluate_and_analyze(sample_dir, tmp_path):
+    """Settings given to train reach the saved model, and evaluate and analyze use them (a model
+    fed the default 16 frames or 64 bands would refuse the input)."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    result = run_cli("train", "--data", sample_dir, "--out", run, *TINY, "--n-mels", "80", "--num-frames", "8", "--frame-size", "96",
+                     "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--cache-dir", cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((run / "model" / "processor.json").read_text())["processor_config"]
+    assert (saved["n_mels"], saved["num_frames"], saved["frame_size"]) == (80, 8, 96)
+    model = EmotionSentimentModel.from_pretrained(run / "model")
+    assert model.audio.conv_layers[0].in_channels == 80
+
+    evaluated = run_cli("evaluate", "--model", run / "model", "--data", sample_dir, "--split", "test", "--out", tmp_path / "eval",
+                        "--cache-dir", cache)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["examples"] == 14
+
+    clip = sorted((sample_dir / "output_repeated_splits_test").glob("*.mp4"))[0]
+    subtitles = tmp_path / "s.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:00,900\nwhat a day\n")
+    analysed = run_cli("analyze", clip, "--model", run / "model", "--subtitles", subtitles, "--out", tmp_path / "r.json")
+    assert analysed.returncode == 0, analysed.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["utterances"]) == 1 and not result["skipped"]

@@ -1,8 +1,8 @@
 """Analyse a video: emotion and sentiment per utterance, with the training pipeline itself.
 
-Each segment's frames and audio are read straight from the source video for [start, end] by
-`emosent.data.load_clip` (no cutting, no re-encoding, no temporary files), batched through
-`Collator` and the model exactly as in training.
+Each segment's frames and audio are read straight from the source video for [start, end] by the
+model's own processor (no cutting, no re-encoding, no temporary files) and go through
+`model.encode` and the model exactly as in training.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 
-from emosent.data import Collator, MediaError, Utterance, UtteranceDataset, probe
+from emosent.data import MediaError, Utterance, probe
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
+from emosent.model import EmotionSentimentModel
 from emosent.segments import Segment, read_segments, transcribe
 
 TOP_K = 3
@@ -140,12 +140,11 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
     """(emotion probs, sentiment probs) per segment, (None, None) for a segment that failed."""
     records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
                          source=f"segment {s.start:.3f}-{s.end:.3f} s") for s in segments]
-    dataset = UtteranceDataset(records, model.config.modalities)
-    collate = Collator(model.tokenizer)
+    processor = model.processor
     probs: list = [(None, None)] * len(records)
     for first in range(0, len(records), batch_size):
-        items = [timer.run("decode", dataset.__getitem__, i) for i in range(first, min(first + batch_size, len(records)))]
-        batch = collate(items)
+        items = [timer.run("decode", processor, records[i], i) for i in range(first, min(first + batch_size, len(records)))]
+        batch = processor.collate(items)
         for index, reason, error in batch["skipped"]:
             skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
                             "text": segments[index].text, "reason": reason, "error": error})
@@ -153,10 +152,10 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
             progress(min(first + batch_size, len(records)), len(records))
         if not batch["index"].numel():
             continue
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         features = {}
-        for modality, encoder in model.encoders.items():
-            inputs = [batch[name].to(device) for name in RAW_INPUTS[modality]]
-            features[FEATURE_INPUTS[modality]] = timer.run(modality, encoder.features, *inputs)
+        for modality in model.config.modalities:  # one at a time, to time each encoder
+            features.update(timer.run(modality, model.encode, batch, (modality,)))
         out = timer.run("heads", model, **features)
         for j, index in enumerate(batch["index"].tolist()):
             probs[index] = (out.emotion_logits[j].softmax(-1).cpu(), out.sentiment_logits[j].softmax(-1).cpu())

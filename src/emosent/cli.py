@@ -4,47 +4,53 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shlex
 import signal
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
-from emosent.config import DEFAULT_LR, Launch
+from emosent.config import COUNT, DEFAULT_LR, MODALITIES, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, TrainConfig, default_of
 from emosent.encoders import WeightsUnavailableError
 from emosent.files import LockedError
 from emosent.signals import received, stop_on_signals
 
-MAX_SEED = 2**32 - 1  # numpy's limit; Lightning replaces a seed outside it with a random one
+
+def add_options(parser: argparse.ArgumentParser, config_class: type, title: str, *, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of `config_class` that carries option metadata (emosent.config.option):
+    the name, default, type, bounds and help all come from the dataclass, never re-typed here."""
+    group = parser.add_argument_group(title)
+    for f in fields(config_class):
+        if "help" not in f.metadata or f.name in skip:
+            continue
+        flag, default, meta = "--" + f.name.replace("_", "-"), default_of(f), f.metadata
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=meta["help"])
+        elif isinstance(default, tuple):
+            group.add_argument(flag, type=modalities, default=default, help=f"{meta['help']} (default {shown})")
+        else:
+            group.add_argument(flag, type=meta["type"] or type(default), choices=meta["choices"], default=default,
+                               help=f"{meta['help']} (default {shown})")
 
 
-def number(kind: type, minimum: float | None = None, *, above: bool = False, below: float | None = None):
-    """An argparse type: a finite `kind` (int or float) >= minimum (> minimum with above=True),
-    < below. Errors become argparse's one line, naming the option."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if minimum is not None and (value <= minimum if above else value < minimum):
-            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {minimum:g}, got {text}")
-        if below is not None and value >= below:
-            raise argparse.ArgumentTypeError(f"must be less than {below:{'d' if kind is int else 'g'}}, got {text}")
-        return value
-    return parse
+def from_options(config_class: type, args: argparse.Namespace, **values):
+    """`config_class` built from the options `add_options` made (and `values`)."""
+    chosen = {f.name: getattr(args, f.name) for f in fields(config_class) if "help" in f.metadata and hasattr(args, f.name)}
+    return config_class(**chosen | values)
 
 
-COUNT = number(int, 1)  # epochs, batch sizes, rows, nodes
-WORKERS = number(int, 0)
-SEED = number(int, 0, below=MAX_SEED + 1)
-RATE = number(float, 0, above=True)
+def modalities(text: str) -> tuple[str, ...]:
+    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in MODALITIES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"use a comma-separated subset of {','.join(MODALITIES)}, got {text!r}")
+    return chosen
 
 
 def cmd_make_sample(args: argparse.Namespace) -> int:
-    from emosent.data.sample import make_sample
+    from emosent.synthetic import make_sample
 
     out = make_sample(args.out, n_per_class=args.n_per_class, seed=args.seed)
     print(f"wrote a MELD-layout sample dataset to {out}")
@@ -52,14 +58,12 @@ def cmd_make_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from emosent.config import TrainConfig
     from emosent.train import train
 
-    lr = DEFAULT_LR | {k: v for k, v in (("text", args.lr_text), ("video", args.lr_video), ("audio", args.lr_audio),
-                                               ("fusion", args.lr_fusion), ("heads", args.lr_heads)) if v is not None}
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr=lr,
-                         label_smoothing=args.label_smoothing, num_workers=args.num_workers)
-    train(args.data, args.out, model_config(args), config, launch(args), resume=args.resume, cache_dir=args.cache_dir)
+    lr = {name: getattr(args, f"lr_{name}") for name in DEFAULT_LR}
+    config = from_options(TrainConfig, args, lr=lr)
+    train(args.data, args.out, from_options(ModelConfig, args), config, from_options(Launch, args),
+          processor_config=from_options(ProcessorConfig, args), resume=args.resume, cache_dir=args.cache_dir)
     return 0
 
 
@@ -83,10 +87,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
         model = EmotionSentimentModel.from_pretrained(args.model)
     else:  # the seed fixes the random parts (e.g. the audio convolutions), as in `emosent train --seed`
         L.seed_everything(args.seed, verbose=False)
-        model = EmotionSentimentModel(model_config(args))
+        model = EmotionSentimentModel(from_options(ModelConfig, args), from_options(ProcessorConfig, args))
     features = extract_features(model, read_manifest(args.data, args.split), args.split, args.out, batch_size=args.batch_size,
-                                num_workers=args.num_workers, shard_rows=args.shard_rows, trainer_kwargs=launch(args).trainer_kwargs())
+                                num_workers=args.num_workers, shard_rows=args.shard_rows,
+                                trainer_kwargs=from_options(Launch, args).trainer_kwargs())
     print(f"features: {features.directory}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from emosent.model import EmotionSentimentModel
+
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise ValueError(f"--out {args.out}: exists and is not an empty folder; name a new folder for the copy")
+    if args.out.resolve().is_relative_to(args.model.resolve()):
+        raise ValueError(f"--out {args.out}: inside the model folder being read; name a folder elsewhere")
+    model = EmotionSentimentModel.from_pretrained(args.model)
+    out = model.save_pretrained(args.out, include_frozen=args.self_contained)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"model: {out} ({size / 1e6:.1f} MB{', self-contained' if args.self_contained else ''})")
     return 0
 
 
@@ -136,57 +155,6 @@ def progress_printer():
     return progress
 
 
-def model_config(args: argparse.Namespace):
-    from emosent.config import ModelConfig
-
-    return ModelConfig(text_encoder=args.text_encoder, pooling=args.pooling, video_weights=args.video_weights,
-                       modalities=parse_modalities(args.modalities), train_audio_conv=args.train_audio_conv)
-
-
-def parse_modalities(text: str) -> tuple[str, ...]:
-    from emosent.config import MODALITIES
-
-    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in chosen if m not in MODALITIES]
-    if unknown or not chosen:
-        raise ValueError(f"--modalities {text!r}: use a comma-separated subset of {','.join(MODALITIES)}")
-    return chosen
-
-
-def launch(args: argparse.Namespace) -> Launch:
-    return Launch(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy)
-
-
-def devices(text: str) -> int | str:
-    """--devices: auto, a count, or a comma-separated list of device ids (as Lightning takes them)."""
-    if text == "auto":
-        return text
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    if all(part.strip().isdigit() for part in text.split(",")) and "," in text:
-        return text
-    raise argparse.ArgumentTypeError(f"expected auto, a number of devices (1 or more) or ids like 0,1; got {text!r}")
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--text-encoder", default="bert-base-uncased",
-                   help="bert-base-uncased (the design; needs internet once), minilm (offline), tiny (tests), or a local HF model dir")
-    g.add_argument("--pooling", choices=("pooler", "mean"), default="pooler", help="text pooling (default: the design's pooler)")
-    g.add_argument("--video-weights", default="kinetics400",
-                   help="kinetics400 (the design; needs internet once), none (random), or a local R3D-18 state-dict file")
-    g.add_argument("--modalities", default="text,video,audio", help="comma-separated subset of text,video,audio")
-    g.add_argument("--train-audio-conv", action="store_true", help="unfreeze the audio convolutions (trains end to end)")
-
-
-def add_launch_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("devices (passed to Lightning)")
-    g.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
-    g.add_argument("--devices", type=devices, default="auto", help="number of devices per node, or auto")
-    g.add_argument("--num-nodes", type=COUNT, default=1)
-    g.add_argument("--strategy", default="auto", help="auto, ddp, ... (multi-GPU / multi-node: ddp)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emosent", description="Emotion and sentiment recognition in video.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -200,18 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train on a MELD-layout folder or your own CSVs")
     p.add_argument("--data", required=True, type=Path, help="MELD-layout folder, folder with train.csv/dev.csv, or a CSV with a split column")
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, TensorBoard logs, model/")
-    add_model_options(p)
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=COUNT, default=20)
-    g.add_argument("--batch-size", type=COUNT, default=32)
-    g.add_argument("--seed", type=SEED, default=0)
-    g.add_argument("--label-smoothing", type=number(float, 0, below=1), default=0.05)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
+    add_options(p, ModelConfig, "model")
+    add_options(p, ProcessorConfig, "preprocessing (saved with the model as processor.json)")
+    add_options(p, TrainConfig, "training")
+    g = p.add_argument_group("learning rates (the design's Adam groups)")
     for name, default in DEFAULT_LR.items():
-        g.add_argument(f"--lr-{name}", type=RATE, default=None, help=f"learning rate of the {name} parameters (default {default:g})")
-    g.add_argument("--num-workers", type=WORKERS, default=2, help="data loader processes")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    g.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
-    add_launch_options(p)
+        g.add_argument(f"--lr-{name}", type=RATE, default=default, help=f"learning rate of the {name} parameters (default {default:g})")
+    add_options(p, Launch, "devices (passed to Lightning)")
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser("extract", help="run the frozen encoders once and cache their outputs (train does this itself)")
@@ -219,13 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=("train", "dev", "test"))
     p.add_argument("--out", type=Path, default=None, help="cache folder (default ~/.cache/emosent, where train looks)")
     p.add_argument("--model", type=Path, default=None, help="extract for a trained model directory instead of the model options")
-    add_model_options(p)
     p.add_argument("--seed", type=SEED, default=0, help="as in train: fixes the randomly initialised frozen parts")
     p.add_argument("--batch-size", type=COUNT, default=16)
     p.add_argument("--num-workers", type=WORKERS, default=2)
     p.add_argument("--shard-rows", type=COUNT, default=256, help="rows per shard: the unit of resuming")
-    add_launch_options(p)
+    add_options(p, ModelConfig, "model (without --model)")
+    add_options(p, ProcessorConfig, "preprocessing (without --model)")
+    add_options(p, Launch, "devices (passed to Lightning)")
     p.set_defaults(run=cmd_extract)
+
+    p = commands.add_parser("export", help="copy a model folder; --self-contained includes the frozen encoders it names")
+    p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
+    p.add_argument("--out", required=True, type=Path, help="new model folder")
+    p.add_argument("--self-contained", action="store_true",
+                   help="write the named frozen encoders' weights too: the folder then loads anywhere, offline")
+    p.set_defaults(run=cmd_export)
 
     p = commands.add_parser("evaluate", help="metrics JSON, confusion matrices and a table for a trained model")
     p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
@@ -256,6 +229,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # lightning on torch 2.14
     # The frozen encoders are in eval mode on purpose (see EmotionSentimentModel.train).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars for every encoder loaded
     no_tips = logging.Filter()
     no_tips.filter = lambda record: not str(record.msg).startswith("💡 Tip")
     for handler in logging.getLogger("lightning.pytorch").handlers:
@@ -270,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("train", "extract", "evaluate"):
         import lightning.pytorch  # noqa: F401  (sets up the logging handler that quiet_libraries filters)
-
+    if args.command != "make-sample":
         quiet_libraries()
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 

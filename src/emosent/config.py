@@ -6,8 +6,11 @@ dataclasses' own annotations, so a bad value fails at the boundary with the file
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import reprlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +23,65 @@ DEFAULT_LR = {"text": 8e-6, "video": 8e-5, "audio": 8e-5, "fusion": 5e-4, "heads
 # Strict: JSON `true` is not a width and "64" is not a number.
 Width = Annotated[int, Field(gt=0, strict=True)]
 Probability = Annotated[float, Field(ge=0, lt=1, strict=True)]
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+MAX_SEED = 2**32 - 1  # numpy's limit; Lightning replaces a seed outside it with a random one
+
+
+@dataclass(frozen=True)
+class Number:
+    """A numeric option's type and bounds: `kind` (int or float), finite, >= minimum (> minimum
+    with above=True), < below. Parses command-line text (argparse's `type=`) and checks values
+    Python callers pass (`check_fields`), with the same words."""
+
+    kind: type
+    minimum: float | None = None
+    above: bool = False
+    below: float | None = None
+
+    def problem(self, value) -> str | None:
+        if not math.isfinite(value):
+            return f"expected a finite number, got {value!r}"
+        if self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum):
+            return f"must be {'more than' if self.above else 'at least'} {self.minimum:g}, got {value}"
+        if self.below is not None and value >= self.below:
+            return f"must be less than {self.below:{'d' if self.kind is int else 'g'}}, got {value}"
+        return None
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if self.kind is int else 'a number'}, got {text!r}") from None
+        if (problem := self.problem(value)) is not None:
+            raise argparse.ArgumentTypeError(problem if math.isfinite(value) else f"expected a finite number, got {text!r}")
+        return value
+
+
+COUNT = Number(int, 1)  # epochs, batch sizes, rows, frames, nodes
+WORKERS = Number(int, 0)
+SEED = Number(int, 0, below=MAX_SEED + 1)
+RATE = Number(float, 0, above=True)  # learning rates, seconds, decibels
+
+
+def option(help: str, type: Number | None = None, choices: tuple | None = None) -> dict:
+    """dataclass field metadata that makes the field a command-line option (see emosent.cli)."""
+    return {"help": help, "type": type, "choices": choices}
+
+
+def check_fields(config) -> None:
+    """The option bounds of a config's fields, for Python callers (the CLI checks them in argparse)."""
+    for f in fields(config):
+        kind = f.metadata.get("type")
+        value = getattr(config, f.name)
+        if isinstance(kind, Number) and (problem := kind.problem(value)) is not None:
+            raise ValueError(f"{f.name} {problem}")
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise ValueError(f"{f.name} must be one of {f.metadata['choices']}, got {value!r}")
+
+
+def default_of(f) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 @dataclass
@@ -35,18 +97,20 @@ class ModelConfig:
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
-    text_encoder: Annotated[str, Field(min_length=1, strict=True)] = "bert-base-uncased"
-    pooling: str = "pooler"
-    video_weights: Annotated[str, Field(min_length=1, strict=True)] = "kinetics400"
-    modalities: tuple[str, ...] = MODALITIES
+    text_encoder: Annotated[str, Field(min_length=1, strict=True)] = field(default="bert-base-uncased", metadata=option(
+        "bert-base-uncased (the design; needs internet once), minilm (offline), tiny (tests), or a local HF model dir"))
+    pooling: str = field(default="pooler", metadata=option("text pooling : pooler (the design) or mean", choices=POOLINGS))
+    video_weights: Annotated[str, Field(min_length=1, strict=True)] = field(default="kinetics400", metadata=option(
+        "kinetics400 (the design; needs internet once), none (random), or a local R3D-18 state-dict file"))
+    modalities: tuple[str, ...] = field(default=MODALITIES, metadata=option("comma-separated subset of text,video,audio"))
     feature_dim: Width = 128
     fusion_dim: Width = 256
     head_dim: Width = 64
     encoder_dropout: Probability = 0.2
     fusion_dropout: Probability = 0.3
     head_dropout: Probability = 0.2
-    n_mels: Width = 64
-    train_audio_conv: Annotated[bool, Field(strict=True)] = False
+    train_audio_conv: Annotated[bool, Field(strict=True)] = field(default=False, metadata=option(
+        "unfreeze the audio convolutions (trains end to end)"))
     extra: dict = field(default_factory=dict)  # free-form metadata carried into config.json
 
     def __post_init__(self) -> None:
@@ -55,8 +119,7 @@ class ModelConfig:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(self.modalities)}")
         # JSON gives lists back; keep the canonical order so equal configs compare equal.
         self.modalities = tuple(m for m in MODALITIES if m in self.modalities)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        check_fields(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -78,6 +141,18 @@ def validated(schema: type, data: Any, source: str | Path):
         raise ValueError(f"{source}: {describe(err)}") from None
 
 
+def read_json_object(path: Path, key: str) -> dict:
+    """The object in a JSON file emosent wrote, which must hold the object `key`; one ValueError
+    line naming the file otherwise."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); restore the file written by emosent train") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get(key), dict):
+        raise ValueError(f'{path}: expected an object with "{key}"; restore the file written by emosent train')
+    return meta
+
+
 def describe(err: ValidationError) -> str:
     """The first error of a pydantic ValidationError as one line: where, what, and the value."""
     errors = err.errors(include_url=False)
@@ -92,35 +167,84 @@ def describe(err: ValidationError) -> str:
     return f"{where}: {message}{got}{more}"
 
 
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Every preprocessing setting: what `emosent.processor.Processor` makes of an utterance.
+    Saved as processor.json beside a model, so a model always receives what it was trained on.
+    Defaults are the design's (16 frames of 112x112; a 64-band log-mel of 9.6 s at 16 kHz)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    num_frames: PositiveInt = field(default=16, metadata=option("video frames sampled per clip", COUNT))
+    frame_size: PositiveInt = field(default=112, metadata=option(
+        "side of the square frame crop in pixels; frames are first resized to 128/112 and 171/112 of it", COUNT))
+    frame_transforms: str = field(default="kinetics400", metadata=option(
+        "whose frame normalisation (mean/std) to use: the torchvision video weights named", choices=("kinetics400",)))
+    sample_rate_hz: PositiveInt = field(default=16_000, metadata=option("audio is resampled to this rate", COUNT))
+    n_mels: PositiveInt = field(default=64, metadata=option("mel bands of the spectrogram", COUNT))
+    n_fft: PositiveInt = field(default=1024, metadata=option("FFT window in samples (1024 = 64 ms at 16 kHz)", COUNT))
+    hop_length: PositiveInt = field(default=512, metadata=option("hop between spectrogram frames in samples", COUNT))
+    audio_window_s: PositiveFloat = field(default=9.6, metadata=option(
+        "seconds of audio per utterance: longer is cut, shorter padded (the spectrogram's width)", RATE))
+    top_db: PositiveFloat = field(default=80.0, metadata=option("dynamic range kept below a clip's loudest bin, in dB", RATE))
+    max_tokens: PositiveInt = field(default=128, metadata=option("text is cut to this many tokens", COUNT))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def mel_frames(self) -> int:
+        """F: spectrogram frames per clip (300 for the defaults)."""
+        return max(1, round(self.audio_window_s * self.sample_rate_hz / self.hop_length))
+
+    @property
+    def frame_resize(self) -> tuple[int, int]:
+        """(height, width) before the centre crop: torchvision's R3D-18 recipe, (128, 171) for 112."""
+        return round(self.frame_size * 128 / 112), round(self.frame_size * 171 / 112)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path) -> ProcessorConfig:
+        return validated(cls, data, source)
+
+
 @dataclass
 class TrainConfig:
     """The design's recipe; learning rates per parameter group."""
 
-    epochs: int = 20
-    batch_size: int = 32
-    seed: int = 0
+    epochs: int = field(default=20, metadata=option("passes over the training split", COUNT))
+    batch_size: int = field(default=32, metadata=option("examples per step", COUNT))
+    seed: int = field(default=0, metadata=option("fixes initialisation, data order and dropout", SEED))
     lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.05
-    grad_clip_norm: float = 1.0
-    plateau_factor: float = 0.1
-    plateau_patience: int = 2
-    num_workers: int = 2
+    weight_decay: float = field(default=1e-5, metadata=option("Adam's weight decay", Number(float, 0)))
+    label_smoothing: float = field(default=0.05, metadata=option("label smoothing of both losses", Number(float, 0, below=1)))
+    grad_clip_norm: float = field(default=1.0, metadata=option("gradient norm clipping", RATE))
+    plateau_factor: float = field(default=0.1, metadata=option(
+        "ReduceLROnPlateau: multiply the learning rates by this", Number(float, 0, above=True, below=1)))
+    plateau_patience: int = field(default=2, metadata=option("ReduceLROnPlateau: epochs without improvement", WORKERS))
+    num_workers: int = field(default=2, metadata=option("data loader processes", WORKERS))
     train_split: str = "train"
     val_split: str = "dev"
 
     def __post_init__(self) -> None:
         # Python callers get the same checks as the command line (see cli.py's option types).
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_fields(self)
         bad = {k: v for k, v in self.lr.items() if not v > 0}
         if bad:
             raise ValueError(f"learning rates must be positive, got {bad}")
+
+
+def devices(text: str) -> int | str:
+    """--devices: auto, a count, or a comma-separated list of device ids (as Lightning takes them)."""
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    if all(part.strip().isdigit() for part in text.split(",")) and "," in text:
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, a number of devices (1 or more) or ids like 0,1; got {text!r}")
 
 
 @dataclass
@@ -128,10 +252,10 @@ class Launch:
     """Where to run: passed to Lightning as is, so multi-GPU and multi-node DDP (torchrun, SLURM)
     need no code of ours."""
 
-    accelerator: str = "auto"
-    devices: str | int = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
+    accelerator: str = field(default="auto", metadata=option("auto, cpu, gpu, ..."))
+    devices: str | int = field(default="auto", metadata=option("number of devices per node, ids like 0,1, or auto", devices))
+    num_nodes: int = field(default=1, metadata=option("machines", COUNT))
+    strategy: str = field(default="auto", metadata=option("auto, ddp, ... (multi-GPU / multi-node: ddp)"))
 
     def trainer_kwargs(self) -> dict:
         return asdict(self)

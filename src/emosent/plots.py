@@ -15,7 +15,12 @@ from emosent.files import write_atomically  # noqa: E402
 
 
 def confusion_png(matrix: np.ndarray, labels: tuple[str, ...], title: str, path: Path) -> Path:
-    """Row-normalised confusion matrix with counts: rows are true labels, columns predictions."""
+    """Row-normalised confusion matrix with counts: rows are true labels, columns predictions.
+
+    Not torchmetrics' `MulticlassConfusionMatrix.plot` (compared on the same matrix): it colours
+    by raw count, so on MELD the neutral row (47% of the data) takes the whole colour scale and a
+    minority class's recall is invisible; with normalize="true" it loses the counts. Here the
+    colour is the fraction of the true class and the count is written in each cell."""
     counts = np.asarray(matrix)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.5, 1.0 * len(labels) + 2))

@@ -1,10 +1,11 @@
 """The design's training recipe on Lightning.
 
 `EmotionSentimentTask` holds the losses, metrics and optimiser around an injected
-`EmotionSentimentModel`; `EmotionDataModule` serves either cached frozen features (the default:
-every trainable layer sits after the frozen encoders) or raw clips (when part of an encoder is
-unfrozen). `train` wires them into a Lightning Trainer, which also does checkpoints, resuming,
-TensorBoard and multi-device / multi-node DDP.
+`EmotionSentimentModel`; `EmotionDataModule` decides what to serve, cached frozen features (the
+default: every trainable layer sits after the frozen encoders) or raw clips through the model's
+processor (when part of an encoder is unfrozen), and builds the datasets. `train` composes them
+in a Lightning Trainer, which also does checkpoints, resuming, TensorBoard and multi-device /
+multi-node DDP.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import MeanMetric, SumMetric
 
-from emosent.config import Launch, ModelConfig, TrainConfig
-from emosent.data import Collator, SkipCounter, Utterance, UtteranceDataset, read_manifest
-from emosent.features import FeatureDataset, extract_features, log, rank_zero_exclusive, weights_digest
+from emosent.config import Launch, ModelConfig, ProcessorConfig, TrainConfig
+from emosent.data import SkipCounter, Utterance, UtteranceDataset, read_manifest
+from emosent.encoders import weights_digest
+from emosent.features import FeatureDataset, extract_features, log, rank_zero_exclusive
 from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
@@ -171,27 +173,58 @@ def frozen_keys(task: EmotionSentimentTask) -> set[str]:
 
 
 class EmotionDataModule(L.LightningDataModule):
-    """Train and validation loaders; under DDP each rank gets its share, and validation is split
-    without padding so that metrics count every example exactly once. The training order is a
-    function of (seed, epoch) on one device too (EpochSampler)."""
+    """Train and validation data for `model`: cached frozen features when every trainable layer
+    sits after the frozen parts, raw clips through `model.processor` otherwise (`prepare`). Under
+    DDP each rank gets its share, and validation is split without padding so that metrics count
+    every example exactly once. The training order is a function of (seed, epoch) on one device
+    too (EpochSampler)."""
 
-    def __init__(self, train_set: Dataset, val_set: Dataset, collate, batch_size: int, num_workers: int, seed: int):
+    def __init__(self, model: EmotionSentimentModel, train_records: list[Utterance], val_records: list[Utterance],
+                 config: TrainConfig, *, trainer_kwargs: dict, cache_dir: Path | None = None, frozen_digest: str | None = None,
+                 cached: bool | None = None):
+        """cached: None decides (features when they can be cached); False serves raw clips anyway
+        (benchmarks compare the two)."""
         super().__init__()
-        self.train_set, self.val_set, self.collate = train_set, val_set, collate
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.cached = cached
+        self.model, self.records, self.config = model, {"train": train_records, "val": val_records}, config
+        self.trainer_kwargs, self.cache_dir, self.frozen_digest = trainer_kwargs, cache_dir, frozen_digest
+        self.sets: dict[str, Dataset] = {}
+        self.collate, self.num_workers = None, 0
+
+    def prepare(self) -> None:
+        """Build the datasets, extracting frozen features when they can be cached. Called before
+        `Trainer.fit`, not in `setup`: extraction is a Lightning predict loop of its own (batched
+        on the GPU, run by every DDP rank), which cannot run inside fit. When caching, the frozen
+        modules are exactly the feature modules, so `frozen_digest` keys the cache."""
+        splits = {"train": self.config.train_split, "val": self.config.val_split}
+        if self.cached is False or self.model.trains_encoder_internals():
+            if self.cached is None:
+                log("training end to end: part of an encoder is trainable, so its outputs cannot be cached")
+            self.sets = {stage: UtteranceDataset(records, self.model.processor) for stage, records in self.records.items()}
+            for stage, dataset in self.sets.items():
+                check_usable(dataset, splits[stage])
+            self.collate, self.num_workers = self.model.processor.collate, self.config.num_workers
+            return
+        for stage, records in self.records.items():
+            features = extract_features(self.model, records, splits[stage], self.cache_dir, num_workers=self.config.num_workers,
+                                        trainer_kwargs=self.trainer_kwargs, weights=self.frozen_digest)
+            if not len(features):
+                raise ValueError(f"no usable clip in the {splits[stage]} split, so training cannot start: {features.skipped.summary()}")
+            self.sets[stage] = FeatureDataset(features)
+        self.collate, self.num_workers = None, 0  # tensors in memory: worker processes would only add start-up time
 
     def loader(self, dataset: Dataset, sampler) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        return self.loader(self.train_set, EpochSampler(self.train_set, self.trainer, world, rank, self.seed))
+        return self.loader(self.sets["train"], EpochSampler(self.sets["train"], self.trainer, world, rank, self.config.seed))
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = UnrepeatedDistributedSampler(self.val_set, world, rank, shuffle=False) if world > 1 else None
-        return self.loader(self.val_set, sampler)
+        sampler = UnrepeatedDistributedSampler(self.sets["val"], world, rank, shuffle=False) if world > 1 else None
+        return self.loader(self.sets["val"], sampler)
 
 
 class EpochSampler(DistributedSampler):
@@ -241,11 +274,12 @@ def train(
     config: TrainConfig = TrainConfig(),
     launch: Launch = Launch(),
     *,
+    processor_config: ProcessorConfig = ProcessorConfig(),
     resume: bool = False,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """Train on `data` (MELD layout or your own CSVs), write the run to `out`, return the
-    exported model directory `out/model`."""
+    """Train on `data` (MELD layout or your own CSVs), preprocessed as `processor_config` says;
+    write the run to `out`, return the exported model directory `out/model`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; name a folder for the run")
@@ -253,20 +287,22 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_records = read_manifest(data, config.train_split)
     val_records = read_manifest(data, config.val_split)
-    model = EmotionSentimentModel(model_config)
+    model = EmotionSentimentModel(model_config, processor_config)
     weights = {task: class_weights([getattr(r, task) for r in train_records], classes) for task, classes in TASKS.items()}
     # Hashed once (bert-base is 440 MB): it keys both splits' feature caches and marks checkpoints.
     frozen_digest = weights_digest(model.frozen_modules())
     # One training process per run folder.
     with rank_zero_exclusive(out / LOCK_FILE, wait=False, holder=f"run folder {out}"):
-        resume = prepare_run_dir(out, model_config, config, resume)
-        return fit(out, model, weights, frozen_digest, train_records, val_records, config, launch, resume, cache_dir)
+        resume = prepare_run_dir(out, model, config, resume)
+        data = EmotionDataModule(model, train_records, val_records, config, trainer_kwargs=launch.trainer_kwargs(),
+                                 cache_dir=Path(cache_dir) if cache_dir else None, frozen_digest=frozen_digest)
+        data.prepare()
+        return fit(out, model, weights, frozen_digest, data, config, launch, resume)
 
 
-def fit(out: Path, model: EmotionSentimentModel, weights: dict, frozen_digest: str, train_records: list[Utterance],
-        val_records: list[Utterance], config: TrainConfig, launch: Launch, resume: bool, cache_dir) -> Path:
+def fit(out: Path, model: EmotionSentimentModel, weights: dict, frozen_digest: str, data: EmotionDataModule,
+        config: TrainConfig, launch: Launch, resume: bool) -> Path:
     """The Lightning part of `train`, in a run folder already prepared and locked."""
-    train_set, val_set, collate, workers = datasets(model, train_records, val_records, config, launch, cache_dir, frozen_digest)
     # Extraction, when it runs, draws from the global RNGs: seed again so that shuffling and
     # dropout are the same whether the feature cache was cold or warm.
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -286,35 +322,12 @@ def fit(out: Path, model: EmotionSentimentModel, weights: dict, frozen_digest: s
         enable_model_summary=False,
         **launch.trainer_kwargs(),
     )
-    data_module = EmotionDataModule(train_set, val_set, collate, config.batch_size, workers, config.seed)
-    trainer.fit(task, datamodule=data_module, ckpt_path=out / "checkpoints" / "last.ckpt" if resume else None)
+    trainer.fit(task, datamodule=data, ckpt_path=out / "checkpoints" / "last.ckpt" if resume else None)
     if trainer.is_global_zero:
         export_best(task, checkpoints.best_model_path, out, weights, trainer)
         print(f"model: {out / 'model'}\nTensorBoard: tensorboard --logdir {out / 'tensorboard'}", flush=True)
     trainer.strategy.barrier()
     return out / "model"
-
-
-def datasets(model, train_records: list[Utterance], val_records: list[Utterance], config: TrainConfig, launch: Launch, cache_dir,
-             frozen_digest: str):
-    """(train set, validation set, collate function, loader workers): cached frozen features when
-    every trainable layer sits after the frozen parts, raw clips otherwise. When caching, the
-    frozen modules are exactly the feature modules, so `frozen_digest` keys the cache."""
-    if model.trains_encoder_internals():
-        log("training end to end: part of an encoder is trainable, so its outputs cannot be cached")
-        modalities = model.config.modalities
-        train_set, val_set = UtteranceDataset(train_records, modalities), UtteranceDataset(val_records, modalities)
-        for split, dataset in ((config.train_split, train_set), (config.val_split, val_set)):
-            check_usable(dataset, split)
-        return train_set, val_set, Collator(model.tokenizer), config.num_workers
-    kwargs = dict(cache_dir=Path(cache_dir) if cache_dir else None, num_workers=config.num_workers, trainer_kwargs=launch.trainer_kwargs(),
-                  weights=frozen_digest)
-    train_features = extract_features(model, train_records, config.train_split, **kwargs)
-    val_features = extract_features(model, val_records, config.val_split, **kwargs)
-    for split, features in ((config.train_split, train_features), (config.val_split, val_features)):
-        if not len(features):
-            raise ValueError(f"no usable clip in the {split} split, so training cannot start: {features.skipped.summary()}")
-    return FeatureDataset(train_features), FeatureDataset(val_features), None, 0
 
 
 def check_usable(dataset: UtteranceDataset, split: str) -> None:
@@ -329,24 +342,29 @@ def check_usable(dataset: UtteranceDataset, split: str) -> None:
     raise ValueError(f"no usable clip in the {split} split, so training cannot start: {skipped.summary()}")
 
 
-def prepare_run_dir(out: Path, model_config: ModelConfig, config: TrainConfig, resume: bool) -> bool:
+def prepare_run_dir(out: Path, model: EmotionSentimentModel, config: TrainConfig, resume: bool) -> bool:
     """Whether to resume: a folder with a last checkpoint needs --resume and the same model
     options; a new, empty or checkpoint-less folder (a start that failed or was killed before its
     first epoch ended) starts from the beginning. Files that are not ours are never touched."""
     if rank_zero_only.rank != 0:  # processes started by the DDP launcher find the folder made by rank 0
         return resume and (out / "checkpoints" / "last.ckpt").is_file()
-    run_config = {"model_config": model_config.to_dict(), "train_config": asdict(config)}
+    run_config = {"model_config": model.config.to_dict(), "processor_config": model.processor.config.to_dict(),
+                  "train_config": asdict(config)}
     last = out / "checkpoints" / "last.ckpt"
     if last.is_file():
         if not resume:
             raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         try:
-            saved = json.loads((out / RUN_CONFIG).read_text())["model_config"]
+            saved = json.loads((out / RUN_CONFIG).read_text())
+            # runs begun before processor.json kept n_mels in model_config and used the default preprocessing
+            default = {"processor_config": ProcessorConfig(n_mels=saved["model_config"].pop("n_mels", 64)).to_dict()}
+            saved = default | {k: saved[k] for k in ("model_config", "processor_config") if k in saved}
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"--resume: {out / RUN_CONFIG} is missing or unreadable, so the run's model options are "
                              "unknown; start a new run in another --out") from None
-        if saved != run_config["model_config"]:
-            raise ValueError(f"--resume: the model options differ from the run in {out} ({saved})")
+        for key, what in (("model_config", "model"), ("processor_config", "preprocessing")):
+            if saved[key] != run_config[key]:
+                raise ValueError(f"--resume: the {what} options differ from the run in {out} ({saved[key]})")
         try:
             torch.load(last, map_location="cpu", weights_only=True)
         except Exception as err:  # truncated (a full disk) or not a checkpoint

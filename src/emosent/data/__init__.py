@@ -1,12 +1,11 @@
 """The media and data pipeline: manifests, clips, datasets and batches."""
 
-from emosent.data.dataset import Collator, SkipCounter, UtteranceDataset
+from emosent.data.dataset import SkipCounter, UtteranceDataset
 from emosent.data.manifest import ManifestError, Utterance, read_manifest
 from emosent.data.media import Clip, MediaError, MediaInfo, load_clip, probe
 
 __all__ = [
     "Clip",
-    "Collator",
     "ManifestError",
     "MediaError",
     "MediaInfo",

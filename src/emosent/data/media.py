@@ -8,8 +8,11 @@ bin holds one, else its centre frame; then only the groups of pictures that hold
 are decoded, each from its keyframe up to its last wanted frame. The frames go through the
 R3D-18 weights' own transforms.
 
-Audio: decoded and resampled to 16 kHz mono by PyAV (any container or codec FFmpeg reads), then a
-64-band log-mel spectrogram, normalised per clip, padded or truncated to 300 frames.
+Audio: decoded and resampled to mono at the processor's rate by PyAV (any container or codec
+FFmpeg reads), then a log-mel spectrogram, normalised per clip, padded or cut to a fixed width.
+
+Every setting (frames, frame size, rate, bands, window, hop, ...) comes in as a
+`emosent.config.ProcessorConfig`; this module holds no preprocessing constants of its own.
 """
 
 from __future__ import annotations
@@ -23,20 +26,12 @@ import librosa
 import numpy as np
 import torch
 
-from emosent.encoders import VIDEO_PREPROCESSING_WEIGHTS
+from emosent.config import ProcessorConfig
+from emosent.encoders import VIDEO_TRANSFORM_WEIGHTS
 
-NUM_FRAMES = 16
-SAMPLE_RATE_HZ = 16_000
-N_MELS = 64
-N_FFT = 1024  # 64 ms window
-HOP_LENGTH = 512  # 32 ms hop
-MEL_FRAMES = 300  # 300 hops = 9.6 s; longer audio is truncated, shorter is padded
-MAX_AUDIO_S = MEL_FRAMES * HOP_LENGTH / SAMPLE_RATE_HZ  # audio after this is never used: not decoded
-TOP_DB = 80.0  # dynamic range kept below the clip's loudest bin
 INDEX_CACHE_FILES = 4  # frame indexes kept per process (about 8 MB per hour of 25 fps video each)
-
-VIDEO_TRANSFORMS = VIDEO_PREPROCESSING_WEIGHTS.transforms()  # resize 128x171, centre crop 112, Kinetics mean/std
 MEDIA_MODALITIES = ("video", "audio")
+DEFAULT = ProcessorConfig()
 
 
 class MediaError(ValueError):
@@ -49,7 +44,7 @@ class MediaError(ValueError):
 
 @dataclass
 class Clip:
-    """video: (T, 3, 112, 112) float, or None if not requested.
+    """video: (T, 3, S, S) float (S: frame_size), or None if not requested.
     audio: (1, M, F) float log-mel, or None if not requested; silence when has_audio is False."""
 
     video: torch.Tensor | None
@@ -64,9 +59,10 @@ def load_clip(
     end: float | None = None,
     *,
     modalities: tuple[str, ...] = MEDIA_MODALITIES,
-    num_frames: int = NUM_FRAMES,
+    settings: ProcessorConfig = DEFAULT,
 ) -> Clip:
-    """Read the inputs of `modalities` ("video", "audio") for [start, end] seconds of `path`.
+    """Read the inputs of `modalities` ("video", "audio") for [start, end] seconds of `path`,
+    preprocessed as `settings` say.
 
     Raises MediaError naming the file when it is missing, unreadable, or lacks a requested video
     stream. A missing audio stream is not an error: audio is silence and has_audio is False.
@@ -84,12 +80,12 @@ def load_clip(
             if "video" in modalities:
                 if not container.streams.video:
                     raise MediaError(path, "no video stream", "use a video file, or leave out the video modality")
-                frames = read_frames(container, container.streams.video[0], start, end, num_frames, path)
-                video = transform_frames(frames)
+                frames = read_frames(container, container.streams.video[0], start, end, settings.num_frames, path)
+                video = transform_frames(frames, settings)
             if "audio" in modalities:
-                samples = read_audio(container, start, end) if has_audio else np.zeros(0, np.float32)
+                samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)
                 has_audio = samples.size > 0
-                audio = log_mel(samples)
+                audio = log_mel(samples, settings)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
     return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s)
@@ -224,18 +220,28 @@ def nearest_frames(container, stream, wanted: set[int]) -> dict[int, np.ndarray]
     return {w: rgb for w, (_, rgb) in best.items()}
 
 
-def transform_frames(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, 112, 112) float, with the R3D-18 weights' own transforms."""
+@functools.lru_cache(maxsize=8)
+def video_transforms(source: str, size: int, resize: tuple[int, int]):
+    """The named torchvision weights' own video transforms (resize, centre crop, mean/std), at
+    another crop size when asked: never re-typed here."""
+    return VIDEO_TRANSFORM_WEIGHTS[source].transforms(crop_size=(size, size), resize_size=resize)
+
+
+def transform_frames(frames: np.ndarray, settings: ProcessorConfig = DEFAULT) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, S, S) float, with the video weights' own transforms."""
+    transforms = video_transforms(settings.frame_transforms, settings.frame_size, settings.frame_resize)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
-    return VIDEO_TRANSFORMS(video).transpose(0, 1).contiguous()  # the transform gives (3, T, h, w)
+    return transforms(video).transpose(0, 1).contiguous()  # the transform gives (3, T, S, S)
 
 
-def read_audio(container, start: float | None, end: float | None) -> np.ndarray:
-    """Mono float32 samples at SAMPLE_RATE_HZ for [start, min(end, start + MAX_AUDIO_S)]."""
+def read_audio(container, start: float | None, end: float | None, settings: ProcessorConfig = DEFAULT) -> np.ndarray:
+    """Mono float32 samples at the processor's rate for [start, min(end, start + window)]; audio
+    after the window is never used, so it is not decoded."""
     stream = container.streams.audio[0]
+    rate, window = settings.sample_rate_hz, settings.mel_frames * settings.hop_length / settings.sample_rate_hz
     start = start or 0.0
-    stop = start + MAX_AUDIO_S if end is None else min(end, start + MAX_AUDIO_S)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
+    stop = start + window if end is None else min(end, start + window)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
     container.seek(int(start / float(stream.time_base)), stream=stream)
     chunks, first_time = [], None
     for frame in container.decode(stream):
@@ -248,22 +254,24 @@ def read_audio(container, start: float | None, end: float | None) -> np.ndarray:
     if not chunks:
         return np.zeros(0, np.float32)
     samples = np.concatenate(chunks)
-    skip = max(0, round((start - (first_time or 0.0)) * SAMPLE_RATE_HZ))  # seeking lands before `start`
-    return samples[skip : skip + round((stop - start) * SAMPLE_RATE_HZ)]
+    skip = max(0, round((start - (first_time or 0.0)) * rate))  # seeking lands before `start`
+    return samples[skip : skip + round((stop - start) * rate)]
 
 
-def log_mel(samples: np.ndarray) -> torch.Tensor:
-    """(N,) float32 at 16 kHz -> (1, N_MELS, MEL_FRAMES) log-mel, zero mean and unit variance per clip.
+def log_mel(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> torch.Tensor:
+    """(N,) float32 at the processor's rate -> (1, M, F) log-mel, zero mean and unit variance per clip.
 
     Log, because mel power spans many orders of magnitude: raw power (the tutorial's) lets a few
     loud bins dominate the convolutions, while dB follows loudness as heard. Per-clip
     normalisation removes the recording's gain. No audio gives zeros (the normalised mean).
     """
+    n_mels, width = settings.n_mels, settings.mel_frames
     if samples.size == 0:
-        return torch.zeros(1, N_MELS, MEL_FRAMES)
-    power = librosa.feature.melspectrogram(y=samples, sr=SAMPLE_RATE_HZ, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS)
-    mel = librosa.power_to_db(power, ref=np.max, top_db=TOP_DB)  # (M, F)
+        return torch.zeros(1, n_mels, width)
+    power = librosa.feature.melspectrogram(y=samples, sr=settings.sample_rate_hz, n_fft=settings.n_fft,
+                                           hop_length=settings.hop_length, n_mels=n_mels)
+    mel = librosa.power_to_db(power, ref=np.max, top_db=settings.top_db)  # (M, F)
     mel = (mel - mel.mean()) / max(float(mel.std()), 1e-6)
-    mel = mel[:, :MEL_FRAMES]
-    mel = np.pad(mel, ((0, 0), (0, MEL_FRAMES - mel.shape[1])))
+    mel = mel[:, :width]
+    mel = np.pad(mel, ((0, 0), (0, width - mel.shape[1])))
     return torch.from_numpy(mel.astype(np.float32)).unsqueeze(0)

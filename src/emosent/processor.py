@@ -1,0 +1,115 @@
+"""All preprocessing in one place: an utterance -> an item -> a batch, for training, feature
+extraction, `analyze` and serving alike (after transformers' processors: a tokenizer and a feature
+extractor, saved beside the model).
+
+A `Processor` is a `ProcessorConfig` (frames, frame size and transforms, audio rate, mel bands,
+FFT window, hop, audio window, token limit) plus the text encoder's tokenizer, for the model's
+modalities. `save_pretrained` writes processor.json and the tokenizer's files; the model folder's
+`from_pretrained` reads them back, so a model always receives what it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from emosent.config import ProcessorConfig, read_json_object
+from emosent.data.manifest import Utterance
+from emosent.data.media import MEDIA_MODALITIES, MediaError, load_clip
+from emosent.labels import EMOTIONS, SENTIMENTS
+
+PROCESSOR_FILE = "processor.json"
+TOKENIZER_DIR = "text_encoder"  # the tokenizer's files (and the text backbone's config)
+
+
+class Processor:
+    """processor(utterance) -> item; processor.collate(items) -> batch.
+
+    An item holds "text", "video" (T, 3, S, S) and "audio" (1, M, F) for the modalities asked, and
+    the labels when the utterance has them; one that cannot be read is {"index", "skip": reason,
+    "error": message}, dropped and counted by `collate`, never fatal.
+    """
+
+    def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None):
+        if not modalities:
+            raise ValueError("modalities must be a non-empty subset of ('text', 'video', 'audio')")
+        if "text" in modalities and tokenizer is None:
+            raise ValueError("a processor for text needs the text encoder's tokenizer")
+        self.config, self.modalities, self.tokenizer = config, tuple(modalities), tokenizer
+        self.media = tuple(m for m in MEDIA_MODALITIES if m in modalities)
+
+    def __call__(self, utterance: Utterance, index: int = 0) -> dict:
+        u = utterance
+        item = {"index": index}
+        if u.emotion is not None:
+            item.update(emotion=EMOTIONS.index(u.emotion), sentiment=SENTIMENTS.index(u.sentiment))
+        if "text" in self.modalities:
+            if not u.text:
+                return {"index": index, "skip": "empty text", "error": f"{u.source}: the utterance text is empty"}
+            item["text"] = u.text
+        if self.media:
+            if u.path is None:
+                return {"index": index, "skip": "no media path", "error": f"{u.source}: no media file given"}
+            try:
+                clip = load_clip(u.path, u.start, u.end, modalities=self.media, settings=self.config)
+            except MediaError as err:
+                return {"index": index, "skip": err.reason, "error": f"{u.source}: {err}"}
+            item.update({m: getattr(clip, m) for m in self.media})
+        return item
+
+    def collate(self, items: list[dict]) -> dict:
+        """Items -> a batch: input_ids and attention_mask (B, L) padded to the batch's longest (at
+        most max_tokens), video (B, T, 3, S, S), audio (B, 1, M, F), emotion and sentiment (B,)
+        when every item has labels, index (B,), and the dropped items' (index, reason, error)
+        under "skipped"."""
+        good = [it for it in items if "skip" not in it]
+        batch: dict = {"skipped": [(it["index"], it["skip"], it["error"]) for it in items if "skip" in it]}
+        batch["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
+        for label in ("emotion", "sentiment"):
+            if all(label in it for it in good):
+                batch[label] = torch.tensor([it[label] for it in good], dtype=torch.long)
+        if not good:
+            return batch
+        if "text" in good[0]:
+            tokens = self.tokenizer([it["text"] for it in good], truncation=True, max_length=self.config.max_tokens,
+                                    padding="longest", return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        for m in MEDIA_MODALITIES:
+            if m in good[0]:
+                batch[m] = torch.stack([it[m] for it in good])
+        return batch
+
+    def fingerprint(self) -> dict:
+        """What changes the model's inputs, for the feature cache's key."""
+        tokenizer = None
+        if self.tokenizer is not None:  # the vocabulary and the normalisation, not the object's identity
+            tokenizer = [type(self.tokenizer).__name__, self.tokenizer.vocab_size, self.tokenizer.init_kwargs.get("do_lower_case")]
+        return {"config": self.config.to_dict(), "modalities": list(self.modalities), "tokenizer": tokenizer}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        meta = {"processor_config": self.config.to_dict(), "tokenizer": TOKENIZER_DIR if self.tokenizer is not None else None}
+        (directory / PROCESSOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+
+
+def read_processor_config(directory: Path) -> ProcessorConfig:
+    """The checked ProcessorConfig of a model folder's processor.json."""
+    path = directory / PROCESSOR_FILE
+    meta = read_json_object(path, "processor_config")
+    return ProcessorConfig.from_dict(meta["processor_config"], f"{path}: processor_config")
+
+
+def load_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    path = directory / TOKENIZER_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: the model folder is incomplete; copy the whole folder written by emosent train")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: cannot load the tokenizer ({err.__class__.__name__}: {str(err)[:200]}); copy the folder again") from None
