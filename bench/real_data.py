@@ -209,8 +209,12 @@ def check_closed_form(scores: dict, target: torch.Tensor, k: int) -> None:
 
 
 def meld(root: Path, data: Path) -> list[Result]:
+    from meld_text import baselines
+
     cache = root / "cache"
     results = [majority_baseline(data)]
+    # the strong baselines of bench/meld_text.py, on the same split (scikit-learn: pip install -e '.[bench]')
+    results += [Result(r.name, "scikit-learn, no class weights", r.metrics, r.wall_s) for r in baselines(data, cache)[1:]]
     for pooling in ("pooler", "mean"):
         common = ["--text-encoder", "minilm", "--video-weights", "none", "--modalities", "text", "--pooling", pooling]
         results.append(extract(data, common, cache, root / "logs", pooling))

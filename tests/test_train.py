@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from emosent import EmotionSentimentModel
+from emosent import EmotionSentimentModel, ModelConfig
 from emosent.train import class_weights
 
 TINY = ("--text-encoder", "tiny", "--video-weights", "none")
@@ -30,6 +30,39 @@ def test_class_weights_are_inverse_frequency_normalised_to_mean_one():
     torch.testing.assert_close(w, torch.tensor([9 / 6, 0.0, 9 / 3, 9 / 18]))
     per_example = [float(w[("anger", "disgust", "fear", "joy").index(x)]) for x in labels]
     assert sum(per_example) / len(per_example) == pytest.approx(1.0)
+
+
+def test_milder_and_no_class_weights():
+    labels = ["joy"] * 16 + ["anger"] * 4
+    sqrt = class_weights(labels, ("anger", "joy"), "sqrt")
+    torch.testing.assert_close(sqrt[0] / sqrt[1], torch.tensor(2.0))  # sqrt(16 / 4)
+    torch.testing.assert_close(class_weights(labels, ("anger", "joy"), "none"), torch.tensor([1.0, 1.0]))
+    for kind in ("inverse", "sqrt", "none"):
+        w = class_weights(labels, ("anger", "joy"), kind)
+        assert float(4 * w[0] + 16 * w[1]) / 20 == pytest.approx(1.0)
+
+
+def test_encoder_defaults_apply_only_where_the_user_gave_none():
+    from emosent.encoders import text_defaults
+
+    assert text_defaults("bert-base-uncased") == {"pooling": "pooler", "lr_text": 8e-6}  # the design, exactly
+    assert text_defaults("minilm") == {"pooling": "mean", "lr_text": 5e-4}
+    assert text_defaults("minilm", finetune_layers=2)["lr_text"] == 5e-5
+    assert EmotionSentimentModel(ModelConfig(text_encoder="minilm", modalities=("text",))).config.pooling == "mean"
+    assert EmotionSentimentModel(ModelConfig(text_encoder="minilm", modalities=("text",), pooling="pooler")).config.pooling == "pooler"
+
+
+def test_choices_are_recorded_and_the_monitor_picks_the_checkpoint(sample_dir, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", sample_dir, "--out", run, *TINY, "--modalities", "text", "--epochs", "3", "--batch-size", "4",
+                     "--class-weights", "sqrt", "--monitor", "val/emotion/weighted_f1", "--context", "2", "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    training = json.loads((run / "model" / "training.json").read_text())
+    assert training["train_config"]["class_weights"] == "sqrt" and training["train_config"]["monitor"] == "val/emotion/weighted_f1"
+    assert training["train_config"]["lr"]["text"] == 8e-6  # tiny takes the design's defaults
+    f1 = scalars(run)["val/emotion/weighted_f1"]
+    assert training["best_epoch"] == 1 + max(range(len(f1)), key=lambda i: (f1[i], -i))  # the highest, first on a tie
+    assert json.loads((run / "model" / "processor.json").read_text())["processor_config"]["context"] == 2
 
 
 def test_train_one_epoch_then_evaluate(sample_dir, tmp_path):

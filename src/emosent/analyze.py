@@ -130,7 +130,7 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
         if kept and start < kept[-1].end:
             warnings.append(f"segments {kept[-1].start:.3f}-{kept[-1].end:.3f} s and {start:.3f}-{end:.3f} s overlap; "
                             "each is analysed on its own")
-        kept.append(Segment(start, end, s.text))
+        kept.append(Segment(start, end, s.text, s.speaker))
     return kept, skipped
 
 
@@ -138,8 +138,12 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
                      progress: Callable[[int, int], None] | None = None):
     """(emotion probs, sentiment probs) per segment, (None, None) for a segment that failed."""
+    # The video is one dialogue: with context, a segment's text is read after the segments before it.
+    k = model.processor.config.context
     records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
-                         source=f"segment {s.start:.3f}-{s.end:.3f} s") for s in segments]
+                         source=f"segment {s.start:.3f}-{s.end:.3f} s", speaker=s.speaker,
+                         history=tuple((p.speaker, p.text) for p in segments[max(0, i - k):i]))
+               for i, s in enumerate(segments)]
     processor = model.processor
     probs: list = [(None, None)] * len(records)
     for first in range(0, len(records), batch_size):

@@ -31,8 +31,8 @@ def add_options(parser: argparse.ArgumentParser, config_class: type, title: str,
         elif isinstance(default, tuple):
             group.add_argument(flag, type=modalities, default=default, help=f"{meta['help']} (default {shown})")
         else:
-            group.add_argument(flag, type=meta["type"] or type(default), choices=meta["choices"], default=default,
-                               help=f"{meta['help']} (default {shown})")
+            group.add_argument(flag, type=meta["type"] or (str if default is None else type(default)), choices=meta["choices"],
+                               default=default, help=meta["help"] if default is None else f"{meta['help']} (default {shown})")
 
 
 def from_options(config_class: type, args: argparse.Namespace, **values):
@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig, "training")
     g = p.add_argument_group("learning rates (the design's Adam groups)")
     for name, default in DEFAULT_LR.items():
-        g.add_argument(f"--lr-{name}", type=RATE, default=default, help=f"learning rate of the {name} parameters (default {default:g})")
+        shown = (f"{default:g}" if default is not None else
+                 "the text encoder's: 8e-6 for bert-base-uncased (the design), 5e-4 for minilm, 5e-5 with --finetune-text-layers")
+        g.add_argument(f"--lr-{name}", type=RATE, default=default, help=f"learning rate of the {name} parameters (default {shown})")
     add_options(p, Launch, "devices (passed to Lightning)")
     p.set_defaults(run=cmd_train)
 

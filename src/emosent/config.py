@@ -18,7 +18,11 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 MODALITIES = ("text", "video", "audio")
 POOLINGS = ("pooler", "mean")
-DEFAULT_LR = {"text": 8e-6, "video": 8e-5, "audio": 8e-5, "fusion": 5e-4, "heads": 5e-4}  # the design's Adam groups
+CLASS_WEIGHTS = ("inverse", "sqrt", "none")
+MONITORS = ("val/loss", *(f"val/{task}/{m}" for task in ("emotion", "sentiment") for m in ("weighted_f1", "macro_f1", "accuracy")))
+# The design's Adam groups. "text": None takes the text encoder's default from its registry entry
+# (emosent.encoders.TEXT_ENCODERS: 8e-6 for bert-base-uncased, the design's).
+DEFAULT_LR = {"text": None, "video": 8e-5, "audio": 8e-5, "fusion": 5e-4, "heads": 5e-4}
 
 # Strict: JSON `true` is not a width and "64" is not a number.
 Width = Annotated[int, Field(gt=0, strict=True)]
@@ -76,7 +80,7 @@ def check_fields(config) -> None:
         value = getattr(config, f.name)
         if isinstance(kind, Number) and (problem := kind.problem(value)) is not None:
             raise ValueError(f"{f.name} {problem}")
-        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+        if f.metadata.get("choices") and value is not None and value not in f.metadata["choices"]:
             raise ValueError(f"{f.name} must be one of {f.metadata['choices']}, got {value!r}")
 
 
@@ -99,7 +103,9 @@ class ModelConfig:
 
     text_encoder: Annotated[str, Field(min_length=1, strict=True)] = field(default="bert-base-uncased", metadata=option(
         "bert-base-uncased (the design; needs internet once), minilm (offline), tiny (tests), or a local HF model dir"))
-    pooling: str = field(default="pooler", metadata=option("text pooling : pooler (the design) or mean", choices=POOLINGS))
+    pooling: str | None = field(default=None, metadata=option(
+        "text pooling, pooler or mean; default: the text encoder's (pooler for bert-base-uncased, the design; mean for minilm)",
+        choices=POOLINGS))
     video_weights: Annotated[str, Field(min_length=1, strict=True)] = field(default="kinetics400", metadata=option(
         "kinetics400 (the design; needs internet once), none (random), or a local R3D-18 state-dict file"))
     modalities: tuple[str, ...] = field(default=MODALITIES, metadata=option("comma-separated subset of text,video,audio"))
@@ -109,6 +115,9 @@ class ModelConfig:
     encoder_dropout: Probability = 0.2
     fusion_dropout: Probability = 0.3
     head_dropout: Probability = 0.2
+    finetune_text_layers: Annotated[int, Field(ge=0, strict=True)] = field(default=0, metadata=option(
+        "train the top N transformer layers of the text encoder (and its pooler, where used) at the text learning rate; "
+        "0: frozen (the design)", WORKERS))
     train_audio_conv: Annotated[bool, Field(strict=True)] = field(default=False, metadata=option(
         "unfreeze the audio convolutions (trains end to end)"))
     extra: dict = field(default_factory=dict)  # free-form metadata carried into config.json
@@ -188,6 +197,9 @@ class ProcessorConfig:
         "seconds of audio per utterance: longer is cut, shorter padded (the spectrogram's width)", RATE))
     top_db: PositiveFloat = field(default=80.0, metadata=option("dynamic range kept below a clip's loudest bin, in dB", RATE))
     max_tokens: PositiveInt = field(default=128, metadata=option("text is cut to this many tokens", COUNT))
+    context: Annotated[int, Field(ge=0, strict=True)] = field(default=0, metadata=option(
+        "earlier utterances of the same dialogue (with speakers) the text encoder reads beside the current one; "
+        "0: the utterance alone (the design)", WORKERS))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -223,6 +235,10 @@ class TrainConfig:
     grad_clip_norm: float = field(default=1.0, metadata=option("gradient norm clipping", RATE))
     plateau_factor: float = field(default=0.1, metadata=option(
         "ReduceLROnPlateau: multiply the learning rates by this", Number(float, 0, above=True, below=1)))
+    class_weights: str = field(default="inverse", metadata=option(
+        "loss weights per class: inverse frequency (the design), sqrt (milder), none", choices=CLASS_WEIGHTS))
+    monitor: str = field(default="val/loss", metadata=option(
+        "the validation figure that picks the exported checkpoint (lowest loss, highest metric)", choices=MONITORS))
     plateau_patience: int = field(default=2, metadata=option("ReduceLROnPlateau: epochs without improvement", WORKERS))
     num_workers: int = field(default=2, metadata=option("data loader processes", WORKERS))
     train_split: str = "train"
@@ -231,7 +247,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Python callers get the same checks as the command line (see cli.py's option types).
         check_fields(self)
-        bad = {k: v for k, v in self.lr.items() if not v > 0}
+        bad = {k: v for k, v in self.lr.items() if v is not None and not v > 0}
         if bad:
             raise ValueError(f"learning rates must be positive, got {bad}")
 

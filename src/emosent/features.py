@@ -32,12 +32,19 @@ from emosent.data import SkipCounter, Utterance, UtteranceDataset
 from emosent.encoders import weights_digest
 from emosent.files import exclusive
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import FEATURE_INPUTS, EmotionSentimentModel
+from emosent.model import EmotionSentimentModel
 from emosent.signals import raise_if_interrupted
 
 FORMAT_VERSION = 3  # bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
 META_FILE = "meta.json"
+# Outputs stored per row with their own length (concatenated, with a "<name>.lengths" tensor):
+# the text encoder's boundary hidden states (L, H) when its top layers train, and their token types (L,).
+SEQUENCES = ("text_features", "token_type_ids")
+
+
+def is_sequence(name: str, row: torch.Tensor) -> bool:
+    return name == "token_type_ids" or (name in SEQUENCES and row.dim() == 2)
 
 
 @rank_zero_only
@@ -68,7 +75,7 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     media = {"video", "audio"} & set(c.modalities)
     for r in records:
-        row = [r.text if "text" in c.modalities else None]
+        row = [model.processor.text_input(r) if "text" in c.modalities else None]
         if media:
             stat = r.path.stat() if r.path is not None and r.path.is_file() else None
             # resolved: `--data meld` and `--data /abs/meld` are the same rows
@@ -80,7 +87,8 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
 @dataclass
 class Features:
     """The frozen outputs of the rows that could be read, with their labels.
-    tensors: text_features (N, H), video_features (N, 512), audio_features (N, 128), emotion (N,),
+    tensors: text_features (N, H) (or N tensors (L_i, H) when the top text layers train, with
+    token_type_ids likewise when there is context), video_features (N, 512), audio_features (N, 128), emotion (N,),
     sentiment (N,), index (N,) = row numbers in the manifest."""
 
     tensors: dict[str, torch.Tensor]
@@ -93,6 +101,8 @@ class Features:
 
 
 class FeatureDataset(torch.utils.data.Dataset):
+    """Rows of `Features`; batch them with `collate_features`."""
+
     def __init__(self, features: Features):
         self.tensors = features.tensors
 
@@ -101,6 +111,23 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
+
+
+def collate_features(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Cached rows -> a batch. Fixed-width features are stacked; sequences (the text encoder's
+    boundary states (L, H) and token types (L,) when its top layers train) are right-padded, as
+    the tokenizer pads, with the attention_mask that marks their tokens."""
+    batch = {}
+    for name in items[0]:
+        rows = [it[name] for it in items]
+        if is_sequence(name, rows[0]):
+            batch[name] = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        else:
+            batch[name] = torch.stack(rows)
+    if "text_features" in batch and batch["text_features"].dim() == 3:
+        lengths = torch.tensor([len(it["text_features"]) for it in items])
+        batch["attention_mask"] = (torch.arange(batch["text_features"].shape[1]) < lengths[:, None]).long()
+    return batch
 
 
 def extract_features(
@@ -185,6 +212,11 @@ class FrozenEncoders(L.LightningModule):
         out = {"index": batch["index"], "skipped": batch["skipped"]}
         if batch["index"].numel():
             out.update({k: v.float().cpu() for k, v in self.model.encode(batch).items()})
+            if out.get("text_features") is not None and out["text_features"].dim() == 3:  # (B, L, H): per row, unpadded
+                lengths = batch["attention_mask"].sum(1).tolist()
+                out["text_features"] = [f[:n] for f, n in zip(out["text_features"], lengths)]
+                if "token_type_ids" in batch:
+                    out["token_type_ids"] = [t[:n].cpu() for t, n in zip(batch["token_type_ids"], lengths)]
         return out
 
 
@@ -208,26 +240,23 @@ class ExtractionData(L.LightningDataModule):
 class ShardWriter(BasePredictionWriter):
     """Gathers predicted rows into shards; a shard is written (atomically) once all its rows are in."""
 
-    def __init__(self, directory: Path, shards: Shards, dims: dict[str, int]):
+    def __init__(self, directory: Path, shards: Shards):
         super().__init__(write_interval="batch")
-        self.directory, self.shards, self.dims = directory, shards, dims
+        self.directory, self.shards = directory, shards
         self.open: dict[int, dict] = {}
 
     def buffer(self, row: int) -> tuple[dict, int]:
         k = row // self.shards.size
         if k not in self.open:
-            n = len(self.shards.rows(k))
-            self.open[k] = {"n": 0, "valid": torch.zeros(n, dtype=torch.uint8), "skipped": [],
-                            **{name: torch.zeros(n, d) for name, d in self.dims.items()}}
+            self.open[k] = {"n": 0, "rows": {}, "skipped": []}
         return self.open[k], row % self.shards.size
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         raise_if_interrupted()
+        names = [k for k in prediction if k not in ("index", "skipped")]
         for j, row in enumerate(prediction["index"].tolist()):
             buf, r = self.buffer(row)
-            buf["valid"][r] = 1
-            for name in self.dims:
-                buf[name][r] = prediction[name][j]
+            buf["rows"][r] = {name: prediction[name][j] for name in names}
             buf["n"] += 1
         for row, reason, error in prediction["skipped"]:
             buf, _ = self.buffer(row)
@@ -239,15 +268,22 @@ class ShardWriter(BasePredictionWriter):
     def write(self, k: int, buf: dict, rank: int) -> None:
         path = self.shards.path(self.directory, k)
         tmp = path.with_suffix(".tmp")  # inside the cache folder; renamed only when complete
-        tensors = {name: buf[name].contiguous() for name in (*self.dims, "valid")}
+        n, rows = len(self.shards.rows(k)), buf["rows"]
+        tensors = {"valid": torch.tensor([int(r in rows) for r in range(n)], dtype=torch.uint8)}
+        for name in next(iter(rows.values()), {}):
+            if is_sequence(name, next(iter(rows.values()))[name]):  # concatenated, each row's length beside (0 for a skipped row)
+                tensors[name] = torch.cat([rows[r][name] for r in sorted(rows)]).contiguous()
+                tensors[f"{name}.lengths"] = torch.tensor([len(rows[r][name]) if r in rows else 0 for r in range(n)])
+            else:
+                width = next(iter(rows.values()))[name].shape
+                tensors[name] = torch.stack([rows[r][name] if r in rows else torch.zeros(width) for r in range(n)]).contiguous()
         save_file(tensors, str(tmp), metadata={"skipped": json.dumps(buf["skipped"])})
         os.replace(tmp, path)
         if not sys.stderr.isatty():
-            print(f"features: rank {rank} wrote {path.name} ({len(buf['valid'])} rows)", flush=True)
+            print(f"features: rank {rank} wrote {path.name} ({n} rows)", flush=True)
 
 
 def run_extraction(model, records, directory, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> None:
-    dims = {FEATURE_INPUTS[m]: encoder.feature_width for m, encoder in model.encoders.items()}
     dataset = UtteranceDataset(records, model.processor)
     data = ExtractionData(dataset, shards, pending, model.processor.collate, batch_size, num_workers)
     trainer = L.Trainer(
@@ -256,7 +292,7 @@ def run_extraction(model, records, directory, shards: Shards, pending, batch_siz
         use_distributed_sampler=False,
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
-        callbacks=[ShardWriter(directory, shards, dims)],
+        callbacks=[ShardWriter(directory, shards)],
         **trainer_kwargs,
     )
     was_training = model.training
@@ -275,12 +311,16 @@ def load_shards(directory: Path, shards: Shards, records: list[Utterance], reuse
         with safe_open(str(shards.path(directory, k)), framework="pt") as f:
             valid = f.get_tensor("valid").bool()
             for name in f.keys():
-                if name != "valid":
+                if f"{name}.lengths" in f.keys():  # back into one tensor per (valid) row
+                    lengths = f.get_tensor(f"{name}.lengths")
+                    parts.setdefault(name, []).append(list(f.get_tensor(name).split(lengths[valid].tolist())))
+                elif name != "valid" and not name.endswith(".lengths"):
                     parts.setdefault(name, []).append(f.get_tensor(name)[valid])
             rows = torch.tensor(list(shards.rows(k)))[valid]
             parts.setdefault("index", []).append(rows)
             skipped.update({"index": rows, "skipped": [tuple(s) for s in json.loads(f.metadata()["skipped"])]})
-    tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    tensors = {name: [row for chunk in chunks for row in chunk] if isinstance(chunks[0], list) else torch.cat(chunks)
+               for name, chunks in parts.items()}
     idx = tensors["index"].tolist()
     tensors["emotion"] = torch.tensor([EMOTIONS.index(records[i].emotion) for i in idx], dtype=torch.long)
     tensors["sentiment"] = torch.tensor([SENTIMENTS.index(records[i].sentiment) for i in idx], dtype=torch.long)

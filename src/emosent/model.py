@@ -11,7 +11,7 @@ Letters: B batch, T frames, L tokens, M mel bins, F spectrogram frames, H text h
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from emosent.encoders import (
     build_r3d18,
     encoder_source,
     load_text_encoder,
+    text_defaults,
     text_encoder_by_name,
     video_weights_by_name,
     weights_digest,
@@ -43,30 +44,86 @@ FOLDER_FORMAT = 2  # 1 (no "format" key): every weight in WEIGHTS_FILE, n_mels i
 
 
 class TextEncoder(nn.Module):
-    """(B, L) token ids and mask -> (B, feature_dim). Frozen transformer, trainable projection."""
+    """(B, L) token ids, mask and token types -> (B, feature_dim): a transformer, frozen except for
+    its top `finetune_layers` layers (and the pooler, where used), then a trainable projection.
 
-    def __init__(self, backbone: nn.Module, pooling: str, out_dim: int):
+    `features` runs the frozen part: the pooled output (B, H) when nothing inside the transformer
+    trains (the design), else the hidden states at the frozen/trainable boundary (B, L, H), which
+    `head` takes through the top layers, the pooling and the projection. Either way the frozen
+    part's output can be cached. With token_type_ids (dialogue context: 0 marks the utterance, 1
+    its context), mean pooling averages the utterance's tokens only.
+    """
+
+    def __init__(self, backbone: nn.Module, pooling: str, out_dim: int, finetune_layers: int = 0):
         super().__init__()
         self.backbone = backbone.requires_grad_(False)
-        self.pooling = pooling
+        self.pooling, self.finetune_layers = pooling, finetune_layers
         self.feature_width = backbone.config.hidden_size  # H
+        if finetune_layers:
+            layers = transformer_layers(backbone)
+            if finetune_layers > len(layers):
+                raise ValueError(f"--finetune-text-layers {finetune_layers}: this text encoder has {len(layers)} layers")
+            layers[len(layers) - finetune_layers:].requires_grad_(True)
+            if pooling == "pooler" and getattr(backbone, "pooler", None) is not None:
+                backbone.pooler.requires_grad_(True)
         self.projection = nn.Linear(self.feature_width, out_dim)
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L), (B, L) -> (B, H): the pooler output, or the masked mean of the last hidden states."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        if self.pooling == "pooler":
-            if out.pooler_output is None:
-                raise ValueError("this text encoder has no pooler layer: use pooling='mean'")
-            return out.pooler_output
-        mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, L, 1)
-        return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    def feature_parts(self) -> list[nn.Module]:
+        """The modules `features` runs: never trained, so kept in eval mode and cacheable."""
+        if not self.finetune_layers:
+            return [self.backbone]
+        layers = self.backbone.encoder.layer
+        return [self.backbone.embeddings, *layers[: len(layers) - self.finetune_layers]]
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) x 3 -> (B, H) pooled, or (B, L, H) boundary hidden states when the top layers train."""
+        if not self.finetune_layers:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return self.pool(out.last_hidden_state, out.pooler_output, attention_mask, token_type_ids)
+        hidden = self.backbone.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, L, H)
+        return self.run_layers(hidden, attention_mask, top=False)
+
+    def head(self, features: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.finetune_layers:
+            hidden = self.run_layers(features, attention_mask, top=True)  # (B, L, H)
+            pooler = getattr(self.backbone, "pooler", None)
+            features = self.pool(hidden, pooler(hidden) if pooler is not None else None, attention_mask, token_type_ids)
         return self.projection(features)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask))
+    def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, *, top: bool) -> torch.Tensor:
+        """The transformer layers below the boundary (top=False) or above it, as the backbone's own
+        forward runs them (its attention-mask format; BERT-style encoders)."""
+        layers = self.backbone.encoder.layer
+        cut = len(layers) - self.finetune_layers
+        # transformers' own mask preparation (pinned version): the format its attention implementation expects
+        mask, _ = self.backbone._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
+                                                        embedding_output=hidden, encoder_hidden_states=None, past_key_values=None)
+        for layer in layers[cut:] if top else layers[:cut]:
+            hidden = layer(hidden, attention_mask=mask)
+        return hidden
+
+    def pool(self, hidden: torch.Tensor, pooler_output: torch.Tensor | None, attention_mask: torch.Tensor,
+             token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, H) -> (B, H): the pooler output, or the masked mean over the utterance's tokens."""
+        if self.pooling == "pooler":
+            if pooler_output is None:
+                raise ValueError("this text encoder has no pooler layer: use pooling='mean'")
+            return pooler_output
+        mask = attention_mask if token_type_ids is None else attention_mask * (token_type_ids == 0)
+        mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask, token_type_ids), attention_mask, token_type_ids)
+
+
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    """A BERT-style encoder's layer stack, or a clear error for one whose top cannot be trained apart."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(backbone, "embeddings") or not hasattr(backbone, "_create_attention_masks"):
+        raise ValueError(f"--finetune-text-layers: not supported for {type(backbone).__name__} (a BERT-style encoder is needed)")
+    return layers
 
 
 class VideoEncoder(nn.Module):
@@ -83,6 +140,9 @@ class VideoEncoder(nn.Module):
         self.backbone = backbone.requires_grad_(False)
         self.feature_width = R3D_FEATURES
         self.fc = nn.Sequential(nn.Linear(R3D_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def feature_parts(self) -> list[nn.Module]:
+        return [self.backbone]
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
         return self.backbone(video.transpose(1, 2))  # (B, 3, T, H, W) -> (B, 512)
@@ -114,6 +174,9 @@ class AudioEncoder(nn.Module):
         self.feature_width = AUDIO_CONV_FEATURES
         self.projection = nn.Sequential(nn.Linear(AUDIO_CONV_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
 
+    def feature_parts(self) -> list[nn.Module]:
+        return [self.conv_layers]
+
     def features(self, audio: torch.Tensor) -> torch.Tensor:
         return self.conv_layers(audio.squeeze(1)).squeeze(-1)  # (B, M, F) -> (B, 128, 1) -> (B, 128)
 
@@ -139,7 +202,8 @@ class EmotionSentimentOutput:
 # Keyword arguments of `forward` per modality: raw inputs, and the cached output of the frozen part.
 RAW_INPUTS = {"text": ("input_ids", "attention_mask"), "video": ("video",), "audio": ("audio",)}
 FEATURE_INPUTS = {"text": "text_features", "video": "video_features", "audio": "audio_features"}
-INPUT_NAMES = (*(n for names in RAW_INPUTS.values() for n in names), *FEATURE_INPUTS.values())
+OPTIONAL_INPUTS = ("token_type_ids",)  # text with dialogue context: 0 the utterance, 1 its context
+INPUT_NAMES = (*(n for names in RAW_INPUTS.values() for n in names), *OPTIONAL_INPUTS, *FEATURE_INPUTS.values())
 
 
 def model_inputs(batch: dict) -> dict:
@@ -159,6 +223,8 @@ class EmotionSentimentModel(nn.Module):
         text_source: a directory with the text backbone's config (and tokenizer) when its weights
         are not loaded by name. tokenizer: use this one rather than the text encoder's own."""
         super().__init__()
+        if config.pooling is None:  # the text encoder's recommended pooling, saved as chosen
+            config = replace(config, pooling=text_defaults(config.text_encoder)["pooling"])
         self.config = config
         by_name = set(config.modalities if pretrained is True else pretrained or ())
         d = config.feature_dim
@@ -166,7 +232,7 @@ class EmotionSentimentModel(nn.Module):
             source = config.text_encoder if "text" in by_name else str(text_source or config.text_encoder)
             backbone, own_tokenizer = load_text_encoder(source, pretrained="text" in by_name)
             tokenizer = tokenizer or own_tokenizer
-            self.text = TextEncoder(backbone, config.pooling, d)
+            self.text = TextEncoder(backbone, config.pooling, d, config.finetune_text_layers)
         if "video" in config.modalities:
             self.video = VideoEncoder(build_r3d18(config.video_weights if "video" in by_name else "none"), d, config.encoder_dropout)
         if "audio" in config.modalities:
@@ -190,8 +256,8 @@ class EmotionSentimentModel(nn.Module):
         return {m: getattr(self, m) for m in self.config.modalities}
 
     def feature_modules(self) -> list[nn.Module]:
-        """Each encoder's part before its head: what `encode` runs (frozen in the design)."""
-        return [getattr(enc, name) for enc in self.encoders.values() for name in ("backbone", "conv_layers") if hasattr(enc, name)]
+        """Each encoder's part before its head: what `encode` runs (frozen, unless --train-audio-conv)."""
+        return [part for enc in self.encoders.values() for part in enc.feature_parts()]
 
     def frozen_modules(self) -> list[nn.Module]:
         """Submodules whose parameters are all frozen: they stay in eval mode (see `train`)."""
@@ -226,6 +292,8 @@ class EmotionSentimentModel(nn.Module):
                 raise ValueError(f"the model uses {modality}: pass {' and '.join(RAW_INPUTS[modality])} "
                                  f"or {FEATURE_INPUTS[modality]}")
             check_raw_input(modality, raw, self.processor.config)
+            if modality == "text":
+                raw.append(batch.get("token_type_ids"))
             out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(*raw)
         return out
 
@@ -234,6 +302,7 @@ class EmotionSentimentModel(nn.Module):
         *,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         video: torch.Tensor | None = None,
         audio: torch.Tensor | None = None,
         text_features: torch.Tensor | None = None,
@@ -241,14 +310,18 @@ class EmotionSentimentModel(nn.Module):
         audio_features: torch.Tensor | None = None,
     ) -> EmotionSentimentOutput:
         """Each modality of the config takes either its raw inputs or its cached frozen features:
-        input_ids, attention_mask (B, L) long | text_features (B, H);
+        input_ids, attention_mask (B, L) long, token_type_ids (B, L) with context | text_features
+        (B, H), or (B, L, H) with attention_mask (and token_type_ids) when the top text layers train;
         video (B, T, 3, S, S) float | video_features (B, 512);
         audio (B, 1, M, F) float | audio_features (B, 128)."""
-        given = dict(input_ids=input_ids, attention_mask=attention_mask, video=video, audio=audio,
+        given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, video=video, audio=audio,
                      text_features=text_features, video_features=video_features, audio_features=audio_features)
         raw = tuple(m for m in self.config.modalities if given[FEATURE_INPUTS[m]] is None)
         features = {**{k: v for k, v in given.items() if k in FEATURE_INPUTS.values()}, **self.encode(given, raw)}
-        parts = [encoder.head(features[FEATURE_INPUTS[m]]) for m, encoder in self.encoders.items()]  # (B, feature_dim) each
+        parts = []
+        for modality, encoder in self.encoders.items():
+            extra = (attention_mask, token_type_ids) if modality == "text" else ()
+            parts.append(encoder.head(features[FEATURE_INPUTS[modality]], *extra))  # (B, feature_dim)
         fused = self.fusion(torch.cat(parts, dim=1))  # (B, feature_dim * modalities) -> (B, fusion_dim)
         return EmotionSentimentOutput(self.emotion_head(fused), self.sentiment_head(fused))
 
@@ -257,9 +330,9 @@ class EmotionSentimentModel(nn.Module):
         (registry names, hub ids, folders and files): modality -> {"source", "sha256"}."""
         refs = {}
         if "text" in self.config.modalities and text_encoder_by_name(self.config.text_encoder):
-            refs["text"] = {"source": encoder_source(self.config.text_encoder), "sha256": weights_digest([self.text.backbone])}
+            refs["text"] = {"source": encoder_source(self.config.text_encoder), "sha256": weights_digest(self.text.feature_parts())}
         if "video" in self.config.modalities and video_weights_by_name(self.config.video_weights):
-            refs["video"] = {"source": encoder_source(self.config.video_weights), "sha256": weights_digest([self.video.backbone])}
+            refs["video"] = {"source": encoder_source(self.config.video_weights), "sha256": weights_digest(self.video.feature_parts())}
         return refs
 
     def save_pretrained(self, directory: str | Path, *, include_frozen: bool = False) -> Path:
@@ -273,7 +346,8 @@ class EmotionSentimentModel(nn.Module):
         refs = self.by_name()
         for ref in refs.values():
             ref["in_folder"] = include_frozen
-        left_out = set() if include_frozen else state_keys(self, [self.encoders[m].backbone for m in refs])
+        # the named encoders' frozen parts; layers that training changed (--finetune-text-layers) stay in
+        left_out = set() if include_frozen else state_keys(self, [p for m in refs for p in self.encoders[m].feature_parts()])
         meta = {"format": FOLDER_FORMAT, "model_config": self.config.to_dict(), "emotions": list(EMOTIONS),
                 "sentiments": list(SENTIMENTS), "frozen_encoders": refs}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -309,6 +383,8 @@ class EmotionSentimentModel(nn.Module):
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"{text_dir}: cannot rebuild the text encoder from its config "
                              f"({err.__class__.__name__}: {str(err)[:200]}); copy the folder again") from None
+        for modality in by_name:  # first: trained layers inside a named encoder come from the file below
+            load_named_encoder(model.encoders[modality], modality, refs[modality], directory / CONFIG_FILE)
         try:
             missing, unexpected = load_model(model, str(weights), strict=False)
         except SafetensorError as err:
@@ -316,18 +392,18 @@ class EmotionSentimentModel(nn.Module):
         except RuntimeError as err:  # other shapes than config.json says
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({str(err).splitlines()[0][:200]}); "
                              "the two files come from different models") from None
-        missing = set(missing) - state_keys(model, [model.encoders[m].backbone for m in by_name])
+        missing = set(missing) - state_keys(model, [p for m in by_name for p in model.encoders[m].feature_parts()])
         if missing or unexpected:
             example = sorted(missing or unexpected)[0]
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected, e.g. {example}); the two files come from different models")
-        for modality in by_name:
-            load_named_encoder(model.encoders[modality].backbone, modality, refs[modality], directory / CONFIG_FILE)
         return model.eval()
 
 
-def load_named_encoder(target: nn.Module, modality: str, ref: dict, config_path: Path) -> None:
-    """Load the frozen encoder a model folder names into `target`, and check its sha256."""
+def load_named_encoder(encoder: nn.Module, modality: str, ref: dict, config_path: Path) -> None:
+    """Load the frozen encoder a model folder names into `encoder.backbone`, and check the sha256
+    of its frozen parts."""
+    target = encoder.backbone
     source, expected = ref["source"], ref["sha256"]
     what = f"{config_path} names the {modality} encoder {source!r} (sha256 {expected[:12]})"
     remedy = f"{how_to_get(modality, source)}, or use a self-contained copy of the model (emosent export --self-contained, made where it is at hand)"
@@ -337,7 +413,7 @@ def load_named_encoder(target: nn.Module, modality: str, ref: dict, config_path:
         target.load_state_dict({k: v for k, v in backbone.state_dict().items() if k in wanted})
     except (WeightsUnavailableError, ValueError, OSError, RuntimeError) as err:
         raise ValueError(f"{what}, which cannot be loaded here ({' '.join(str(err).split())[:240]}); {remedy}") from None
-    found = weights_digest([target])
+    found = weights_digest(encoder.feature_parts())
     if found != expected:
         raise ValueError(f"{what}, but the one found here differs (sha256 {found[:12]}); {remedy}")
 

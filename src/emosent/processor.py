@@ -49,6 +49,8 @@ class Processor:
             if not u.text:
                 return {"index": index, "skip": "empty text", "error": f"{u.source}: the utterance text is empty"}
             item["text"] = u.text
+            if self.config.context:
+                item["context"] = self.context_of(u)
         if self.media:
             if u.path is None:
                 return {"index": index, "skip": "no media path", "error": f"{u.source}: no media file given"}
@@ -73,13 +75,34 @@ class Processor:
         if not good:
             return batch
         if "text" in good[0]:
-            tokens = self.tokenizer([it["text"] for it in good], truncation=True, max_length=self.config.max_tokens,
-                                    padding="longest", return_tensors="pt")
+            texts = [it["text"] for it in good]
+            if self.config.context:
+                # a pair: [CLS] utterance [SEP] context [SEP], token_type_ids 0 then 1; the longer part is
+                # cut first, and the context from its end, which holds its oldest utterance
+                tokens = self.tokenizer(texts, [it["context"] for it in good], truncation="longest_first",
+                                        max_length=self.config.max_tokens, padding="longest", return_tensors="pt",
+                                        return_token_type_ids=True)
+                batch["token_type_ids"] = tokens["token_type_ids"]
+            else:
+                tokens = self.tokenizer(texts, truncation=True, max_length=self.config.max_tokens, padding="longest",
+                                        return_tensors="pt")
             batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
         for m in MEDIA_MODALITIES:
             if m in good[0]:
                 batch[m] = torch.stack([it[m] for it in good])
         return batch
+
+    def context_of(self, utterance: Utterance) -> str:
+        """The last `context` utterances before this one in its dialogue, most recent first, each
+        as "speaker: text" (the text alone where the speaker is unknown), between the tokenizer's
+        separators. Empty for the first utterance of a dialogue."""
+        recent = utterance.history[::-1][: self.config.context]
+        sep = f" {self.tokenizer.sep_token} " if getattr(self.tokenizer, "sep_token", None) else " | "
+        return sep.join(f"{speaker}: {text}" if speaker else text for speaker, text in recent)
+
+    def text_input(self, utterance: Utterance) -> list[str]:
+        """The text this processor gives the encoder for `utterance` (for cache keys)."""
+        return [utterance.text, self.context_of(utterance)] if self.config.context else [utterance.text]
 
     def fingerprint(self) -> dict:
         """What changes the model's inputs, for the feature cache's key."""

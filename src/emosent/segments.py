@@ -30,6 +30,7 @@ class Segment:
     start: float  # seconds
     end: float
     text: str
+    speaker: str | None = None  # from a transcript that names speakers
 
 
 def read_segments(path: str | Path, warnings: list[str] | None = None) -> list[Segment]:
@@ -97,12 +98,14 @@ def strip_tags(text: str) -> str:
 
 class TranscriptItem(BaseModel):
     """One utterance of a transcript JSON: times in seconds (finite, >= 0; JSON true is not a
-    number) and the text as a string. Other keys (a speaker, a confidence) are allowed and ignored."""
+    number), the text as a string, and optionally who speaks (used with dialogue context). Other
+    keys (a confidence) are allowed and ignored."""
 
     model_config = ConfigDict(strict=True)
     start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     end: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     text: str
+    speaker: str | None = None
 
 
 TRANSCRIPT_SHAPE = '[{"start": seconds, "end": seconds, "text": "..."}, ...]'
@@ -121,7 +124,7 @@ def parse_transcript(path: Path, text: str) -> list[Segment]:
         parsed = validated(list[TranscriptItem], items, path)
     except ValueError as err:  # "path: 3.start: Input should be ..., got nan": say it is item 3
         raise SegmentsError(f"{err}; expected {TRANSCRIPT_SHAPE}") from None
-    return [Segment(item.start, item.end, clean(item.text)) for item in parsed]
+    return [Segment(item.start, item.end, clean(item.text), clean(item.speaker or "") or None) for item in parsed]
 
 
 def transcribe(video: str | Path, model_size: str = "small", device: str = "auto") -> list[Segment]:

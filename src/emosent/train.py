@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -30,8 +30,8 @@ from torchmetrics import MeanMetric, SumMetric
 
 from emosent.config import Launch, ModelConfig, ProcessorConfig, TrainConfig
 from emosent.data import SkipCounter, Utterance, UtteranceDataset, read_manifest
-from emosent.encoders import weights_digest
-from emosent.features import FeatureDataset, extract_features, log, rank_zero_exclusive
+from emosent.encoders import text_defaults, weights_digest
+from emosent.features import FeatureDataset, collate_features, extract_features, log, rank_zero_exclusive
 from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
@@ -46,13 +46,16 @@ TRAINING_FILE = "training.json"  # written beside the exported model: class weig
 PARAM_GROUPS = {"text": ("text",), "video": ("video",), "audio": ("audio",), "fusion": ("fusion",), "heads": ("emotion_head", "sentiment_head")}
 
 
-def class_weights(labels: list[str], classes: tuple[str, ...]) -> torch.Tensor:
-    """Inverse frequency, normalised so the weights average 1 over the training examples:
-    w_c = N / (K * n_c) with K the number of classes present. An absent class gets 0."""
+def class_weights(labels: list[str], classes: tuple[str, ...], kind: str = "inverse") -> torch.Tensor:
+    """Per-class loss weights from the training labels, normalised so they average 1 over the
+    training examples. "inverse" (the design): w_c = N / (K * n_c), K the classes present;
+    "sqrt": proportional to 1 / sqrt(n_c), a milder push towards rare classes; "none": all 1.
+    An absent class gets 0."""
     counts = torch.tensor([labels.count(c) for c in classes], dtype=torch.float)
     present = counts > 0
     weights = torch.zeros(len(classes))
-    weights[present] = counts.sum() / (present.sum() * counts[present])
+    raw = {"inverse": 1 / counts[present], "sqrt": counts[present].rsqrt(), "none": torch.ones(int(present.sum()))}[kind]
+    weights[present] = raw * counts.sum() / (raw * counts[present]).sum()
     return weights
 
 
@@ -211,7 +214,7 @@ class EmotionDataModule(L.LightningDataModule):
             if not len(features):
                 raise ValueError(f"no usable clip in the {splits[stage]} split, so training cannot start: {features.skipped.summary()}")
             self.sets[stage] = FeatureDataset(features)
-        self.collate, self.num_workers = None, 0  # tensors in memory: worker processes would only add start-up time
+        self.collate, self.num_workers = collate_features, 0  # tensors in memory: worker processes would only add start-up time
 
     def loader(self, dataset: Dataset, sampler) -> DataLoader:
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, collate_fn=self.collate,
@@ -285,10 +288,13 @@ def train(
         raise ValueError(f"--out {out}: is a file; name a folder for the run")
     # Everything that can fail on bad input fails here, before the run folder is touched.
     L.seed_everything(config.seed, workers=True, verbose=False)
+    if config.lr.get("text") is None:  # the text encoder's default learning rate (the registry's)
+        config = replace(config, lr={**config.lr, "text": text_defaults(model_config.text_encoder, model_config.finetune_text_layers)["lr_text"]})
     train_records = read_manifest(data, config.train_split)
     val_records = read_manifest(data, config.val_split)
     model = EmotionSentimentModel(model_config, processor_config)
-    weights = {task: class_weights([getattr(r, task) for r in train_records], classes) for task, classes in TASKS.items()}
+    weights = {task: class_weights([getattr(r, task) for r in train_records], classes, config.class_weights)
+               for task, classes in TASKS.items()}
     # Hashed once (bert-base is 440 MB): it keys both splits' feature caches and marks checkpoints.
     frozen_digest = weights_digest(model.frozen_modules())
     # One training process per run folder.
@@ -308,7 +314,7 @@ def fit(out: Path, model: EmotionSentimentModel, weights: dict, frozen_digest: s
     L.seed_everything(config.seed, workers=True, verbose=False)
     task = EmotionSentimentTask(model, config, weights["emotion"], weights["sentiment"], frozen_digest)
     checkpoints = EpochCheckpoint(dirpath=out / "checkpoints", filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
-                                  monitor="val/loss", mode="min", save_top_k=1, save_last=True, log_epochs=not sys.stderr.isatty())
+                                  monitor=config.monitor, mode="min" if config.monitor.endswith("loss") else "max", save_top_k=1, save_last=True, log_epochs=not sys.stderr.isatty())
     on_terminal = sys.stderr.isatty()
     trainer = L.Trainer(
         max_epochs=config.epochs,

@@ -2,14 +2,19 @@
 
 MELD: a folder with `{train,dev,test}_sent_emo.csv` and the MELD.Raw clip folders. A user's
 data: a CSV with columns `path, text, emotion, sentiment` (optional `start`, `end` in seconds,
-optional `split`), paths relative to the CSV; or a folder with `train.csv`, `dev.csv`, `test.csv`.
+optional `split`; optional `dialogue`, `speaker` and `order` for conversations), paths relative
+to the CSV; or a folder with `train.csv`, `dev.csv`, `test.csv`.
+
+Each utterance carries the earlier utterances of its dialogue (`history`, with speakers): MELD's
+`Dialogue_ID` ordered by `Utterance_ID`; a user's `dialogue` column ordered by `order`, else by
+row. The processor's `context` setting decides how many of them the text encoder reads.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ftfy
@@ -40,6 +45,23 @@ class Utterance:
     start: float | None = None
     end: float | None = None
     source: str = ""
+    speaker: str | None = None
+    history: tuple[tuple[str | None, str], ...] = ()  # (speaker, text) of the dialogue's earlier utterances, oldest first
+
+
+def with_history(utterances: list[Utterance], dialogues: list[str | None], order: list[float]) -> list[Utterance]:
+    """`utterances` (in their original order) with `history` filled from the earlier utterances of
+    the same dialogue; a None dialogue is an utterance on its own."""
+    by_dialogue: dict[str, list[int]] = {}
+    for i, dialogue in enumerate(dialogues):
+        if dialogue is not None:
+            by_dialogue.setdefault(dialogue, []).append(i)
+    out = list(utterances)
+    for members in by_dialogue.values():
+        members.sort(key=lambda i: (order[i], i))
+        for k, i in enumerate(members):
+            out[i] = replace(utterances[i], history=tuple((utterances[j].speaker, utterances[j].text) for j in members[:k]))
+    return out
 
 
 def read_manifest(path: str | Path, split: str | None = "train") -> list[Utterance]:
@@ -69,16 +91,19 @@ def read_meld(folder: Path, split: str) -> list[Utterance]:
         raise ManifestError(f"{csv_path}: no rows under the header; the {split} split needs at least one utterance")
     check_labels(csv_path, rows, "Emotion", "Sentiment")
     clips = folder / MELD_CLIP_DIRS[split]
-    return [
+    utterances = [
         Utterance(
             text=repair_text(row["Utterance"]),
             emotion=row["Emotion"].strip().lower(),
             sentiment=row["Sentiment"].strip().lower(),
             path=clips / f"dia{row['Dialogue_ID'].strip()}_utt{row['Utterance_ID'].strip()}.mp4",
             source=f"{csv_path}:{line}",
+            speaker=repair_text(row.get("Speaker", "")) or None,
         )
         for line, row in rows
     ]
+    order = [parse_number(csv_path, line, row["Utterance_ID"], "Utterance_ID") for line, row in rows]
+    return with_history(utterances, [row["Dialogue_ID"].strip() for _, row in rows], order)
 
 
 def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
@@ -110,9 +135,21 @@ def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
                 start=start,
                 end=end,
                 source=f"{csv_path}:{line}",
+                speaker=repair_text(row.get("speaker", "")) or None,
             )
         )
-    return out
+    if "dialogue" not in rows[0][1]:
+        return out
+    order = [parse_number(csv_path, line, row["order"], "order") if row.get("order", "").strip() else 0.0 for line, row in rows]
+    return with_history(out, [row["dialogue"].strip() or None for _, row in rows], order)
+
+
+def parse_number(csv_path: Path, line: int, value: str, column: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ManifestError(f"{csv_path}:{line}: {column} must be a number (the utterance's place in its dialogue), "
+                            f"got {value!r}") from None
 
 
 def repair_text(text: str) -> str:
