@@ -158,3 +158,25 @@ def test_asr_without_the_extra_fails_at_once(model_dir, clip):
         pass
     result = run_cli("analyze", clip, "--model", model_dir, "--asr")
     assert result.returncode == 2 and "pip install 'emosent[asr]'" in result.stderr
+
+
+def test_with_context_each_segment_reads_the_ones_before_it(clip, tmp_path):
+    """A context model analyses segment i with segments i-K..i-1 (and the transcript's speakers)
+    as its dialogue, exactly as training reads a dialogue's earlier utterances."""
+    from emosent.config import ProcessorConfig
+    from emosent.data import Utterance
+    from emosent.model import model_inputs
+
+    torch.manual_seed(0)
+    model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("text",), pooling="mean"), ProcessorConfig(context=1)).eval()
+    items = [{"start": 0.0, "end": 0.3, "text": "I won the lottery", "speaker": "Ann"},
+             {"start": 0.3, "end": 0.6, "text": "no way", "speaker": "Bob"},
+             {"start": 0.6, "end": 0.9, "text": "no way"}]
+    result = analyze(clip, model, transcript=write_json(tmp_path / "t.json", items))
+    third = Utterance(text="no way", emotion=None, sentiment=None, path=None, history=(("Bob", "no way"),))
+    with torch.no_grad():
+        probs = model(**model_inputs(model.processor.collate([model.processor(third)]))).emotion_logits.softmax(-1)[0]
+    top = result["utterances"][2]["emotions"][0]
+    assert top["confidence"] == pytest.approx(float(probs.max()), abs=1e-4) and top["label"] == EMOTIONS[int(probs.argmax())]
+    # the same words after other words: another input, so (here) other numbers
+    assert result["utterances"][1]["emotions"] != result["utterances"][2]["emotions"]

@@ -55,14 +55,18 @@ def test_encoder_defaults_apply_only_where_the_user_gave_none():
 def test_choices_are_recorded_and_the_monitor_picks_the_checkpoint(sample_dir, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", "--data", sample_dir, "--out", run, *TINY, "--modalities", "text", "--epochs", "3", "--batch-size", "4",
-                     "--class-weights", "sqrt", "--monitor", "val/emotion/weighted_f1", "--context", "2", "--cache-dir", tmp_path / "cache")
+                     "--class-weights", "sqrt", "--monitor", "val/emotion/weighted_f1", "--context", "2", "--finetune-text-layers", "1",
+                     "--cache-dir", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     training = json.loads((run / "model" / "training.json").read_text())
     assert training["train_config"]["class_weights"] == "sqrt" and training["train_config"]["monitor"] == "val/emotion/weighted_f1"
-    assert training["train_config"]["lr"]["text"] == 8e-6  # tiny takes the design's defaults
+    assert training["train_config"]["lr"]["text"] == 5e-5  # no --lr-text, transformer layers train: the fine-tuning rate
     f1 = scalars(run)["val/emotion/weighted_f1"]
     assert training["best_epoch"] == 1 + max(range(len(f1)), key=lambda i: (f1[i], -i))  # the highest, first on a tie
     assert json.loads((run / "model" / "processor.json").read_text())["processor_config"]["context"] == 2
+    evaluated = run_cli("evaluate", "--model", run / "model", "--data", sample_dir, "--split", "test", "--out", tmp_path / "eval",
+                        "--cache-dir", tmp_path / "cache")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
 
 def test_train_one_epoch_then_evaluate(sample_dir, tmp_path):

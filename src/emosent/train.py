@@ -67,6 +67,8 @@ class EmotionSentimentTask(L.LightningModule):
                  frozen_digest: str | None = None):
         """frozen_digest: `weights_digest(model.frozen_modules())` when the caller has it already."""
         super().__init__()
+        if config.lr.get("text") is None:  # the text encoder's default learning rate (its registry entry's)
+            config = replace(config, lr={**config.lr, "text": text_defaults(model.config.text_encoder, model.config.finetune_text_layers)["lr_text"]})
         self.model, self.config = model, config
         self.register_buffer("emotion_weights", emotion_weights)
         self.register_buffer("sentiment_weights", sentiment_weights)
@@ -288,8 +290,6 @@ def train(
         raise ValueError(f"--out {out}: is a file; name a folder for the run")
     # Everything that can fail on bad input fails here, before the run folder is touched.
     L.seed_everything(config.seed, workers=True, verbose=False)
-    if config.lr.get("text") is None:  # the text encoder's default learning rate (the registry's)
-        config = replace(config, lr={**config.lr, "text": text_defaults(model_config.text_encoder, model_config.finetune_text_layers)["lr_text"]})
     train_records = read_manifest(data, config.train_split)
     val_records = read_manifest(data, config.val_split)
     model = EmotionSentimentModel(model_config, processor_config)
