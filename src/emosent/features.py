@@ -270,13 +270,13 @@ class ShardWriter(BasePredictionWriter):
         tmp = path.with_suffix(".tmp")  # inside the cache folder; renamed only when complete
         n, rows = len(self.shards.rows(k)), buf["rows"]
         tensors = {"valid": torch.tensor([int(r in rows) for r in range(n)], dtype=torch.uint8)}
-        for name in next(iter(rows.values()), {}):
-            if is_sequence(name, next(iter(rows.values()))[name]):  # concatenated, each row's length beside (0 for a skipped row)
+        first = next(iter(rows.values()), {})
+        for name, example in first.items():
+            if is_sequence(name, example):  # concatenated, each row's length beside (0 for a skipped row)
                 tensors[name] = torch.cat([rows[r][name] for r in sorted(rows)]).contiguous()
                 tensors[f"{name}.lengths"] = torch.tensor([len(rows[r][name]) if r in rows else 0 for r in range(n)])
             else:
-                width = next(iter(rows.values()))[name].shape
-                tensors[name] = torch.stack([rows[r][name] if r in rows else torch.zeros(width) for r in range(n)]).contiguous()
+                tensors[name] = torch.stack([rows[r][name] if r in rows else torch.zeros(example.shape) for r in range(n)]).contiguous()
         save_file(tensors, str(tmp), metadata={"skipped": json.dumps(buf["skipped"])})
         os.replace(tmp, path)
         if not sys.stderr.isatty():
