@@ -90,6 +90,18 @@ def second_stage(best: Row) -> list[Row]:
     return rows + [Row(f"ctx{context}-ft6", ["--context", context, "--finetune-text-layers", "6", *FINETUNE])]
 
 
+def third_stage(chosen: Row) -> list[Row]:
+    """Every layer trained with the class weights the second stage chose (when it chose other than
+    the design's inverse weights)."""
+    if "--class-weights" not in chosen.options:
+        return []
+    options = list(chosen.options)
+    options[options.index("--finetune-text-layers") + 1] = "6"
+    context = options[options.index("--context") + 1]
+    kind = options[options.index("--class-weights") + 1]
+    return [Row(f"ctx{context}-ft6-weights-{kind}", options)]
+
+
 def run(args: list[str], log: Path) -> tuple[float, float, str]:
     """(seconds, peak resident MB, output) of an emosent command; its output goes to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -250,9 +262,13 @@ def main() -> int:
     go(grid())
     finished = [done(r.name) for r in grid()]
     if all(finished):
-        go(second_stage(best_of(finished)))
-        candidates = [r for r in (done(r.name) for r in [*grid(), *second_stage(best_of(finished))]) if r]
-        recommended = recommend(candidates, best_of(finished))
+        best = best_of(finished)
+        go(second_stage(best))
+        candidates = [r for r in (done(r.name) for r in [*grid(), *second_stage(best)]) if r]
+        if all(done(r.name) for r in second_stage(best)):
+            go(third_stage(recommend(candidates, best)))
+            candidates += [r for r in (done(r.name) for r in third_stage(recommend(candidates, best))) if r]
+        recommended = recommend(candidates, best)
         go([Row(f"{recommended.name}-seed{seed}", [*recommended.options, "--seed", str(seed)]) for seed in (1, 2)])
     print((out / "table.md").read_text())
     return 0
