@@ -83,8 +83,9 @@ def analyze(
     probs = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
     utterances = [
         {"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text,
-         "emotions": top_k(p_e, EMOTIONS), "sentiments": top_k(p_s, SENTIMENTS)}
-        for s, (p_e, p_s) in zip(kept, probs) if p_e is not None
+         "emotions": top_k(p_e, EMOTIONS), "sentiments": top_k(p_s, SENTIMENTS),
+         **({"face_frames": face} if face is not None else {})}  # the share of sampled frames with a face
+        for s, (p_e, p_s, face) in zip(kept, probs) if p_e is not None
     ]
     return {
         "video": str(video),
@@ -137,7 +138,8 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
 @torch.no_grad()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
                      progress: Callable[[int, int], None] | None = None):
-    """(emotion probs, sentiment probs) per segment, (None, None) for a segment that failed."""
+    """(emotion probs, sentiment probs, share of frames with a face or None) per segment, (None,
+    None, None) for a segment that failed."""
     # The video is one dialogue: with context, a segment's text is read after the segments before it.
     k = model.processor.config.context
     records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
@@ -145,7 +147,7 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
                          history=tuple((p.speaker, p.text) for p in segments[max(0, i - k):i]))
                for i, s in enumerate(segments)]
     processor = model.processor
-    probs: list = [(None, None)] * len(records)
+    probs: list = [(None, None, None)] * len(records)
     for first in range(0, len(records), batch_size):
         items = [timer.run("decode", processor, records[i], i) for i in range(first, min(first + batch_size, len(records)))]
         batch = processor.collate(items)
@@ -161,8 +163,10 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
         for modality in model.config.modalities:  # one at a time, to time each encoder
             features.update(timer.run(modality, model.encode, batch, (modality,)))
         out = timer.run("heads", model, **features)
+        sees_faces = "video_features" in features and hasattr(model.video, "face")
         for j, index in enumerate(batch["index"].tolist()):
-            probs[index] = (out.emotion_logits[j].softmax(-1).cpu(), out.sentiment_logits[j].softmax(-1).cpu())
+            face_share = round(float(features["video_features"][j, -1]), 3) if sees_faces else None
+            probs[index] = (out.emotion_logits[j].softmax(-1).cpu(), out.sentiment_logits[j].softmax(-1).cpu(), face_share)
     return probs
 
 

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 MODALITIES = ("text", "video", "audio")
 POOLINGS = ("pooler", "mean")
+VIDEO_ENCODERS = ("r3d18", "face", "r3d18+face")
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
 MONITORS = ("val/loss", *(f"val/{task}/{m}" for task in ("emotion", "sentiment") for m in ("weighted_f1", "macro_f1", "accuracy")))
 # The design's Adam groups. "text": None takes the text encoder's default from its registry entry
@@ -108,6 +109,9 @@ class ModelConfig:
         choices=POOLINGS))
     video_weights: Annotated[str, Field(min_length=1, strict=True)] = field(default="kinetics400", metadata=option(
         "kinetics400 (the design; needs internet once), none (random), or a local R3D-18 state-dict file"))
+    video_encoder: str = field(default="r3d18", metadata=option(
+        "r3d18 (the design: R3D-18 over whole frames, weights per --video-weights), face (the main face of each frame "
+        "through the FER2013 expression network, offline), or r3d18+face (both)", choices=VIDEO_ENCODERS))
     modalities: tuple[str, ...] = field(default=MODALITIES, metadata=option("comma-separated subset of text,video,audio"))
     feature_dim: Width = 128
     fusion_dim: Width = 256
@@ -189,6 +193,11 @@ class ProcessorConfig:
         "side of the square frame crop in pixels; frames are first resized to 128/112 and 171/112 of it", COUNT))
     frame_transforms: str = field(default="kinetics400", metadata=option(
         "whose frame normalisation (mean/std) to use: the torchvision video weights named", choices=("kinetics400",)))
+    # 0.1: on the real photos of bench/faces.py wider crops (0.2, 0.3) lose 4-5 points (BENCHMARKS.md)
+    face_margin: Annotated[float, Field(ge=0)] = field(default=0.1, metadata=option(
+        "--video-encoder face: the face crop is the detected box's longer side times 1 + this", Number(float, 0)))
+    face_detect_size: PositiveInt = field(default=320, metadata=option(
+        "--video-encoder face: frames are scaled down to at most this many pixels on their long side for face detection", COUNT))
     sample_rate_hz: PositiveInt = field(default=16_000, metadata=option("audio is resampled to this rate", COUNT))
     n_mels: PositiveInt = field(default=64, metadata=option("mel bands of the spectrogram", COUNT))
     n_fft: PositiveInt = field(default=1024, metadata=option("FFT window in samples (1024 = 64 ms at 16 kHz)", COUNT))

@@ -169,6 +169,10 @@ def extract_features(
             log(f"reusing cached {split} features from {directory} (fingerprint matches: nothing to extract)")
     features = load_shards(directory, shards, records, reused=not pending)
     log(f"{split}: {len(features)} rows with features; {features.skipped.summary('rows')}")
+    if len(features) and hasattr(model, "video") and hasattr(model.video, "face"):
+        share = features.tensors["video_features"][:, -1]  # the share of a clip's frames with a face
+        log(f"{split}: a face in {100 * share.mean():.1f}% of the sampled frames; {int((share == 0).sum())} of "
+            f"{len(share)} clips without any face (they get the video encoder's learned no-face input)")
     return features
 
 

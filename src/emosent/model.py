@@ -33,11 +33,15 @@ from emosent.encoders import (
     video_weights_by_name,
     weights_digest,
 )
+from emosent.data.faces import FACE_SIZE
+from emosent.fer_network import FER_CLASSES, MiniXception, load_fer_network
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.processor import PROCESSOR_FILE, TOKENIZER_DIR, Processor, load_tokenizer, read_processor_config
 
 AUDIO_CONV_FEATURES = 128
+FACE_PENULTIMATE = 128  # width of the FER2013 network's last block
+FACE_SOURCE = "fer2013-mini-xception"  # how config.json names the packaged face-expression network
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FOLDER_FORMAT = 2  # 1 (no "format" key): every weight in WEIGHTS_FILE, n_mels in model_config, no processor.json
@@ -126,32 +130,79 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
     return layers
 
 
-class VideoEncoder(nn.Module):
-    """(B, T, 3, 112, 112) normalised frames -> (B, feature_dim). Frozen R3D-18, trainable fc.
+class FaceExpressions(nn.Module):
+    """(B, T, 1, 64, 64) face crops and their (B, T) mask -> (B, 128 + 7 + 1): the frozen FER2013
+    network's penultimate activations and its 7 logits, each averaged over the frames that have a
+    face, and the share of frames that have one (0: no face in the clip)."""
 
-    The design replaces `backbone.fc` with Linear(512, 128)+ReLU+Dropout(0.2). We set
-    `backbone.fc = Identity` and keep that block as `self.fc`: the same function, but the frozen
-    pooled 512-d features become reachable for caching.
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network.requires_grad_(False)
+        self.width = FACE_PENULTIMATE + len(FER_CLASSES) + 1
+
+    def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
+        b, t = face_mask.shape
+        crops = faces.flatten(0, 1)  # (B*T, 1, 64, 64)
+        per_frame = torch.cat(self.network.penultimate_and_logits(crops), 1).view(b, t, -1)  # (B, T, 128 + 7)
+        weights = face_mask.to(per_frame.dtype).unsqueeze(-1)  # (B, T, 1)
+        count = weights.sum(1)  # (B, 1)
+        pooled = (per_frame * weights).sum(1) / count.clamp(min=1.0)
+        return torch.cat([pooled, count / t], 1)
+
+
+class VideoEncoder(nn.Module):
+    """Frames -> (B, feature_dim) through R3D-18 over whole frames, the FER2013 network over face
+    crops (`--video-encoder face`), or both, each frozen; then one trainable block.
+
+    R3D-18: (B, T, 3, 112, 112) normalised frames -> its pooled (B, 512). The design replaces
+    `backbone.fc` with Linear(512, 128)+ReLU+Dropout(0.2). We set `backbone.fc = Identity` and
+    keep that block as `self.fc`: the same function, but the frozen pooled 512-d features become
+    reachable for caching. Faces: see `FaceExpressions`; a clip without any face gets a learned
+    "no face" vector in place of its (empty) face features.
     """
 
-    def __init__(self, backbone: nn.Module, out_dim: int, dropout: float):
+    def __init__(self, backbone: nn.Module | None, face_network: nn.Module | None, out_dim: int, dropout: float):
         super().__init__()
-        backbone.fc = nn.Identity()
-        self.backbone = backbone.requires_grad_(False)
-        self.feature_width = R3D_FEATURES
-        self.fc = nn.Sequential(nn.Linear(R3D_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
+        width = 0
+        if backbone is not None:
+            backbone.fc = nn.Identity()
+            self.backbone = backbone.requires_grad_(False)
+            width += R3D_FEATURES
+        if face_network is not None:
+            self.face = FaceExpressions(face_network)
+            self.no_face = nn.Parameter(torch.zeros(self.face.width - 1))
+            width += self.face.width
+        self.feature_width = width
+        self.fc = nn.Sequential(nn.Linear(width, out_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The batch entries `features` takes."""
+        return (*(("video",) if hasattr(self, "backbone") else ()), *(("faces", "face_mask") if hasattr(self, "face") else ()))
 
     def feature_parts(self) -> list[nn.Module]:
-        return [self.backbone]
+        return [m for m in (getattr(self, "backbone", None), getattr(self, "face", None)) if m is not None]
 
-    def features(self, video: torch.Tensor) -> torch.Tensor:
-        return self.backbone(video.transpose(1, 2))  # (B, 3, T, H, W) -> (B, 512)
+    def features(self, video: torch.Tensor | None = None, faces: torch.Tensor | None = None,
+                 face_mask: torch.Tensor | None = None) -> torch.Tensor:
+        parts = []
+        if hasattr(self, "backbone"):
+            parts.append(self.backbone(video.transpose(1, 2)))  # (B, 3, T, H, W) -> (B, 512)
+        if hasattr(self, "face"):
+            parts.append(self.face(faces, face_mask))
+        return torch.cat(parts, 1)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "face"):
+            split = features.shape[1] - self.face.width
+            faces, share = features[:, split:-1], features[:, -1:]
+            faces = torch.where(share > 0, faces, self.no_face.to(faces.dtype))
+            features = torch.cat([features[:, :split], faces, share], 1)
         return self.fc(features)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(video))
+    def forward(self, video: torch.Tensor | None = None, faces: torch.Tensor | None = None,
+                face_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(video, faces, face_mask))
 
 
 class AudioEncoder(nn.Module):
@@ -199,8 +250,9 @@ class EmotionSentimentOutput:
     sentiment_logits: torch.Tensor
 
 
-# Keyword arguments of `forward` per modality: raw inputs, and the cached output of the frozen part.
-RAW_INPUTS = {"text": ("input_ids", "attention_mask"), "video": ("video",), "audio": ("audio",)}
+# Keyword arguments of `forward` per modality: raw inputs (video: those of the model's video
+# encoder, see VideoEncoder.inputs), and the cached output of the frozen part.
+RAW_INPUTS = {"text": ("input_ids", "attention_mask"), "video": ("video", "faces", "face_mask"), "audio": ("audio",)}
 FEATURE_INPUTS = {"text": "text_features", "video": "video_features", "audio": "audio_features"}
 OPTIONAL_INPUTS = ("token_type_ids",)  # text with dialogue context: 0 the utterance, 1 its context
 INPUT_NAMES = (*(n for names in RAW_INPUTS.values() for n in names), *OPTIONAL_INPUTS, *FEATURE_INPUTS.values())
@@ -234,10 +286,14 @@ class EmotionSentimentModel(nn.Module):
             tokenizer = tokenizer or own_tokenizer
             self.text = TextEncoder(backbone, config.pooling, d, config.finetune_text_layers)
         if "video" in config.modalities:
-            self.video = VideoEncoder(build_r3d18(config.video_weights if "video" in by_name else "none"), d, config.encoder_dropout)
+            parts = config.video_encoder.split("+")
+            r3d = build_r3d18(config.video_weights if "video" in by_name else "none") if "r3d18" in parts else None
+            face = (load_fer_network() if "video" in by_name else MiniXception()) if "face" in parts else None
+            self.video = VideoEncoder(r3d, face, d, config.encoder_dropout)
         if "audio" in config.modalities:
             self.audio = AudioEncoder(processor_config.n_mels, d, config.encoder_dropout, frozen=not config.train_audio_conv)
-        self.processor = Processor(processor_config, config.modalities, tokenizer if "text" in config.modalities else None)
+        self.processor = Processor(processor_config, config.modalities, tokenizer if "text" in config.modalities else None,
+                                   config.video_encoder)
         self.fusion = nn.Sequential(
             nn.Linear(d * len(config.modalities), config.fusion_dim),
             nn.BatchNorm1d(config.fusion_dim),
@@ -287,14 +343,14 @@ class EmotionSentimentModel(nn.Module):
         features, for training, extraction, evaluation and analysis; checks the inputs first."""
         out = {}
         for modality in self.config.modalities if modalities is None else modalities:
-            raw = [batch.get(name) for name in RAW_INPUTS[modality]]
-            if any(x is None for x in raw):
-                raise ValueError(f"the model uses {modality}: pass {' and '.join(RAW_INPUTS[modality])} "
-                                 f"or {FEATURE_INPUTS[modality]}")
+            names = self.video.inputs if modality == "video" else RAW_INPUTS[modality]
+            raw = {name: batch.get(name) for name in names}
+            if any(x is None for x in raw.values()):
+                raise ValueError(f"the model uses {modality}: pass {' and '.join(names)} or {FEATURE_INPUTS[modality]}")
             check_raw_input(modality, raw, self.processor.config)
             if modality == "text":
-                raw.append(batch.get("token_type_ids"))
-            out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(*raw)
+                raw["token_type_ids"] = batch.get("token_type_ids")
+            out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(**raw)
         return out
 
     def forward(
@@ -304,6 +360,8 @@ class EmotionSentimentModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         video: torch.Tensor | None = None,
+        faces: torch.Tensor | None = None,
+        face_mask: torch.Tensor | None = None,
         audio: torch.Tensor | None = None,
         text_features: torch.Tensor | None = None,
         video_features: torch.Tensor | None = None,
@@ -312,9 +370,11 @@ class EmotionSentimentModel(nn.Module):
         """Each modality of the config takes either its raw inputs or its cached frozen features:
         input_ids, attention_mask (B, L) long, token_type_ids (B, L) with context | text_features
         (B, H), or (B, L, H) with attention_mask (and token_type_ids) when the top text layers train;
-        video (B, T, 3, S, S) float | video_features (B, 512);
+        video (B, T, 3, S, S) float and/or faces (B, T, 1, 64, 64) float with face_mask (B, T) bool,
+        as the video encoder takes them | video_features (B, 512 and/or 136);
         audio (B, 1, M, F) float | audio_features (B, 128)."""
-        given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, video=video, audio=audio,
+        given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, video=video, faces=faces,
+                     face_mask=face_mask, audio=audio,
                      text_features=text_features, video_features=video_features, audio_features=audio_features)
         raw = tuple(m for m in self.config.modalities if given[FEATURE_INPUTS[m]] is None)
         features = {**{k: v for k, v in given.items() if k in FEATURE_INPUTS.values()}, **self.encode(given, raw)}
@@ -328,12 +388,20 @@ class EmotionSentimentModel(nn.Module):
     def by_name(self) -> dict[str, dict]:
         """The frozen encoders that can be rebuilt from their name wherever the model is loaded
         (registry names, hub ids, folders and files): modality -> {"source", "sha256"}."""
-        refs = {}
+        sources = {}
         if "text" in self.config.modalities and text_encoder_by_name(self.config.text_encoder):
-            refs["text"] = {"source": encoder_source(self.config.text_encoder), "sha256": weights_digest(self.text.feature_parts())}
-        if "video" in self.config.modalities and video_weights_by_name(self.config.video_weights):
-            refs["video"] = {"source": encoder_source(self.config.video_weights), "sha256": weights_digest(self.video.feature_parts())}
-        return refs
+            sources["text"] = encoder_source(self.config.text_encoder)
+        if hasattr(self, "video") and hasattr(self.video, "backbone") and video_weights_by_name(self.config.video_weights):
+            sources["video"] = encoder_source(self.config.video_weights)
+        if hasattr(self, "video") and hasattr(self.video, "face"):
+            sources["face"] = FACE_SOURCE
+        return {key: {"source": source, "sha256": weights_digest(self.named_parts(key))} for key, source in sources.items()}
+
+    def named_parts(self, key: str) -> list[nn.Module]:
+        """The frozen modules an entry of config.json's frozen_encoders stands for: "text" (the text
+        encoder's frozen part), "video" (R3D-18), "face" (the FER2013 network)."""
+        return {"text": lambda: self.text.feature_parts(), "video": lambda: [self.video.backbone],
+                "face": lambda: [self.video.face]}[key]()
 
     def save_pretrained(self, directory: str | Path, *, include_frozen: bool = False) -> Path:
         """Write config.json (config, label names and the frozen encoders it names, with their
@@ -347,7 +415,7 @@ class EmotionSentimentModel(nn.Module):
         for ref in refs.values():
             ref["in_folder"] = include_frozen
         # the named encoders' frozen parts; layers that training changed (--finetune-text-layers) stay in
-        left_out = set() if include_frozen else state_keys(self, [p for m in refs for p in self.encoders[m].feature_parts()])
+        left_out = set() if include_frozen else state_keys(self, [p for key in refs for p in self.named_parts(key)])
         meta = {"format": FOLDER_FORMAT, "model_config": self.config.to_dict(), "emotions": list(EMOTIONS),
                 "sentiments": list(SENTIMENTS), "frozen_encoders": refs}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -383,8 +451,8 @@ class EmotionSentimentModel(nn.Module):
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"{text_dir}: cannot rebuild the text encoder from its config "
                              f"({err.__class__.__name__}: {str(err)[:200]}); copy the folder again") from None
-        for modality in by_name:  # first: trained layers inside a named encoder come from the file below
-            load_named_encoder(model.encoders[modality], modality, refs[modality], directory / CONFIG_FILE)
+        for key in by_name:  # first: trained layers inside a named encoder come from the file below
+            load_named_encoder(model, key, refs[key], directory / CONFIG_FILE)
         try:
             missing, unexpected = load_model(model, str(weights), strict=False)
         except SafetensorError as err:
@@ -392,7 +460,7 @@ class EmotionSentimentModel(nn.Module):
         except RuntimeError as err:  # other shapes than config.json says
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({str(err).splitlines()[0][:200]}); "
                              "the two files come from different models") from None
-        missing = set(missing) - state_keys(model, [p for m in by_name for p in model.encoders[m].feature_parts()])
+        missing = set(missing) - state_keys(model, [p for key in by_name for p in model.named_parts(key)])
         if missing or unexpected:
             example = sorted(missing or unexpected)[0]
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({len(missing)} missing, "
@@ -400,20 +468,24 @@ class EmotionSentimentModel(nn.Module):
         return model.eval()
 
 
-def load_named_encoder(encoder: nn.Module, modality: str, ref: dict, config_path: Path) -> None:
-    """Load the frozen encoder a model folder names into `encoder.backbone`, and check the sha256
-    of its frozen parts."""
-    target = encoder.backbone
+def load_named_encoder(model: EmotionSentimentModel, key: str, ref: dict, config_path: Path) -> None:
+    """Load the frozen encoder a model folder names (a key of its frozen_encoders) into the model,
+    and check the sha256 of its frozen parts."""
     source, expected = ref["source"], ref["sha256"]
-    what = f"{config_path} names the {modality} encoder {source!r} (sha256 {expected[:12]})"
-    remedy = f"{how_to_get(modality, source)}, or use a self-contained copy of the model (emosent export --self-contained, made where it is at hand)"
+    what = f"{config_path} names the {key} encoder {source!r} (sha256 {expected[:12]})"
+    remedy = f"{how_to_get(key, source)}, or use a self-contained copy of the model (emosent export --self-contained, made where it is at hand)"
     try:
-        backbone = load_text_encoder(source)[0] if modality == "text" else build_r3d18(source)
+        if key == "text":
+            target, loaded = model.text.backbone, load_text_encoder(source)[0]
+        elif key == "video":
+            target, loaded = model.video.backbone, build_r3d18(source)
+        else:
+            target, loaded = model.video.face.network, load_fer_network()
         wanted = target.state_dict().keys()  # R3D-18's own fc is not part of the encoder
-        target.load_state_dict({k: v for k, v in backbone.state_dict().items() if k in wanted})
+        target.load_state_dict({k: v for k, v in loaded.state_dict().items() if k in wanted})
     except (WeightsUnavailableError, ValueError, OSError, RuntimeError) as err:
         raise ValueError(f"{what}, which cannot be loaded here ({' '.join(str(err).split())[:240]}); {remedy}") from None
-    found = weights_digest(encoder.feature_parts())
+    found = weights_digest(model.named_parts(key))
     if found != expected:
         raise ValueError(f"{what}, but the one found here differs (sha256 {found[:12]}); {remedy}")
 
@@ -429,6 +501,8 @@ def how_to_get(modality: str, source: str) -> str:
         return TEXT_ENCODERS[source].how_to_get
     if modality == "video" and source in VIDEO_HOW_TO_GET:
         return VIDEO_HOW_TO_GET[source]
+    if modality == "face":
+        return "reinstall emosent: the FER2013 network's weights ship inside it (emosent/weights)"
     return f"put the original {source} back"
 
 
@@ -452,15 +526,23 @@ def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
     return ModelConfig.from_dict(fields, f"{config_path}: model_config"), meta
 
 
-def check_raw_input(modality: str, tensors: list[torch.Tensor], settings: ProcessorConfig) -> None:
+def check_raw_input(modality: str, tensors: dict[str, torch.Tensor], settings: ProcessorConfig) -> None:
     """Clear errors at the public boundary instead of a shape error deep inside a backbone, and
     inputs that another preprocessing made (train/serve skew) refused."""
-    x = tensors[0]
-    if modality == "text" and (x.dim() != 2 or tensors[1].shape != x.shape):
-        raise ValueError(f"input_ids and attention_mask must both be (B, L), got {tuple(x.shape)} and {tuple(tensors[1].shape)}")
+    if modality == "text":
+        ids, mask = tensors["input_ids"], tensors["attention_mask"]
+        if ids.dim() != 2 or mask.shape != ids.shape:
+            raise ValueError(f"input_ids and attention_mask must both be (B, L), got {tuple(ids.shape)} and {tuple(mask.shape)}")
     t, s = settings.num_frames, settings.frame_size
-    if modality == "video" and (x.dim() != 5 or tuple(x.shape[1:]) != (t, 3, s, s)):
+    x = tensors.get("video")
+    if x is not None and (x.dim() != 5 or tuple(x.shape[1:]) != (t, 3, s, s)):
         raise ValueError(f"video must be (B, {t}, 3, {s}, {s}) as this model's processor makes it, got {tuple(x.shape)}")
+    faces, mask = tensors.get("faces"), tensors.get("face_mask")
+    if faces is not None and (faces.dim() != 5 or tuple(faces.shape[1:]) != (t, 1, FACE_SIZE, FACE_SIZE)
+                              or tuple(mask.shape) != tuple(faces.shape[:2])):
+        raise ValueError(f"faces must be (B, {t}, 1, {FACE_SIZE}, {FACE_SIZE}) and face_mask (B, {t}) as this model's "
+                         f"processor makes them, got {tuple(faces.shape)} and {tuple(mask.shape)}")
     m, f = settings.n_mels, settings.mel_frames
+    x = tensors.get("audio")
     if modality == "audio" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, m, f)):
         raise ValueError(f"audio must be (B, 1, {m}, {f}) as this model's processor makes it, got {tuple(x.shape)}")

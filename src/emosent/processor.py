@@ -17,6 +17,7 @@ import torch
 
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
+from emosent.data.faces import crop_faces
 from emosent.data.media import MEDIA_MODALITIES, MediaError, load_clip
 from emosent.labels import EMOTIONS, SENTIMENTS
 
@@ -27,18 +28,23 @@ TOKENIZER_DIR = "text_encoder"  # the tokenizer's files (and the text backbone's
 class Processor:
     """processor(utterance) -> item; processor.collate(items) -> batch.
 
-    An item holds "text", "video" (T, 3, S, S) and "audio" (1, M, F) for the modalities asked, and
-    the labels when the utterance has them; one that cannot be read is {"index", "skip": reason,
+    An item holds "text", "video" (T, 3, S, S) and "audio" (1, M, F) for the modalities asked
+    (with a face encoder, "faces" (T, 1, 64, 64) and "face_mask" (T,) for video, beside or instead
+    of "video"), and the labels when the utterance has them; one that cannot be read is {"index", "skip": reason,
     "error": message}, dropped and counted by `collate`, never fatal.
     """
 
-    def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None):
+    def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None, video_encoder: str = "r3d18"):
         if not modalities:
             raise ValueError("modalities must be a non-empty subset of ('text', 'video', 'audio')")
         if "text" in modalities and tokenizer is None:
             raise ValueError("a processor for text needs the text encoder's tokenizer")
         self.config, self.modalities, self.tokenizer = config, tuple(modalities), tokenizer
-        self.media = tuple(m for m in MEDIA_MODALITIES if m in modalities)
+        self.video_encoder = video_encoder
+        parts = video_encoder.split("+") if "video" in modalities else []
+        # what load_clip reads: whole frames for R3D-18, the decoded frames for face crops
+        self.media = (*(["video"] if "r3d18" in parts else []), *(["frames"] if "face" in parts else []),
+                      *(["audio"] if "audio" in modalities else []))
 
     def __call__(self, utterance: Utterance, index: int = 0) -> dict:
         u = utterance
@@ -58,12 +64,15 @@ class Processor:
                 clip = load_clip(u.path, u.start, u.end, modalities=self.media, settings=self.config)
             except MediaError as err:
                 return {"index": index, "skip": err.reason, "error": f"{u.source}: {err}"}
-            item.update({m: getattr(clip, m) for m in self.media})
+            item.update({m: getattr(clip, m) for m in self.media if m != "frames"})
+            if clip.frames is not None:
+                item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
         return item
 
     def collate(self, items: list[dict]) -> dict:
         """Items -> a batch: input_ids and attention_mask (B, L) padded to the batch's longest (at
-        most max_tokens), video (B, T, 3, S, S), audio (B, 1, M, F), emotion and sentiment (B,)
+        most max_tokens), video (B, T, 3, S, S), faces (B, T, 1, 64, 64) and face_mask (B, T), audio
+        (B, 1, M, F), emotion and sentiment (B,)
         when every item has labels, index (B,), and the dropped items' (index, reason, error)
         under "skipped"."""
         good = [it for it in items if "skip" not in it]
@@ -87,7 +96,7 @@ class Processor:
                 tokens = self.tokenizer(texts, truncation=True, max_length=self.config.max_tokens, padding="longest",
                                         return_tensors="pt")
             batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
-        for m in MEDIA_MODALITIES:
+        for m in (*MEDIA_MODALITIES, "faces", "face_mask"):
             if m in good[0]:
                 batch[m] = torch.stack([it[m] for it in good])
         return batch
@@ -109,7 +118,8 @@ class Processor:
         tokenizer = None
         if self.tokenizer is not None:  # the vocabulary and the normalisation, not the object's identity
             tokenizer = [type(self.tokenizer).__name__, self.tokenizer.vocab_size, self.tokenizer.init_kwargs.get("do_lower_case")]
-        return {"config": self.config.to_dict(), "modalities": list(self.modalities), "tokenizer": tokenizer}
+        return {"config": self.config.to_dict(), "modalities": list(self.modalities), "tokenizer": tokenizer,
+                "video_encoder": self.video_encoder}
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

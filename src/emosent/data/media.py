@@ -45,12 +45,14 @@ class MediaError(ValueError):
 @dataclass
 class Clip:
     """video: (T, 3, S, S) float (S: frame_size), or None if not requested.
+    frames: (T, H, W, 3) uint8 RGB as decoded (for face crops), or None if not requested.
     audio: (1, M, F) float log-mel, or None if not requested; silence when has_audio is False."""
 
     video: torch.Tensor | None
     audio: torch.Tensor | None
     has_audio: bool
     duration_s: float
+    frames: np.ndarray | None = None
 
 
 def load_clip(
@@ -61,8 +63,8 @@ def load_clip(
     modalities: tuple[str, ...] = MEDIA_MODALITIES,
     settings: ProcessorConfig = DEFAULT,
 ) -> Clip:
-    """Read the inputs of `modalities` ("video", "audio") for [start, end] seconds of `path`,
-    preprocessed as `settings` say.
+    """Read the inputs of `modalities` ("video", "audio"; "frames": the video's sampled frames as
+    decoded) for [start, end] seconds of `path`, preprocessed as `settings` say.
 
     Raises MediaError naming the file when it is missing, unreadable, or lacks a requested video
     stream. A missing audio stream is not an error: audio is silence and has_audio is False.
@@ -75,20 +77,21 @@ def load_clip(
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             duration_s = container_duration(container)
-            video = audio = None
+            video = audio = frames = None
             has_audio = bool(container.streams.audio)
-            if "video" in modalities:
+            if "video" in modalities or "frames" in modalities:
                 if not container.streams.video:
                     raise MediaError(path, "no video stream", "use a video file, or leave out the video modality")
                 frames = read_frames(container, container.streams.video[0], start, end, settings.num_frames, path)
-                video = transform_frames(frames, settings)
+                video = transform_frames(frames, settings) if "video" in modalities else None
             if "audio" in modalities:
                 samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)
                 has_audio = samples.size > 0
                 audio = log_mel(samples, settings)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
-    return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s)
+    return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s,
+                frames=frames if "frames" in modalities else None)
 
 
 @dataclass

@@ -1,0 +1,173 @@
+"""The face video encoder on real labelled face photos: `--video-encoder face`'s detector, crop and
+FER2013 network, read as a classifier (no training), against the centre crop without detection.
+
+Data: a folder with `labels.csv` (path, emotion[, source_label]) and the images it names; default
+../shared/data/faces (190 real photos, noisy volunteer labels, 14.3% is chance). Each photo is one
+video frame: padded by a fifth of its size on every side with the mean of its border (many are
+tight face crops, and MTCNN needs some face surroundings, as a frame of a talking video has),
+scaled to the detector's size, then the same `emosent.data.faces.crop_faces` as training and
+analysis. A photo without a detected face is counted, and read from its centre crop instead.
+
+Also measured: which of the network's outputs carry the most (5-fold cross-validated logistic
+regression, scikit-learn, on the penultimate 128, the 7 logits, and both), and the time of the
+face path per 16-frame clip (a generated clip of a real face: decode, detect, crop, network),
+beside R3D-18 on the same clip.
+
+Run: .venv/bin/python bench/faces.py [--data DIR]   (scikit-learn: pip install -e '.[bench]')
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from emosent import EmotionSentimentModel, ModelConfig
+from emosent.config import ProcessorConfig
+from emosent.data import Utterance
+from emosent.data.faces import crop_faces
+from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, load_fer_network
+from emosent.labels import EMOTIONS
+from emosent.synthetic import write_clip
+
+import machine
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "faces"
+PAD = 0.2  # of the photo's side, on every side
+SETTINGS = ProcessorConfig()  # the processor's face settings: margin, detection size
+TIMED_CLIPS = 5
+
+
+def as_frame(image: Image.Image) -> np.ndarray:
+    """A photo as a video frame at the detector's size: padded with its border's mean colour."""
+    rgb = np.asarray(image.convert("RGB"))
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).mean(0).astype(np.uint8)
+    h, w, _ = rgb.shape
+    ph, pw = round(h * PAD), round(w * PAD)
+    frame = np.empty((h + 2 * ph, w + 2 * pw, 3), np.uint8)
+    frame[:] = border
+    frame[ph:ph + h, pw:pw + w] = rgb
+    scale = SETTINGS.face_detect_size / max(frame.shape[:2])
+    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+
+
+def centre_crop(image: Image.Image) -> torch.Tensor:
+    """(1, 64, 64) in [-1, 1]: the photo's central square, greyscale, as the network reads it."""
+    grey = image.convert("L")
+    side = min(grey.size)
+    left, top = (grey.size[0] - side) // 2, (grey.size[1] - side) // 2
+    crop = np.asarray(grey.crop((left, top, left + side, top + side)).resize((64, 64), Image.BILINEAR), np.float32)
+    return torch.from_numpy((crop / 255.0 - 0.5) * 2.0)[None]
+
+
+def read_labels(data: Path) -> list[tuple[Path, str]]:
+    with open(data / "labels.csv", newline="") as f:
+        rows = [(data / r["path"], r["emotion"]) for r in csv.DictReader(f)]
+    unknown = {e for _, e in rows} - set(EMOTIONS)
+    if unknown:
+        sys.exit(f"{data / 'labels.csv'}: emotions {sorted(unknown)} are not among {EMOTIONS}")
+    return rows
+
+
+def report(name: str, predicted: list[str], truth: list[str]) -> float:
+    accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
+    counts = Counter(truth)
+    recall = {e: np.mean([p == e for p, t in zip(predicted, truth) if t == e]) for e in EMOTIONS if counts[e]}
+    print(f"{name}: {100 * accuracy:.1f}% ({sum(p == t for p, t in zip(predicted, truth))}/{len(truth)}); recall: "
+          + ", ".join(f"{e} {100 * r:.0f}%" for e, r in recall.items()))
+    return accuracy
+
+
+def label_of(logits: torch.Tensor) -> str:
+    return FER_TO_EMOSENT[FER_CLASSES[int(logits.argmax())]]
+
+
+def cross_validated(features: dict[str, np.ndarray], truth: list[str]) -> None:
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        print("feature choice: skipped (scikit-learn not installed: pip install -e '.[bench]')")
+        return
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    for name, x in features.items():
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        scores = cross_val_score(model, x, truth, cv=folds)
+        print(f"feature choice, 5-fold logistic regression on {name}: {100 * scores.mean():.1f}% (+/- {100 * scores.std():.1f})")
+
+
+def time_per_clip(photo: Image.Image) -> None:
+    """Seconds per 16-frame clip, decode to features: the face path, and R3D-18 (random weights:
+    the same work as Kinetics) on the same clip."""
+    frame = np.asarray(photo.convert("RGB").resize((240, 240)))
+    canvas = np.full((240, 320, 3), 40, np.uint8)
+    canvas[:, 40:280] = frame
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = write_clip(Path(tmp) / "face.mp4", duration_s=2.0, fps=25, width=320, height=240, frame_fn=lambda i, t: canvas)
+        u = Utterance(text="", emotion=None, sentiment=None, path=clip, source=str(clip))
+        for encoder in ("face", "r3d18"):
+            model = EmotionSentimentModel(ModelConfig(video_weights="none", video_encoder=encoder, modalities=("video",))).eval()
+            model.encode(model.processor.collate([model.processor(u)]))  # warm up: load the detector, allocate
+            start = time.perf_counter()
+            for _ in range(TIMED_CLIPS):
+                with torch.no_grad():
+                    model.encode(model.processor.collate([model.processor(u)]))
+            print(f"time per 16-frame 320x240 clip, --video-encoder {encoder}: "
+                  f"{(time.perf_counter() - start) / TIMED_CLIPS:.2f} s (decode, preprocess, frozen encoder)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with labels.csv and the images it names")
+    args = parser.parse_args()
+    if not (args.data / "labels.csv").is_file():
+        sys.exit(f"{args.data / 'labels.csv'} not found: give --data a folder with labels.csv (path, emotion) and its images")
+    rows = read_labels(args.data)
+    print(f"machine: {machine.describe()}\ndata: {args.data} ({len(rows)} photos: "
+          + ", ".join(f"{e} {n}" for e, n in sorted(Counter(e for _, e in rows).items())) + ")")
+    network = load_fer_network()
+    truth, detected, centre, penultimate, logits = [], [], [], [], []
+    start = time.perf_counter()
+    for path, emotion in rows:
+        image = Image.open(path)
+        faces, found = crop_faces(as_frame(image)[None], SETTINGS.face_margin, SETTINGS.face_detect_size)
+        crop = faces if found[0] else centre_crop(image)[None]
+        with torch.no_grad():
+            pen, out = network.penultimate_and_logits(crop)
+            centre_out = network(centre_crop(image)[None])
+        truth.append(emotion)
+        detected.append(bool(found[0]))
+        logits.append(out[0])
+        penultimate.append(pen[0])
+        centre.append(label_of(centre_out[0]))
+    seconds = time.perf_counter() - start
+    predicted = [label_of(x) for x in logits]
+    print(f"face detected: {100 * np.mean(detected):.1f}% ({sum(detected)}/{len(rows)} photos); "
+          f"{1000 * seconds / len(rows):.0f} ms per photo (detect, crop, network)")
+    report("baseline, centre crop without detection", centre, truth)
+    report("majority class", [Counter(truth).most_common(1)[0][0]] * len(truth), truth)
+    if any(detected):
+        report("on the photos with a detected face", [p for p, d in zip(predicted, detected) if d],
+               [t for t, d in zip(truth, detected) if d])
+    accuracy = report("face encoder (detected, aligned crop; centre crop where no face)", predicted, truth)
+    pen, log = torch.stack(penultimate).numpy(), torch.stack(logits).numpy()
+    cross_validated({"the penultimate 128": pen, "the 7 logits": log, "both (what the encoder gives)": np.hstack([pen, log])}, truth)
+    time_per_clip(Image.open(rows[[e for _, e in rows].index("joy")][0]))
+    print(f"accuracy: {100 * accuracy:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Frames -> aligned greyscale face crops for the face-expression network (`--video-encoder face`).
+
+Detection is facenet-pytorch's MTCNN (MIT; its three small networks ship inside the PyPI package,
+so it works offline; pure PyTorch, so it runs wherever the model does). We chose it over OpenCV's
+detectors: OpenCV's Haar cascades give no landmarks and many false faces, and its DNN detectors'
+weights do not ship in the package. MTCNN's five landmarks let us level the eyes.
+
+Per frame, the main face is the largest detection MTCNN is confident in. Its crop is a square
+around the box (plus a margin), rotated so the eyes are level, sampled to 64x64 greyscale in one
+`grid_sample`, and scaled as the network was trained (x / 255 - 0.5) * 2. Frames without a face
+get zeros and a False in the mask; the encoder pools over the frames with a face only, and a clip
+with none gets the encoder's learned "no face" input.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FACE_SIZE = 64  # the FER2013 network's input side
+MIN_CONFIDENCE = 0.9  # MTCNN's probability below which a detection is not a face
+# The smallest face looked for, as a share of the detection size (40 px at 320): a speaker's face
+# is rarely smaller in a talking video, and MTCNN's time grows fast as this shrinks (3.9x for 20 px).
+MIN_FACE_SHARE = 1 / 8
+INSTALL_HINT = "pip install --no-deps facenet-pytorch==2.6.0 (its metadata pins an old torch; the code runs with ours)"
+
+
+@functools.lru_cache(maxsize=2)
+def detector(min_face_px: int):
+    """MTCNN on the CPU, once per process (DataLoader workers each load their own: 2 MB)."""
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError:
+        raise ImportError(f"--video-encoder face needs MTCNN face detection: {INSTALL_HINT}") from None
+    return MTCNN(keep_all=True, device="cpu", min_face_size=min_face_px, post_process=False)
+
+
+def detect_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """Frames are detected at most `longest` pixels on their long side (MTCNN's time grows with area)."""
+    scale = min(1.0, longest / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """(T, H, W, 3) uint8 -> per frame (box x0 y0 x1 y1, landmarks (5, 2)) of its largest confident
+    face in the frames' own pixels, or None."""
+    t, h, w, _ = frames.shape
+    dh, dw = detect_size(h, w, detect_longest)
+    small = torch.as_tensor(frames, dtype=torch.float32).permute(0, 3, 1, 2)  # a copy: decoded frames are read-only
+    if (dh, dw) != (h, w):
+        small = F.interpolate(small, size=(dh, dw), mode="bilinear", antialias=True, align_corners=False)
+    small = small.clamp(0, 255).permute(0, 2, 3, 1)  # MTCNN takes (T, H, W, 3) 0-255
+    with torch.no_grad():
+        boxes, probs, landmarks = detector(max(12, round(detect_longest * MIN_FACE_SHARE))).detect(small, landmarks=True)
+    found = []
+    for b, p, lm in zip(boxes, probs, landmarks):
+        if b is None:
+            found.append(None)
+            continue
+        b, p, lm = (np.asarray(x, dtype=np.float64) for x in (b, p, lm))  # ragged batches come back as object arrays
+        ok = np.flatnonzero(p >= MIN_CONFIDENCE)
+        if ok.size == 0:
+            found.append(None)
+            continue
+        areas = (b[ok, 2] - b[ok, 0]) * (b[ok, 3] - b[ok, 1])
+        i = ok[np.argmax(areas)]
+        found.append((b[i] * (w / dw), lm[i] * (w / dw)))
+    return found
+
+
+def crop_faces(frames: np.ndarray, margin: float, detect_longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, H, W, 3) uint8 RGB -> faces (T, 1, 64, 64) float in [-1, 1] and a face mask (T,) bool."""
+    t, h, w, _ = frames.shape
+    faces = torch.zeros(t, 1, FACE_SIZE, FACE_SIZE)
+    mask = torch.zeros(t, dtype=torch.bool)
+    found = main_faces(frames, detect_longest)
+    rows = [i for i, f in enumerate(found) if f is not None]
+    if not rows:
+        return faces, mask
+    grey = torch.from_numpy(frames[rows]).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+    grey = (grey * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # ITU-R 601, as OpenCV
+    theta = torch.stack([face_affine(*found[i], margin, h, w) for i in rows])
+    # sample at twice the size, then average 2x2: a little anti-aliasing for large faces
+    grid = F.affine_grid(theta, [len(rows), 1, 2 * FACE_SIZE, 2 * FACE_SIZE], align_corners=False)
+    crops = F.avg_pool2d(F.grid_sample(grey, grid, mode="bilinear", padding_mode="border", align_corners=False), 2)
+    faces[rows] = (crops / 255.0 - 0.5) * 2.0  # the FER network's own input scaling
+    mask[rows] = True
+    return faces, mask
+
+
+def face_affine(box: np.ndarray, landmarks: np.ndarray, margin: float, height: int, width: int) -> torch.Tensor:
+    """The (2, 3) map from the crop's normalised coordinates to the frame's: a square of the box's
+    longer side times (1 + margin), centred on the box, turned by the angle of the eyes."""
+    (x0, y0, x1, y1), (left_eye, right_eye) = box, landmarks[:2]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = max(x1 - x0, y1 - y0) * (1 + margin) / 2
+    angle = math.atan2(right_eye[1] - left_eye[1], right_eye[0] - left_eye[0])
+    cos, sin = math.cos(angle) * half, math.sin(angle) * half
+    return torch.tensor([[cos * 2 / width, -sin * 2 / width, 2 * cx / width - 1],
+                         [sin * 2 / height, cos * 2 / height, 2 * cy / height - 1]], dtype=torch.float32)
