@@ -59,11 +59,14 @@ class Processor:
             except MediaError as err:
                 return {"index": index, "skip": err.reason, "error": f"{u.source}: {err}"}
             item.update({m: getattr(clip, m) for m in self.media})
+            if "audio" in self.media:
+                item["audio_length"] = clip.audio_frames
         return item
 
     def collate(self, items: list[dict]) -> dict:
         """Items -> a batch: input_ids and attention_mask (B, L) padded to the batch's longest (at
-        most max_tokens), video (B, T, 3, S, S), audio (B, 1, M, F), emotion and sentiment (B,)
+        most max_tokens), video (B, T, 3, S, S), audio (B, 1, M, F) with audio_lengths (B,) long (its
+        frames that hold real audio, the rest being padding), emotion and sentiment (B,)
         when every item has labels, index (B,), and the dropped items' (index, reason, error)
         under "skipped"."""
         good = [it for it in items if "skip" not in it]
@@ -90,6 +93,8 @@ class Processor:
         for m in MEDIA_MODALITIES:
             if m in good[0]:
                 batch[m] = torch.stack([it[m] for it in good])
+        if "audio" in good[0]:
+            batch["audio_lengths"] = torch.tensor([it["audio_length"] for it in good], dtype=torch.long)
         return batch
 
     def context_of(self, utterance: Utterance) -> str:
