@@ -117,21 +117,24 @@ def run(args: list[str], log: Path) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, output
 
 
-def train_row(row: Row, out: Path, cache: Path) -> Row:
+def train_row(row: Row, out: Path, cache: Path, *, data: Path = MELD, common: list[str] = COMMON,
+              extract_options=None) -> Row:
+    """`emosent extract` (train and dev) + `train` + `evaluate --split dev` for `row` on `data`;
+    extract_options(options): the options that decide the features (default: setting_options)."""
     run_dir = out / "runs" / row.name
     if run_dir.exists():  # a row cut off midway: start it again
         import shutil
 
         shutil.rmtree(run_dir)
-    options = [*COMMON, *row.options]
+    options = [*common, *row.options]
     extract_s = 0.0
     for split in ("train", "dev"):
-        seconds, _, _ = run(["extract", "--data", str(MELD), "--split", split, *setting_options(options), "--out", str(cache)],
-                            out / "logs" / f"{row.name}-extract-{split}.log")
+        seconds, _, _ = run(["extract", "--data", str(data), "--split", split, *(extract_options or setting_options)(options),
+                             "--out", str(cache)], out / "logs" / f"{row.name}-extract-{split}.log")
         extract_s += seconds
-    train_s, train_mb, _ = run(["train", "--data", str(MELD), "--out", str(run_dir), *options, "--cache-dir", str(cache)],
+    train_s, train_mb, _ = run(["train", "--data", str(data), "--out", str(run_dir), *options, "--cache-dir", str(cache)],
                                out / "logs" / f"{row.name}-train.log")
-    eval_s, eval_mb, _ = run(["evaluate", "--model", str(run_dir / "model"), "--data", str(MELD), "--split", "dev",
+    eval_s, eval_mb, _ = run(["evaluate", "--model", str(run_dir / "model"), "--data", str(data), "--split", "dev",
                               "--out", str(run_dir / "evaluation-dev"), "--cache-dir", str(cache)], out / "logs" / f"{row.name}-evaluate.log")
     report = json.loads((run_dir / "evaluation-dev" / "metrics.json").read_text())
     training = json.loads((run_dir / "model" / "training.json").read_text())

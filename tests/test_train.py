@@ -136,12 +136,29 @@ def test_existing_run_dir_needs_resume(sample_dir, tmp_path):
     assert result.returncode == 2 and "holds files that are not an emosent run (something)" in result.stderr
 
 
-def test_end_to_end_when_an_encoder_part_is_trainable(sample_dir, tmp_path):
+def test_trainable_audio_convolutions_train_on_the_cached_log_mel(sample_dir, tmp_path):
     result = run_cli("train", "--data", sample_dir, "--out", tmp_path / "run", *TINY, "--modalities", "audio",
-                     "--train-audio-conv", "--epochs", "1", "--batch-size", "8", "--cache-dir", tmp_path / "cache")
+                     "--train-audio-conv", "--audio-pooling", "masked", "--epochs", "2", "--batch-size", "8",
+                     "--cache-dir", tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("training end to end") == 1 and "extracting" not in result.stdout
-    assert not (tmp_path / "cache").exists()
+    assert "training end to end" not in result.stdout and result.stdout.count("extracting frozen features") == 2
+    meta = json.loads(next((tmp_path / "cache" / "features").glob("train-*/meta.json")).read_text())
+    assert meta["config"]["train_audio_conv"] and meta["config"]["audio_pooling"] == "masked"
+    shard = load_file(next((tmp_path / "cache" / "features").glob("train-*/shard-00000.safetensors")))
+    assert shard["audio_features"].shape[1:] == (1, 64, 300) and shard["audio_lengths"].dtype == torch.long
+    model_dir = tmp_path / "run" / "model"
+    training = json.loads((model_dir / "training.json").read_text())
+    assert training["train_config"]["lr"]["audio"] == 1e-3
+    config = json.loads((model_dir / "config.json").read_text())["model_config"]
+    assert config["train_audio_conv"] and config["audio_pooling"] == "masked" and config["audio_augment"]
+    trained = EmotionSentimentModel.from_pretrained(model_dir)
+    torch.manual_seed(0)  # train's --seed 0: the convolutions' initial weights
+    initial = EmotionSentimentModel(trained.config).audio.conv_layers[0].weight
+    assert initial.shape == trained.audio.conv_layers[0].weight.shape
+    assert not torch.equal(trained.audio.conv_layers[0].weight, initial)  # they trained
+    result = run_cli("evaluate", "--model", model_dir, "--data", sample_dir, "--split", "dev", "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reusing cached dev features" in result.stdout
 
 
 def test_two_process_ddp_on_cpu(sample_dir, tmp_path):

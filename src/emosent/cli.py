@@ -11,7 +11,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from emosent.config import COUNT, DEFAULT_LR, MODALITIES, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, TrainConfig, default_of
+from emosent.config import COUNT, DEFAULT_LR, DESIGN_LR_AUDIO, MODALITIES, TRAIN_CONV_LR_AUDIO, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, TrainConfig, default_of
 from emosent.encoders import FINETUNE_LR_TEXT, TEXT_ENCODERS, WeightsUnavailableError
 from emosent.files import LockedError
 from emosent.signals import received, stop_on_signals
@@ -175,8 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig, "training")
     g = p.add_argument_group("learning rates (the design's Adam groups)")
     for name, default in DEFAULT_LR.items():
-        shown = f"{default:g}" if default is not None else "the text encoder's: " + ", ".join(
-            f"{spec.defaults['lr_text']:g} for {name}" for name, spec in TEXT_ENCODERS.items()) + f", {FINETUNE_LR_TEXT:g} with --finetune-text-layers"
+        if default is not None:
+            shown = f"{default:g}"
+        elif name == "audio":
+            shown = f"{DESIGN_LR_AUDIO:g}, the design's; {TRAIN_CONV_LR_AUDIO:g} with --train-audio-conv"
+        else:
+            shown = "the text encoder's: " + ", ".join(f"{spec.defaults['lr_text']:g} for {name}" for name, spec in TEXT_ENCODERS.items()) \
+                + f", {FINETUNE_LR_TEXT:g} with --finetune-text-layers"
         g.add_argument(f"--lr-{name}", type=RATE, default=default, help=f"learning rate of the {name} parameters (default {shown})")
     add_options(p, Launch, "devices (passed to Lightning)")
     p.set_defaults(run=cmd_train)

@@ -20,10 +20,14 @@ MODALITIES = ("text", "video", "audio")
 POOLINGS = ("pooler", "mean")
 VIDEO_ENCODERS = ("r3d18", "face", "r3d18+face")
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
+AUDIO_POOLINGS = ("all", "masked")
 MONITORS = ("val/loss", *(f"val/{task}/{m}" for task in ("emotion", "sentiment") for m in ("weighted_f1", "macro_f1", "accuracy")))
 # The design's Adam groups. "text": None takes the text encoder's default from its registry entry
-# (emosent.encoders.TEXT_ENCODERS: 8e-6 for bert-base-uncased, the design's).
-DEFAULT_LR = {"text": None, "video": 8e-5, "audio": 8e-5, "fusion": 5e-4, "heads": 5e-4}
+# (emosent.encoders.TEXT_ENCODERS: 8e-6 for bert-base-uncased, the design's); "audio": None takes
+# DESIGN_LR_AUDIO, or TRAIN_CONV_LR_AUDIO when the audio convolutions train (see audio_lr).
+DEFAULT_LR = {"text": None, "video": 8e-5, "audio": None, "fusion": 5e-4, "heads": 5e-4}
+DESIGN_LR_AUDIO = 8e-5  # the design's: only the projection trains
+TRAIN_CONV_LR_AUDIO = 1e-3  # --train-audio-conv: convolutions trained from random initialisation, Adam's usual rate
 
 # Strict: JSON `true` is not a width and "64" is not a number.
 Width = Annotated[int, Field(gt=0, strict=True)]
@@ -97,7 +101,12 @@ class ModelConfig:
     video_weights: "kinetics400" (torchvision R3D_18_Weights.KINETICS400_V1), "none" (random),
         or a path to a local R3D-18 state-dict file (.pth or .safetensors).
     modalities: any non-empty subset of MODALITIES; the fusion input is feature_dim per modality.
-    train_audio_conv: unfreeze the audio convolutions (the design freezes them).
+    train_audio_conv: unfreeze the audio convolutions (the design freezes them); the cache then holds
+        the log-mel and the convolutions run in the audio head.
+    audio_pooling: "all" (the design: AdaptiveAvgPool1d over every spectrogram frame, padding
+        included) or "masked" (the mean over the frames computed from the clip's real audio only).
+    audio_augment: SpecAugment-style masking, gain and noise on the log-mel in train mode, where
+        the audio convolutions train (never in eval mode, never with frozen convolutions).
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -123,7 +132,14 @@ class ModelConfig:
         "train the top N transformer layers of the text encoder (and its pooler, where used) at the text learning rate; "
         "0: frozen (the design)", WORKERS))
     train_audio_conv: Annotated[bool, Field(strict=True)] = field(default=False, metadata=option(
-        "unfreeze the audio convolutions (trains end to end)"))
+        "train the audio convolutions (the design freezes them); the log-mel is cached and the convolutions run "
+        "each epoch, at --lr-audio (default then 1e-3)"))
+    audio_pooling: str = field(default="all", metadata=option(
+        "audio pooling over time: all frames, padding included (the design), or masked: the clip's real frames only",
+        choices=AUDIO_POOLINGS))
+    audio_augment: Annotated[bool, Field(strict=True)] = field(default=True, metadata=option(
+        "with --train-audio-conv: SpecAugment-style time and frequency masks, random gain and noise on the log-mel "
+        "in training (never at evaluation); --no-audio-augment turns it off"))
     extra: dict = field(default_factory=dict)  # free-form metadata carried into config.json
 
     def __post_init__(self) -> None:
@@ -259,6 +275,12 @@ class TrainConfig:
         bad = {k: v for k, v in self.lr.items() if v is not None and not v > 0}
         if bad:
             raise ValueError(f"learning rates must be positive, got {bad}")
+
+
+def audio_lr(config: ModelConfig) -> float:
+    """The audio learning rate when the user gives none: the design's for its frozen convolutions,
+    TRAIN_CONV_LR_AUDIO when they train."""
+    return TRAIN_CONV_LR_AUDIO if config.train_audio_conv else DESIGN_LR_AUDIO
 
 
 def devices(text: str) -> int | str:

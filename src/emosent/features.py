@@ -2,7 +2,9 @@
 
 In the design the text transformer, the R3D-18 backbone and the audio convolutions never change,
 so their outputs are a pure function of (frozen weights, preprocessing settings, the manifest's
-rows). Those outputs are stored per split as safetensors shards in a folder named by a
+rows); where part of an encoder trains, so are the outputs of its frozen part (the text
+transformer's hidden states below its trained layers; the log-mel when the audio convolutions
+train). Those outputs are stored per split as safetensors shards in a folder named by a
 fingerprint of exactly those things; a matching fingerprint reuses the shards, anything else
 extracts anew. Extraction is a Lightning predict loop, so it batches on a GPU when there is one
 and runs under the same multi-device launcher as training, each rank writing its own shards.
@@ -70,6 +72,8 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
         "format": FORMAT_VERSION,
         "processor": model.processor.fingerprint(),
         "pooling": c.pooling if "text" in c.modalities else None,
+        # the frozen audio output: convolutions pooled all or masked, or the log-mel when they train
+        **({"audio": [c.audio_pooling, c.train_audio_conv]} if "audio" in c.modalities else {}),
         "weights": weights or weights_digest(model.feature_modules()),
     }
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
@@ -88,7 +92,8 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
 class Features:
     """The frozen outputs of the rows that could be read, with their labels.
     tensors: text_features (N, H) (or N tensors (L_i, H) when the top text layers train, with
-    token_type_ids likewise when there is context), video_features (N, 512), audio_features (N, 128), emotion (N,),
+    token_type_ids likewise when there is context), video_features (N, 512), audio_features (N, 128) (or the
+    log-mel (N, 1, M, F) when the audio convolutions train) with audio_lengths (N,), emotion (N,),
     sentiment (N,), index (N,) = row numbers in the manifest."""
 
     tensors: dict[str, torch.Tensor]
@@ -215,7 +220,7 @@ class FrozenEncoders(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = {"index": batch["index"], "skipped": batch["skipped"]}
         if batch["index"].numel():
-            out.update({k: v.float().cpu() for k, v in self.model.encode(batch).items()})
+            out.update({k: (v.float() if v.is_floating_point() else v).cpu() for k, v in self.model.encode(batch).items()})
             if out.get("text_features") is not None and out["text_features"].dim() == 3:  # (B, L, H): per row, unpadded
                 lengths = batch["attention_mask"].sum(1).tolist()
                 out["text_features"] = [f[:n] for f, n in zip(out["text_features"], lengths)]

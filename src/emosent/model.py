@@ -205,10 +205,66 @@ class VideoEncoder(nn.Module):
         return self.head(self.features(video, faces, face_mask))
 
 
-class AudioEncoder(nn.Module):
-    """(B, 1, M, F) log-mel -> (B, feature_dim). Frozen 1D convolutions, trainable projection."""
+class SpecAugment(nn.Module):
+    """(B, 1, M, F) log-mel, (B,) real frames -> the same, augmented in train mode only (identity in
+    eval mode). Per clip: SpecAugment's time and frequency masks (Park et al., 2019; masked bins
+    set to 0, the clip's mean level after per-clip normalisation), a random gain (an offset of the
+    log-mel, in units of the clip's standard deviation) and Gaussian noise, on the real frames.
+    Draws from torch's global RNG, which training seeds per batch."""
 
-    def __init__(self, n_mels: int, out_dim: int, dropout: float, frozen: bool = True):
+    def __init__(self, time_masks: int = 2, max_time_fraction: float = 0.1, freq_masks: int = 2, max_freq_bands: int = 8,
+                 gain: float = 0.3, noise: float = 0.1):
+        super().__init__()
+        self.time_masks, self.max_time_fraction = time_masks, max_time_fraction
+        self.freq_masks, self.max_freq_bands = freq_masks, max_freq_bands
+        self.gain, self.noise = gain, noise
+
+    def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return mel
+        x = mel.squeeze(1)  # (B, M, F)
+        b, m, f = x.shape
+        bands = torch.full((b,), m, device=x.device)
+        time_masked = random_spans(self.time_masks, lengths * self.max_time_fraction, lengths, f)  # (B, F)
+        band_masked = random_spans(self.freq_masks, torch.full((b,), self.max_freq_bands, device=x.device), bands, m)  # (B, M)
+        keep = ~(time_masked[:, None, :] | band_masked[:, :, None])  # (B, M, F)
+        real = (torch.arange(f, device=x.device) < lengths[:, None]).to(x.dtype)  # (B, F)
+        offset = (torch.rand(b, 1, 1, device=x.device) * 2 - 1) * self.gain + torch.randn_like(x) * self.noise
+        return ((x + offset * real[:, None, :]) * keep).unsqueeze(1)
+
+
+def random_spans(count: int, max_width: torch.Tensor, extent: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) bool: per row, `count` spans of a random width in 0..max_width (B,) at random
+    places within the row's first `extent` (B,) positions."""
+    b, device = len(extent), extent.device
+    positions = torch.arange(size, device=device)
+    hit = torch.zeros(b, size, dtype=torch.bool, device=device)
+    for _ in range(count):
+        width = (torch.rand(b, device=device) * (max_width.floor() + 1)).long()
+        start = (torch.rand(b, device=device) * (extent - width + 1).clamp(min=1)).long()
+        hit |= (positions >= start[:, None]) & (positions < (start + width)[:, None])
+    return hit
+
+
+def conv_frames(lengths: torch.Tensor) -> torch.Tensor:
+    """(B,) real input frames -> (B,) output frames of the audio convolutions that see real frames
+    only: Conv1d(k=3) drops 2, MaxPool1d(2) halves, Conv1d(k=3) drops 2. At least 1."""
+    return ((lengths - 2) // 2 - 2).clamp(min=1)
+
+
+class AudioEncoder(nn.Module):
+    """(B, 1, M, F) log-mel and (B,) real frames -> (B, feature_dim): 1D convolutions over time,
+    pooled over all F frames (the design's AdaptiveAvgPool1d) or over the real frames only
+    (pooling="masked"), then a trainable projection.
+
+    Frozen convolutions (the design): `features` runs them and pools, (B, 128), and `head` is the
+    projection. Trainable convolutions: the frozen part is the log-mel itself, so `features` is
+    the identity and `head` augments (in train mode), convolves, pools and projects; either way
+    `features` can be cached.
+    """
+
+    def __init__(self, n_mels: int, out_dim: int, dropout: float, frozen: bool = True, pooling: str = "all",
+                 augment: bool = False):
         super().__init__()
         self.conv_layers = nn.Sequential(
             nn.Conv1d(n_mels, 64, kernel_size=3),
@@ -220,22 +276,44 @@ class AudioEncoder(nn.Module):
             nn.ReLU(),
             nn.AdaptiveAvgPool1d(1),
         )
+        self.frozen, self.pooling = frozen, pooling
         if frozen:
             self.conv_layers.requires_grad_(False)
+        self.augment = SpecAugment() if augment and not frozen else None
         self.feature_width = AUDIO_CONV_FEATURES
         self.projection = nn.Sequential(nn.Linear(AUDIO_CONV_FEATURES, out_dim), nn.ReLU(), nn.Dropout(dropout))
 
     def feature_parts(self) -> list[nn.Module]:
-        return [self.conv_layers]
+        return [self.conv_layers] if self.frozen else []
 
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.conv_layers(audio.squeeze(1)).squeeze(-1)  # (B, M, F) -> (B, 128, 1) -> (B, 128)
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, M, F) -> (B, 128) pooled, or the log-mel itself when the convolutions train."""
+        return self.convolve(audio, lengths) if self.frozen else audio
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
+    def head(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.frozen:
+            if self.augment is not None:
+                full = torch.full(features.shape[:1], features.shape[-1], device=features.device)
+                features = self.augment(features, full if lengths is None else lengths)
+            features = self.convolve(features, lengths)
         return self.projection(features)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(audio))
+    def convolve(self, audio: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1, M, F) -> (B, 128): the convolutions and the pooling."""
+        if self.pooling == "all":
+            return self.conv_layers(audio.squeeze(1)).squeeze(-1)  # (B, M, F) -> (B, 128, 1) -> (B, 128)
+        if lengths is None:
+            raise ValueError("audio_pooling='masked' needs audio_lengths (B,), the real frames of each clip, "
+                             "as model.processor.collate makes them")
+        # Frames past the batch's longest clip are padding everywhere: not convolved at all.
+        audio = audio[..., : max(int(lengths.max()), 8)]
+        x = self.conv_layers[:-1](audio.squeeze(1))  # (B, 128, F')
+        n = conv_frames(lengths).clamp(max=x.shape[-1])
+        mask = (torch.arange(x.shape[-1], device=x.device) < n[:, None]).to(x.dtype)  # (B, F')
+        return (x * mask[:, None, :]).sum(-1) / n[:, None].to(x.dtype)
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(audio, lengths), lengths)
 
 
 def classifier(in_dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
@@ -254,7 +332,9 @@ class EmotionSentimentOutput:
 # encoder, see VideoEncoder.inputs), and the cached output of the frozen part.
 RAW_INPUTS = {"text": ("input_ids", "attention_mask"), "video": ("video", "faces", "face_mask"), "audio": ("audio",)}
 FEATURE_INPUTS = {"text": "text_features", "video": "video_features", "audio": "audio_features"}
-OPTIONAL_INPUTS = ("token_type_ids",)  # text with dialogue context: 0 the utterance, 1 its context
+# token_type_ids: text with dialogue context (0 the utterance, 1 its context); audio_lengths: the
+# real frames of each clip's log-mel, for masked audio pooling
+OPTIONAL_INPUTS = ("token_type_ids", "audio_lengths")
 INPUT_NAMES = (*(n for names in RAW_INPUTS.values() for n in names), *OPTIONAL_INPUTS, *FEATURE_INPUTS.values())
 
 
@@ -291,7 +371,8 @@ class EmotionSentimentModel(nn.Module):
             face = (load_fer_network() if "video" in by_name else MiniXception()) if "face" in parts else None
             self.video = VideoEncoder(r3d, face, d, config.encoder_dropout)
         if "audio" in config.modalities:
-            self.audio = AudioEncoder(processor_config.n_mels, d, config.encoder_dropout, frozen=not config.train_audio_conv)
+            self.audio = AudioEncoder(processor_config.n_mels, d, config.encoder_dropout, frozen=not config.train_audio_conv,
+                                      pooling=config.audio_pooling, augment=config.audio_augment)
         self.processor = Processor(processor_config, config.modalities, tokenizer if "text" in config.modalities else None,
                                    config.video_encoder)
         self.fusion = nn.Sequential(
@@ -312,7 +393,7 @@ class EmotionSentimentModel(nn.Module):
         return {m: getattr(self, m) for m in self.config.modalities}
 
     def feature_modules(self) -> list[nn.Module]:
-        """Each encoder's part before its head: what `encode` runs (frozen, unless --train-audio-conv)."""
+        """Each encoder's part before its head: what `encode` runs, frozen and cacheable."""
         return [part for enc in self.encoders.values() for part in enc.feature_parts()]
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -339,7 +420,8 @@ class EmotionSentimentModel(nn.Module):
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """A batch of raw inputs (as `self.processor.collate` makes them) -> the outputs of each
         encoder's part before its head, keyed as `forward`'s *_features arguments: text_features
-        (B, H), video_features (B, 512), audio_features (B, 128). The one path from inputs to
+        (B, H), video_features (B, 512), audio_features (B, 128) (or the log-mel (B, 1, M, F) when
+        the audio convolutions train) with audio_lengths (B,). The one path from inputs to
         features, for training, extraction, evaluation and analysis; checks the inputs first."""
         out = {}
         for modality in self.config.modalities if modalities is None else modalities:
@@ -350,6 +432,8 @@ class EmotionSentimentModel(nn.Module):
             check_raw_input(modality, raw, self.processor.config)
             if modality == "text":
                 raw["token_type_ids"] = batch.get("token_type_ids")
+            if modality == "audio":
+                raw["lengths"] = out["audio_lengths"] = audio_lengths(batch, self.processor.config)
             out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(**raw)
         return out
 
@@ -363,6 +447,7 @@ class EmotionSentimentModel(nn.Module):
         faces: torch.Tensor | None = None,
         face_mask: torch.Tensor | None = None,
         audio: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
         text_features: torch.Tensor | None = None,
         video_features: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
@@ -372,15 +457,16 @@ class EmotionSentimentModel(nn.Module):
         (B, H), or (B, L, H) with attention_mask (and token_type_ids) when the top text layers train;
         video (B, T, 3, S, S) float and/or faces (B, T, 1, 64, 64) float with face_mask (B, T) bool,
         as the video encoder takes them | video_features (B, 512 and/or 136);
-        audio (B, 1, M, F) float | audio_features (B, 128)."""
+        audio (B, 1, M, F) float | audio_features (B, 128), or the log-mel (B, 1, M, F) when the audio
+        convolutions train; audio_lengths (B,) long, each clip's real frames (needed by masked pooling)."""
         given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, video=video, faces=faces,
-                     face_mask=face_mask, audio=audio,
-                     text_features=text_features, video_features=video_features, audio_features=audio_features)
+                     face_mask=face_mask, audio=audio, audio_lengths=audio_lengths, text_features=text_features,
+                     video_features=video_features, audio_features=audio_features)
         raw = tuple(m for m in self.config.modalities if given[FEATURE_INPUTS[m]] is None)
         features = {**{k: v for k, v in given.items() if k in FEATURE_INPUTS.values()}, **self.encode(given, raw)}
         parts = []
         for modality, encoder in self.encoders.items():
-            extra = (attention_mask, token_type_ids) if modality == "text" else ()
+            extra = {"text": (attention_mask, token_type_ids), "audio": (features.get("audio_lengths", audio_lengths),)}.get(modality, ())
             parts.append(encoder.head(features[FEATURE_INPUTS[modality]], *extra))  # (B, feature_dim)
         fused = self.fusion(torch.cat(parts, dim=1))  # (B, feature_dim * modalities) -> (B, fusion_dim)
         return EmotionSentimentOutput(self.emotion_head(fused), self.sentiment_head(fused))
@@ -546,3 +632,15 @@ def check_raw_input(modality: str, tensors: dict[str, torch.Tensor], settings: P
     x = tensors.get("audio")
     if modality == "audio" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, m, f)):
         raise ValueError(f"audio must be (B, 1, {m}, {f}) as this model's processor makes it, got {tuple(x.shape)}")
+
+
+def audio_lengths(batch: dict, settings: ProcessorConfig) -> torch.Tensor | None:
+    """A batch's audio_lengths, checked: (B,) whole numbers in 0..F; None when it has none."""
+    lengths, audio = batch.get("audio_lengths"), batch["audio"]
+    if lengths is None:
+        return None
+    f = settings.mel_frames
+    if lengths.shape != audio.shape[:1] or lengths.is_floating_point() or lengths.min() < 0 or lengths.max() > f:
+        raise ValueError(f"audio_lengths must be ({len(audio)},) whole numbers of real frames in 0..{f}, "
+                         f"got {tuple(lengths.shape)} {lengths.dtype}")
+    return lengths

@@ -67,12 +67,15 @@ class Processor:
             item.update({m: getattr(clip, m) for m in self.media if m != "frames"})
             if clip.frames is not None:
                 item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
+            if "audio" in self.media:
+                item["audio_length"] = clip.audio_frames
         return item
 
     def collate(self, items: list[dict]) -> dict:
         """Items -> a batch: input_ids and attention_mask (B, L) padded to the batch's longest (at
         most max_tokens), video (B, T, 3, S, S), faces (B, T, 1, 64, 64) and face_mask (B, T), audio
-        (B, 1, M, F), emotion and sentiment (B,)
+        (B, 1, M, F) with audio_lengths (B,) long (its frames that hold real audio, the rest being
+        padding), emotion and sentiment (B,)
         when every item has labels, index (B,), and the dropped items' (index, reason, error)
         under "skipped"."""
         good = [it for it in items if "skip" not in it]
@@ -99,6 +102,8 @@ class Processor:
         for m in (*MEDIA_MODALITIES, "faces", "face_mask"):
             if m in good[0]:
                 batch[m] = torch.stack([it[m] for it in good])
+        if "audio" in good[0]:
+            batch["audio_lengths"] = torch.tensor([it["audio_length"] for it in good], dtype=torch.long)
         return batch
 
     def context_of(self, utterance: Utterance) -> str:

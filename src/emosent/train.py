@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import MeanMetric, SumMetric
 
-from emosent.config import Launch, ModelConfig, ProcessorConfig, TrainConfig
+from emosent.config import Launch, ModelConfig, ProcessorConfig, TrainConfig, audio_lr
 from emosent.data import SkipCounter, Utterance, UtteranceDataset, read_manifest
 from emosent.encoders import text_defaults, weights_digest
 from emosent.features import FeatureDataset, collate_features, extract_features, log, rank_zero_exclusive
@@ -69,6 +69,8 @@ class EmotionSentimentTask(L.LightningModule):
         super().__init__()
         if config.lr.get("text") is None:  # the text encoder's default learning rate (its registry entry's)
             config = replace(config, lr={**config.lr, "text": text_defaults(model.config.text_encoder, model.config.finetune_text_layers)["lr_text"]})
+        if config.lr.get("audio") is None:  # the design's, or the rate for convolutions that train
+            config = replace(config, lr={**config.lr, "audio": audio_lr(model.config)})
         self.model, self.config = model, config
         self.register_buffer("emotion_weights", emotion_weights)
         self.register_buffer("sentiment_weights", sentiment_weights)

@@ -46,13 +46,15 @@ class MediaError(ValueError):
 class Clip:
     """video: (T, 3, S, S) float (S: frame_size), or None if not requested.
     frames: (T, H, W, 3) uint8 RGB as decoded (for face crops), or None if not requested.
-    audio: (1, M, F) float log-mel, or None if not requested; silence when has_audio is False."""
+    audio: (1, M, F) float log-mel, or None if not requested; silence when has_audio is False.
+    audio_frames: how many of the F spectrogram frames come from real audio (the rest is padding)."""
 
     video: torch.Tensor | None
     audio: torch.Tensor | None
     has_audio: bool
     duration_s: float
     frames: np.ndarray | None = None
+    audio_frames: int = 0
 
 
 def load_clip(
@@ -78,6 +80,7 @@ def load_clip(
         with av.open(str(path), metadata_errors="ignore") as container:
             duration_s = container_duration(container)
             video = audio = frames = None
+            audio_frames = 0
             has_audio = bool(container.streams.audio)
             if "video" in modalities or "frames" in modalities:
                 if not container.streams.video:
@@ -87,11 +90,11 @@ def load_clip(
             if "audio" in modalities:
                 samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)
                 has_audio = samples.size > 0
-                audio = log_mel(samples, settings)
+                audio, audio_frames = log_mel(samples, settings), mel_length(samples, settings)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
     return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s,
-                frames=frames if "frames" in modalities else None)
+                frames=frames if "frames" in modalities else None, audio_frames=audio_frames)
 
 
 @dataclass
@@ -278,3 +281,11 @@ def log_mel(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> torch.T
     mel = mel[:, :width]
     mel = np.pad(mel, ((0, 0), (0, width - mel.shape[1])))
     return torch.from_numpy(mel.astype(np.float32)).unsqueeze(0)
+
+
+def mel_length(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> int:
+    """How many of `log_mel`'s F frames hold real audio: librosa's centred frames, 1 + N // hop,
+    at most F; 0 for no audio."""
+    if samples.size == 0:
+        return 0
+    return min(settings.mel_frames, 1 + samples.size // settings.hop_length)
