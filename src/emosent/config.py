@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 MODALITIES = ("text", "video", "audio")
 POOLINGS = ("pooler", "mean")
 VIDEO_ENCODERS = ("r3d18", "face", "r3d18+face")
+AUDIO_ENCODERS = ("cnn", "whisper-base")
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
 AUDIO_POOLINGS = ("all", "masked")
 MONITORS = ("val/loss", *(f"val/{task}/{m}" for task in ("emotion", "sentiment") for m in ("weighted_f1", "macro_f1", "accuracy")))
@@ -134,6 +135,10 @@ class ModelConfig:
     train_audio_conv: Annotated[bool, Field(strict=True)] = field(default=False, metadata=option(
         "train the audio convolutions (the design freezes them); the log-mel is cached and the convolutions run "
         "each epoch, at --lr-audio (default then 1e-3)"))
+    audio_encoder: str = field(default="cnn", metadata=option(
+        "cnn (the design: 1D convolutions over the 64-band log-mel) or whisper-base (the frozen Whisper-base encoder "
+        "over Whisper's own log-mel, each clip's real audio only, mean and std over time; offline from PyPI)",
+        choices=AUDIO_ENCODERS))
     audio_pooling: str = field(default="all", metadata=option(
         "audio pooling over time: all frames, padding included (the design), or masked: the clip's real frames only",
         choices=AUDIO_POOLINGS))
@@ -279,8 +284,9 @@ class TrainConfig:
 
 def audio_lr(config: ModelConfig) -> float:
     """The audio learning rate when the user gives none: the design's for its frozen convolutions,
-    TRAIN_CONV_LR_AUDIO when they train."""
-    return TRAIN_CONV_LR_AUDIO if config.train_audio_conv else DESIGN_LR_AUDIO
+    TRAIN_CONV_LR_AUDIO when they train or when the audio encoder is whisper-base (a fresh
+    projection from pretrained features: the usual rate of a linear probe, not tuned on our data)."""
+    return TRAIN_CONV_LR_AUDIO if config.train_audio_conv or config.audio_encoder == "whisper-base" else DESIGN_LR_AUDIO
 
 
 def devices(text: str) -> int | str:

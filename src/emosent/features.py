@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import platformdirs
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from emosent.data import SkipCounter, Utterance, UtteranceDataset
 from emosent.encoders import weights_digest
-from emosent.files import exclusive
+from emosent.files import default_cache_dir, exclusive
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
 from emosent.signals import raise_if_interrupted
@@ -55,14 +54,6 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def default_cache_dir() -> Path:
-    """$EMOSENT_CACHE, else the platform's user cache folder (platformdirs: $XDG_CACHE_HOME/emosent
-    or ~/.cache/emosent on Linux, ~/Library/Caches/emosent on macOS): never beside the data."""
-    if "EMOSENT_CACHE" in os.environ:
-        return Path(os.environ["EMOSENT_CACHE"])
-    return platformdirs.user_cache_path("emosent")
-
-
 def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights: str | None = None) -> str:
     """Everything that changes the frozen outputs: the processor's settings (and tokenizer), the
     frozen weights' digest, pooling, and the rows (text, media file with its size and mtime, time
@@ -73,7 +64,7 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
         "processor": model.processor.fingerprint(),
         "pooling": c.pooling if "text" in c.modalities else None,
         # the frozen audio output: convolutions pooled all or masked, or the log-mel when they train
-        **({"audio": [c.audio_pooling, c.train_audio_conv]} if "audio" in c.modalities else {}),
+        **({"audio": [c.audio_encoder, c.audio_pooling, c.train_audio_conv]} if "audio" in c.modalities else {}),
         "weights": weights or weights_digest(model.feature_modules()),
     }
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+import platformdirs
+
 
 def same_file(a: Path, b: Path) -> bool:
     """True when `a` and `b` name one file (through links or other spellings)."""
@@ -99,3 +101,11 @@ def exclusive(lock_path: Path, *, wait: bool, holder: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def default_cache_dir() -> Path:
+    """$EMOSENT_CACHE, else the platform's user cache folder (platformdirs: $XDG_CACHE_HOME/emosent
+    or ~/.cache/emosent on Linux, ~/Library/Caches/emosent on macOS): never beside the data."""
+    if "EMOSENT_CACHE" in os.environ:
+        return Path(os.environ["EMOSENT_CACHE"])
+    return platformdirs.user_cache_path("emosent")

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
@@ -23,11 +24,14 @@ from emosent.config import ModelConfig, ProcessorConfig, read_json_object
 from emosent.encoders import (
     R3D_FEATURES,
     TEXT_ENCODERS,
+    WHISPER_BASE_SHA256,
+    WHISPER_HOW_TO_GET,
     VIDEO_HOW_TO_GET,
     WeightsUnavailableError,
     build_r3d18,
     encoder_source,
     load_text_encoder,
+    load_whisper_base,
     text_defaults,
     text_encoder_by_name,
     video_weights_by_name,
@@ -42,6 +46,7 @@ from emosent.processor import PROCESSOR_FILE, TOKENIZER_DIR, Processor, load_tok
 AUDIO_CONV_FEATURES = 128
 FACE_PENULTIMATE = 128  # width of the FER2013 network's last block
 FACE_SOURCE = "fer2013-mini-xception"  # how config.json names the packaged face-expression network
+WHISPER_WIDTH = 512  # Whisper-base's encoder width
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FOLDER_FORMAT = 2  # 1 (no "format" key): every weight in WEIGHTS_FILE, n_mels in model_config, no processor.json
@@ -316,6 +321,42 @@ class AudioEncoder(nn.Module):
         return self.head(self.features(audio, lengths), lengths)
 
 
+class WhisperAudioEncoder(nn.Module):
+    """(B, 1, 80, F) Whisper log-mel and (B,) real frames -> (B, feature_dim): the frozen Whisper-base
+    encoder (faster-whisper's CTranslate2 model, int8, on the CPU) run on each clip's real frames
+    only (no padding to Whisper's 30 s: 28x cheaper, and no padding in the feature), the mean and
+    standard deviation of its 512-wide outputs over time (B, 1024), then a trainable projection.
+    The frozen part is not a torch module: config.json names it with its sha256."""
+
+    def __init__(self, out_dim: int, dropout: float, load: bool = True):
+        super().__init__()
+        self.whisper = load_whisper_base() if load else None
+        self.feature_width = 2 * WHISPER_WIDTH
+        self.projection = nn.Sequential(nn.Linear(self.feature_width, out_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def feature_parts(self) -> list[nn.Module]:
+        return []
+
+    @torch.no_grad()
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        import ctranslate2
+
+        out = []
+        for i, mel in enumerate(audio[:, 0].float().cpu().numpy()):  # (80, F) each
+            n = mel.shape[1] if lengths is None else int(lengths[i])
+            n = max(2, n - n % 2)  # the encoder's strided convolution halves the frames
+            x = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None, :, :n]))
+            h = torch.from_numpy(np.array(self.whisper.model.encode(x, to_cpu=True)))[0]  # (n / 2, 512)
+            out.append(torch.cat([h.mean(0), h.std(0, correction=0)]))
+        return torch.stack(out).to(audio.device)
+
+    def head(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.projection(features)
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(audio, lengths))
+
+
 def classifier(in_dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
@@ -370,11 +411,13 @@ class EmotionSentimentModel(nn.Module):
             r3d = build_r3d18(config.video_weights if "video" in by_name else "none") if "r3d18" in parts else None
             face = (load_fer_network() if "video" in by_name else MiniXception()) if "face" in parts else None
             self.video = VideoEncoder(r3d, face, d, config.encoder_dropout)
-        if "audio" in config.modalities:
+        if "audio" in config.modalities and config.audio_encoder == "whisper-base":
+            self.audio = WhisperAudioEncoder(d, config.encoder_dropout, load="audio" in by_name)
+        elif "audio" in config.modalities:
             self.audio = AudioEncoder(processor_config.n_mels, d, config.encoder_dropout, frozen=not config.train_audio_conv,
                                       pooling=config.audio_pooling, augment=config.audio_augment)
         self.processor = Processor(processor_config, config.modalities, tokenizer if "text" in config.modalities else None,
-                                   config.video_encoder)
+                                   config.video_encoder, config.audio_encoder)
         self.fusion = nn.Sequential(
             nn.Linear(d * len(config.modalities), config.fusion_dim),
             nn.BatchNorm1d(config.fusion_dim),
@@ -429,11 +472,11 @@ class EmotionSentimentModel(nn.Module):
             raw = {name: batch.get(name) for name in names}
             if any(x is None for x in raw.values()):
                 raise ValueError(f"the model uses {modality}: pass {' and '.join(names)} or {FEATURE_INPUTS[modality]}")
-            check_raw_input(modality, raw, self.processor.config)
+            check_raw_input(modality, raw, self.processor)
             if modality == "text":
                 raw["token_type_ids"] = batch.get("token_type_ids")
             if modality == "audio":
-                raw["lengths"] = out["audio_lengths"] = audio_lengths(batch, self.processor.config)
+                raw["lengths"] = out["audio_lengths"] = audio_lengths(batch, self.processor.audio_shape[-1])
             out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(**raw)
         return out
 
@@ -481,13 +524,16 @@ class EmotionSentimentModel(nn.Module):
             sources["video"] = encoder_source(self.config.video_weights)
         if hasattr(self, "video") and hasattr(self.video, "face"):
             sources["face"] = FACE_SOURCE
-        return {key: {"source": source, "sha256": weights_digest(self.named_parts(key))} for key, source in sources.items()}
+        refs = {key: {"source": source, "sha256": weights_digest(self.named_parts(key))} for key, source in sources.items()}
+        if isinstance(getattr(self, "audio", None), WhisperAudioEncoder):
+            refs["audio"] = {"source": "whisper-base", "sha256": WHISPER_BASE_SHA256}  # checked when the parts are joined
+        return refs
 
     def named_parts(self, key: str) -> list[nn.Module]:
         """The frozen modules an entry of config.json's frozen_encoders stands for: "text" (the text
         encoder's frozen part), "video" (R3D-18), "face" (the FER2013 network)."""
         return {"text": lambda: self.text.feature_parts(), "video": lambda: [self.video.backbone],
-                "face": lambda: [self.video.face]}[key]()
+                "face": lambda: [self.video.face], "audio": lambda: []}[key]()
 
     def save_pretrained(self, directory: str | Path, *, include_frozen: bool = False) -> Path:
         """Write config.json (config, label names and the frozen encoders it names, with their
@@ -498,8 +544,8 @@ class EmotionSentimentModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         refs = self.by_name()
-        for ref in refs.values():
-            ref["in_folder"] = include_frozen
+        for key, ref in refs.items():
+            ref["in_folder"] = include_frozen and key != "audio"  # Whisper-base is not a torch module: always by name
         # the named encoders' frozen parts; layers that training changed (--finetune-text-layers) stay in
         left_out = set() if include_frozen else state_keys(self, [p for key in refs for p in self.named_parts(key)])
         meta = {"format": FOLDER_FORMAT, "model_config": self.config.to_dict(), "emotions": list(EMOTIONS),
@@ -565,6 +611,9 @@ def load_named_encoder(model: EmotionSentimentModel, key: str, ref: dict, config
             target, loaded = model.text.backbone, load_text_encoder(source)[0]
         elif key == "video":
             target, loaded = model.video.backbone, build_r3d18(source)
+        elif key == "audio":  # Whisper-base: not a torch module; its sha256 is checked as it is assembled
+            model.audio.whisper = load_whisper_base()
+            return
         else:
             target, loaded = model.video.face.network, load_fer_network()
         wanted = target.state_dict().keys()  # R3D-18's own fc is not part of the encoder
@@ -587,6 +636,8 @@ def how_to_get(modality: str, source: str) -> str:
         return TEXT_ENCODERS[source].how_to_get
     if modality == "video" and source in VIDEO_HOW_TO_GET:
         return VIDEO_HOW_TO_GET[source]
+    if modality == "audio":
+        return WHISPER_HOW_TO_GET
     if modality == "face":
         return "reinstall emosent: the FER2013 network's weights ship inside it (emosent/weights)"
     return f"put the original {source} back"
@@ -612,9 +663,10 @@ def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
     return ModelConfig.from_dict(fields, f"{config_path}: model_config"), meta
 
 
-def check_raw_input(modality: str, tensors: dict[str, torch.Tensor], settings: ProcessorConfig) -> None:
+def check_raw_input(modality: str, tensors: dict[str, torch.Tensor], processor: Processor) -> None:
     """Clear errors at the public boundary instead of a shape error deep inside a backbone, and
     inputs that another preprocessing made (train/serve skew) refused."""
+    settings = processor.config
     if modality == "text":
         ids, mask = tensors["input_ids"], tensors["attention_mask"]
         if ids.dim() != 2 or mask.shape != ids.shape:
@@ -628,18 +680,17 @@ def check_raw_input(modality: str, tensors: dict[str, torch.Tensor], settings: P
                               or tuple(mask.shape) != tuple(faces.shape[:2])):
         raise ValueError(f"faces must be (B, {t}, 1, {FACE_SIZE}, {FACE_SIZE}) and face_mask (B, {t}) as this model's "
                          f"processor makes them, got {tuple(faces.shape)} and {tuple(mask.shape)}")
-    m, f = settings.n_mels, settings.mel_frames
+    _, m, f = processor.audio_shape
     x = tensors.get("audio")
     if modality == "audio" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, m, f)):
         raise ValueError(f"audio must be (B, 1, {m}, {f}) as this model's processor makes it, got {tuple(x.shape)}")
 
 
-def audio_lengths(batch: dict, settings: ProcessorConfig) -> torch.Tensor | None:
+def audio_lengths(batch: dict, f: int) -> torch.Tensor | None:
     """A batch's audio_lengths, checked: (B,) whole numbers in 0..F; None when it has none."""
     lengths, audio = batch.get("audio_lengths"), batch["audio"]
     if lengths is None:
         return None
-    f = settings.mel_frames
     if lengths.shape != audio.shape[:1] or lengths.is_floating_point() or lengths.min() < 0 or lengths.max() > f:
         raise ValueError(f"audio_lengths must be ({len(audio)},) whole numbers of real frames in 0..{f}, "
                          f"got {tuple(lengths.shape)} {lengths.dtype}")

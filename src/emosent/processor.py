@@ -18,7 +18,7 @@ import torch
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
 from emosent.data.faces import crop_faces
-from emosent.data.media import MEDIA_MODALITIES, MediaError, load_clip
+from emosent.data.media import MEDIA_MODALITIES, WHISPER_MELS, MediaError, load_clip, whisper_frames
 from emosent.labels import EMOTIONS, SENTIMENTS
 
 PROCESSOR_FILE = "processor.json"
@@ -34,17 +34,22 @@ class Processor:
     "error": message}, dropped and counted by `collate`, never fatal.
     """
 
-    def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None, video_encoder: str = "r3d18"):
+    def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None, video_encoder: str = "r3d18",
+                 audio_encoder: str = "cnn"):
         if not modalities:
             raise ValueError("modalities must be a non-empty subset of ('text', 'video', 'audio')")
         if "text" in modalities and tokenizer is None:
             raise ValueError("a processor for text needs the text encoder's tokenizer")
         self.config, self.modalities, self.tokenizer = config, tuple(modalities), tokenizer
-        self.video_encoder = video_encoder
+        self.video_encoder, self.audio_encoder = video_encoder, audio_encoder
+        if audio_encoder == "whisper-base" and "audio" in modalities and config.sample_rate_hz != 16_000:
+            raise ValueError(f"--audio-encoder whisper-base reads 16 kHz audio: leave --sample-rate-hz at 16000, "
+                             f"not {config.sample_rate_hz}")
         parts = video_encoder.split("+") if "video" in modalities else []
         # what load_clip reads: whole frames for R3D-18, the decoded frames for face crops
         self.media = (*(["video"] if "r3d18" in parts else []), *(["frames"] if "face" in parts else []),
-                      *(["audio"] if "audio" in modalities else []))
+                      *(["audio"] if "audio" in modalities else []),
+                      *(["whisper"] if "audio" in modalities and audio_encoder == "whisper-base" else []))
 
     def __call__(self, utterance: Utterance, index: int = 0) -> dict:
         u = utterance
@@ -64,7 +69,7 @@ class Processor:
                 clip = load_clip(u.path, u.start, u.end, modalities=self.media, settings=self.config)
             except MediaError as err:
                 return {"index": index, "skip": err.reason, "error": f"{u.source}: {err}"}
-            item.update({m: getattr(clip, m) for m in self.media if m != "frames"})
+            item.update({m: getattr(clip, m) for m in self.media if m not in ("frames", "whisper")})
             if clip.frames is not None:
                 item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
             if "audio" in self.media:
@@ -106,6 +111,13 @@ class Processor:
             batch["audio_lengths"] = torch.tensor([it["audio_length"] for it in good], dtype=torch.long)
         return batch
 
+    @property
+    def audio_shape(self) -> tuple[int, int, int]:
+        """(1, M, F) of one clip's audio input: the log-mel of the settings, or Whisper's own."""
+        if self.audio_encoder == "whisper-base":
+            return 1, WHISPER_MELS, whisper_frames(self.config)
+        return 1, self.config.n_mels, self.config.mel_frames
+
     def context_of(self, utterance: Utterance) -> str:
         """The last `context` utterances before this one in its dialogue, most recent first, each
         as "speaker: text" (the text alone where the speaker is unknown), between the tokenizer's
@@ -124,7 +136,7 @@ class Processor:
         if self.tokenizer is not None:  # the vocabulary and the normalisation, not the object's identity
             tokenizer = [type(self.tokenizer).__name__, self.tokenizer.vocab_size, self.tokenizer.init_kwargs.get("do_lower_case")]
         return {"config": self.config.to_dict(), "modalities": list(self.modalities), "tokenizer": tokenizer,
-                "video_encoder": self.video_encoder}
+                "video_encoder": self.video_encoder, "audio_encoder": self.audio_encoder}
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -90,7 +90,10 @@ def load_clip(
             if "audio" in modalities:
                 samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)
                 has_audio = samples.size > 0
-                audio, audio_frames = log_mel(samples, settings), mel_length(samples, settings)
+                if "whisper" in modalities:
+                    audio, audio_frames = whisper_mel(samples, settings)
+                else:
+                    audio, audio_frames = log_mel(samples, settings), mel_length(samples, settings)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
     return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s,
@@ -289,3 +292,31 @@ def mel_length(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> int:
     if samples.size == 0:
         return 0
     return min(settings.mel_frames, 1 + samples.size // settings.hop_length)
+
+
+WHISPER_HOP = 160  # Whisper's log-mel: 80 bands every 10 ms at 16 kHz (its feature extractor's fixed settings)
+WHISPER_MELS = 80
+
+
+@functools.lru_cache(maxsize=1)
+def whisper_features():
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    return FeatureExtractor(feature_size=WHISPER_MELS)
+
+
+def whisper_frames(settings: ProcessorConfig) -> int:
+    """F for the whisper-base audio encoder: the audio window in Whisper's 10 ms frames (960 for 9.6 s)."""
+    return round(settings.audio_window_s * 16_000 / WHISPER_HOP)
+
+
+def whisper_mel(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> tuple[torch.Tensor, int]:
+    """(N,) float32 at 16 kHz -> Whisper's own log-mel (1, 80, F), zero-padded to the window, and
+    how many frames hold real audio (faster-whisper's feature extractor: no settings of ours)."""
+    width = whisper_frames(settings)
+    out = torch.zeros(1, WHISPER_MELS, width)
+    real = min(width, samples.size // WHISPER_HOP)
+    if real:
+        mel = whisper_features()(samples[: real * WHISPER_HOP])  # (80, frames)
+        out[0, :, :real] = torch.from_numpy(np.ascontiguousarray(mel[:, :real]))
+    return out, real
