@@ -35,6 +35,7 @@ from emosent.config import ProcessorConfig
 from emosent.data import Utterance
 from emosent.data.faces import crop_faces
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, load_fer_network
+from emosent.model import FaceExpressions
 from emosent.labels import EMOTIONS
 from emosent.synthetic import write_clip
 
@@ -144,8 +145,8 @@ def main() -> int:
         image = Image.open(path)
         faces, found = crop_faces(as_frame(image)[None], SETTINGS.face_margin, SETTINGS.face_detect_size)
         crop = faces if found[0] else centre_crop(image)[None]
-        with torch.no_grad():
-            pen, out = network.penultimate_and_logits(crop)
+        with torch.no_grad():  # what the encoder computes: the crop and its mirror image, averaged
+            pen, out = FaceExpressions(network)(crop[None], torch.ones(1, 1, dtype=torch.bool))[:, :-1].split([128, 7], 1)
             centre_out = network(centre_crop(image)[None])
         truth.append(emotion)
         detected.append(bool(found[0]))

@@ -83,7 +83,9 @@ def test_frames_without_a_face_do_not_change_the_pooled_feature():
         a = model.encode({"faces": faces, "face_mask": mask})["video_features"]
         b = model.encode({"faces": other, "face_mask": mask})["video_features"]
         only = model.video.face(faces[:, mask[0]], mask[:, mask[0]])  # just the frames with a face
+        mirrored = model.encode({"faces": faces.flip(-1), "face_mask": mask})["video_features"]
     torch.testing.assert_close(a, b)
+    torch.testing.assert_close(mirrored, a)  # each crop is read with its mirror image: left and right are one
     torch.testing.assert_close(a[:, :-1], only[:, :-1])
     assert a[0, -1] == pytest.approx(mask.float().mean().item())
 

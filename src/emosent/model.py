@@ -137,8 +137,9 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
 
 class FaceExpressions(nn.Module):
     """(B, T, 1, 64, 64) face crops and their (B, T) mask -> (B, 128 + 7 + 1): the frozen FER2013
-    network's penultimate activations and its 7 logits, each averaged over the frames that have a
-    face, and the share of frames that have one (0: no face in the clip)."""
+    network's penultimate activations and its 7 logits, each averaged over the crop and its mirror
+    image (expressions are left-right symmetric; the network was trained with flips) and over the
+    frames that have a face, and the share of frames that have one (0: no face in the clip)."""
 
     def __init__(self, network: nn.Module):
         super().__init__()
@@ -148,7 +149,8 @@ class FaceExpressions(nn.Module):
     def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         b, t = face_mask.shape
         crops = faces.flatten(0, 1)  # (B*T, 1, 64, 64)
-        per_frame = torch.cat(self.network.penultimate_and_logits(crops), 1).view(b, t, -1)  # (B, T, 128 + 7)
+        both = torch.cat(self.network.penultimate_and_logits(torch.cat([crops, crops.flip(-1)])), 1)  # (2*B*T, 128 + 7)
+        per_frame = ((both[: b * t] + both[b * t:]) / 2).view(b, t, -1)  # (B, T, 128 + 7)
         weights = face_mask.to(per_frame.dtype).unsqueeze(-1)  # (B, T, 1)
         count = weights.sum(1)  # (B, 1)
         pooled = (per_frame * weights).sum(1) / count.clamp(min=1.0)
