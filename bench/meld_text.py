@@ -230,6 +230,22 @@ def pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
+def row_path(out: Path, name: str) -> Path:
+    return out / "rows" / f"{name.replace('/', '-')}.json"
+
+
+def kept_row(out: Path, name: str) -> Row | None:
+    """The finished row `name` of a resumable table in `out`, or None."""
+    path = row_path(out, name)
+    return Row(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def keep_row(out: Path, row: Row) -> list[Row]:
+    """Store a finished row in OUT/rows/ (what lets a table resume); every finished row, oldest first."""
+    row_path(out, row.name).write_text(json.dumps(asdict(row), indent=2))
+    return [Row(**json.loads(p.read_text())) for p in sorted((out / "rows").glob("*.json"), key=lambda p: p.stat().st_mtime)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "meld_text")
@@ -241,13 +257,10 @@ def main() -> int:
     print(f"machine: {machine.describe()}\nout: {out}", flush=True)
 
     def done(name: str) -> Row | None:
-        path = out / "rows" / f"{name.replace('/', '-')}.json"
-        return Row(**json.loads(path.read_text())) if path.is_file() else None
+        return kept_row(out, name)
 
     def keep(row: Row) -> None:
-        (out / "rows" / f"{row.name.replace('/', '-')}.json").write_text(json.dumps(asdict(row), indent=2))
-        finished = [Row(**json.loads(p.read_text())) for p in sorted((out / "rows").glob("*.json"), key=lambda p: p.stat().st_mtime)]
-        (out / "table.md").write_text(table(finished) + f"\n\nMachine: {machine.describe()}.\n")
+        (out / "table.md").write_text(table(keep_row(out, row)) + f"\n\nMachine: {machine.describe()}.\n")
 
     if not (out / "baselines.done").is_file():
         for row in baselines(MELD, cache):

@@ -32,7 +32,6 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ from emosent.labels import EMOTIONS, SENTIMENTS
 
 import machine
 import meld_text
-from meld_text import METRICS, TASKS, Row, pct, scores, setting_options
+from meld_text import METRICS, TASKS, Row, keep_row, kept_row, pct, scores, setting_options
 from real_data import write_ravdess_csvs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,8 +181,7 @@ def main() -> int:
     print(f"machine: {machine.describe()}\nout: {out}", flush=True)
 
     def keep(row: Row) -> None:
-        (out / "rows" / f"{row.name.replace('/', '-')}.json").write_text(json.dumps(asdict(row), indent=2))
-        finished = [Row(**json.loads(p.read_text())) for p in sorted((out / "rows").glob("*.json"), key=lambda p: p.stat().st_mtime)]
+        finished = keep_row(out, row)
         (out / "table.md").write_text(summary(finished) + "\n\n" + table(finished) + f"\n\nMachine: {machine.describe()}.\n")
 
     if not (out / "baselines.done").is_file():
@@ -192,7 +190,7 @@ def main() -> int:
         (out / "baselines.done").touch()
     wanted = set(args.only.split(",")) if args.only else None
     for row in rows():
-        if (wanted and row.name not in wanted) or (out / "rows" / f"{row.name}.json").is_file():
+        if (wanted and row.name not in wanted) or kept_row(out, row.name):
             continue
         print(f"RAVDESS {row.name}", flush=True)
         keep(train_row(row, data, out, cache))
