@@ -15,13 +15,16 @@ from typing import Callable
 
 import torch
 
+from emosent.builtin import load_model, model_name
 from emosent.data import MediaError, Utterance, probe
 from emosent.files import write_atomically
+from emosent.fusion import LateFusionModel
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
 from emosent.segments import Segment, read_segments, transcribe
 
 TOP_K = 3
+SUBTITLE_SUFFIXES = (".srt", ".vtt")  # looked for beside the video when no segments are given
 STAGES = ("decode", "text", "video", "audio", "heads")
 
 
@@ -42,33 +45,39 @@ class Timer:
 
 def analyze(
     video: str | Path,
-    model: EmotionSentimentModel | str | Path,
+    model: EmotionSentimentModel | LateFusionModel | str | Path | None = None,
     *,
     subtitles: str | Path | None = None,
     transcript: str | Path | None = None,
     asr: bool = False,
-    asr_model: str = "small",
+    asr_model: str = "base",
     batch_size: int = 8,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Emotion and sentiment per segment of `video`; segments come from exactly one of
-    `subtitles` (.srt/.vtt), `transcript` (.json) or `asr`. Returns the result dict (see README).
+    """Emotion and sentiment per segment of `video`. `model`: a loaded model, a model folder, or
+    None for the built-in model. Segments come from at most one of `subtitles` (.srt/.vtt),
+    `transcript` (.json) or `asr`; with none, from VIDEO.srt or VIDEO.vtt beside the video when
+    there is one, else from speech recognition. Returns the result dict (see README).
     `progress(done, total)` is called after each batch of segments."""
     started = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     video = Path(video)
-    if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) != 1:
-        raise ValueError("give exactly one of --subtitles, --transcript or --asr")
+    if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) > 1:
+        raise ValueError("give at most one of --subtitles, --transcript or --asr")
     # The cheap checks first: a bad video, device or subtitle file fails before the model loads.
     device = pick_device(device)
     info = probe(video)  # fails here, clearly, on a path that is not media
+    if subtitles is None and transcript is None and not asr:
+        subtitles = subtitles_beside(video)
+        asr = subtitles is None
+    source = "asr" if asr else "subtitles" if subtitles is not None else "transcript"
     warnings: list[str] = []
     segments = None if asr else read_segments(subtitles or transcript, warnings)
-    model_dir = None if isinstance(model, EmotionSentimentModel) else Path(model)
-    if model_dir is not None:
-        model = EmotionSentimentModel.from_pretrained(model_dir)
+    name = None if isinstance(model, torch.nn.Module) else model_name(model)
+    if name is not None:
+        model = load_model(model)
     model = model.to(device).eval()
     if "video" in model.config.modalities and not info.has_video:
         raise MediaError(video, "no video stream", "this model reads frames; analyse a video file")
@@ -77,19 +86,18 @@ def analyze(
         warnings.append(f"{video}: no audio stream: the audio input is silence")
     if segments is None:
         segments = transcribe(video, asr_model)
+        if not segments:
+            warnings.append(f"{video}: speech recognition found no speech")
     kept, skipped = check_segments(segments, duration, "text" in model.config.modalities, warnings)
 
     timer = Timer()
-    probs = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
-    utterances = [
-        {"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text,
-         "emotions": top_k(p_e, EMOTIONS), "sentiments": top_k(p_s, SENTIMENTS),
-         **({"face_frames": face} if face is not None else {})}  # the share of sampled frames with a face
-        for s, (p_e, p_s, face) in zip(kept, probs) if p_e is not None
-    ]
+    results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
+    utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": source, **r}
+                  for s, r in zip(kept, results) if r is not None]
     return {
         "video": str(video),
-        "model": str(model_dir) if model_dir else model.config.text_encoder,
+        "model": name or model.config.text_encoder,
+        "segments_from": {"source": source, **({"asr_model": asr_model} if asr else {"file": str(subtitles or transcript)})},
         "duration_s": round(duration, 3),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "utterances": utterances,
@@ -97,6 +105,11 @@ def analyze(
         "warnings": warnings,
         "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
     }
+
+
+def subtitles_beside(video: Path) -> Path | None:
+    """VIDEO.srt or VIDEO.vtt next to the video, if there is one."""
+    return next((p for p in (video.with_suffix(s) for s in SUBTITLE_SUFFIXES) if p.is_file()), None)
 
 
 def pick_device(name: str) -> torch.device:
@@ -137,9 +150,10 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
 
 @torch.no_grad()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
-                     progress: Callable[[int, int], None] | None = None):
-    """(emotion probs, sentiment probs, share of frames with a face or None) per segment, (None,
-    None, None) for a segment that failed."""
+                     progress: Callable[[int, int], None] | None = None) -> list[dict | None]:
+    """Per segment: {"emotions", "sentiments"} top-k, "face_frames" (the share of sampled frames
+    with a face) when the model reads faces, and each expert's top labels for a late-fusion model;
+    None for a segment that could not be read (listed in `skipped`)."""
     # The video is one dialogue: with context, a segment's text is read after the segments before it.
     k = model.processor.config.context
     records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
@@ -147,7 +161,8 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
                          history=tuple((p.speaker, p.text) for p in segments[max(0, i - k):i]))
                for i, s in enumerate(segments)]
     processor = model.processor
-    probs: list = [(None, None, None)] * len(records)
+    sees_faces = "video" in model.config.modalities and "face" in processor.video_encoder
+    results: list[dict | None] = [None] * len(records)
     for first in range(0, len(records), batch_size):
         items = [timer.run("decode", processor, records[i], i) for i in range(first, min(first + batch_size, len(records)))]
         batch = processor.collate(items)
@@ -162,12 +177,20 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
         features = {}
         for modality in model.config.modalities:  # one at a time, to time each encoder
             features.update(timer.run(modality, model.encode, batch, (modality,)))
+        # the text head needs the mask (and token types) where its top layers run on cached hidden states
+        features.update({k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch})
         out = timer.run("heads", model, **features)
-        sees_faces = "video_features" in features and hasattr(model.video, "face")
         for j, index in enumerate(batch["index"].tolist()):
-            face_share = round(float(features["video_features"][j, -1]), 3) if sees_faces else None
-            probs[index] = (out.emotion_logits[j].softmax(-1).cpu(), out.sentiment_logits[j].softmax(-1).cpu(), face_share)
-    return probs
+            result = {"emotions": top_k(out.emotion_logits[j].softmax(-1).cpu(), EMOTIONS),
+                      "sentiments": top_k(out.sentiment_logits[j].softmax(-1).cpu(), SENTIMENTS)}
+            if sees_faces:
+                result["face_frames"] = round(float(features["video_features"][j, -1]), 3)
+            if out.experts:  # why: each expert's own top emotion and sentiment (null where it abstained)
+                result["experts"] = {name: {"emotion": top_k(e[j].exp().cpu(), EMOTIONS, 1)[0],
+                                            "sentiment": top_k(s[j].exp().cpu(), SENTIMENTS, 1)[0]} if present[j] else None
+                                     for name, (e, s, present) in out.experts.items()}
+            results[index] = result
+    return results
 
 
 def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict]:

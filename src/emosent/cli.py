@@ -116,6 +116,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from emosent.files import check_outputs
     from emosent.plots import check_image_path, timeline_png
 
+    if args.list_models:
+        from emosent.builtin import describe_models
+
+        print(describe_models())
+        return 0
+    if args.video is None:
+        raise ValueError("name the video to analyse: emosent analyze VIDEO (or --list-models)")
     # Before any work: never write over what is being read, nor find out at the end that we cannot write.
     check_outputs({"--out": args.out, "--plot": args.plot},
                   {"video": args.video, "subtitle file": args.subtitles, "transcript": args.transcript, "model folder": args.model})
@@ -138,13 +145,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def progress_printer():
-    """progress(done, total) for analyze, on stderr (stdout may carry the JSON result): a line
-    updated in place on a terminal, else one line at the start and one per finished quarter."""
-    quarters = [-1]
+    """progress(done, total) for analyze, on stderr (stdout may carry the JSON result): a progress
+    bar (tqdm) on a terminal, else one line at the start and one per finished quarter."""
+    quarters, bar = [-1], [None]
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
-            print(f"\ranalysing: {done}/{total} segments", end="\n" if done == total else "", file=sys.stderr, flush=True)
+            from tqdm import tqdm
+
+            if bar[0] is None:
+                bar[0] = tqdm(total=total, desc="analysing", unit="segment", file=sys.stderr)
+            bar[0].update(done - bar[0].n)
+            if done == total:
+                bar[0].close()
             return
         if quarters[0] < 0:
             print(f"analysing {total} segments", file=sys.stderr, flush=True)
@@ -216,13 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("analyze", help="emotion and sentiment per utterance of a video")
-    p.add_argument("video", type=Path)
-    p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--subtitles", type=Path, help="segments from an .srt or .vtt file")
+    p.add_argument("video", type=Path, nargs="?", help="the video (or audio) file")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model directory (RUN_DIR/model); default: the built-in model (see --list-models)")
+    p.add_argument("--list-models", action="store_true", help="say which models are built in, and exit")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--subtitles", type=Path, help="segments from an .srt or .vtt file (default: VIDEO.srt or VIDEO.vtt "
+                     "beside the video when there is one, else speech recognition)")
     src.add_argument("--transcript", type=Path, help='segments from a JSON list of {"start", "end", "text"}')
-    src.add_argument("--asr", action="store_true", help="segments from speech recognition (pip install 'emosent[asr]')")
-    p.add_argument("--asr-model", default="small", help="faster-whisper model size (default small)")
+    src.add_argument("--asr", action="store_true", help="segments from speech recognition even when subtitles are beside the video")
+    p.add_argument("--asr-model", default="base", help="faster-whisper model: base (default, packaged, offline), or a name "
+                   "faster-whisper downloads once (tiny, small, large-v3, ...) or a local CTranslate2 folder")
     p.add_argument("--out", type=Path, help="result JSON (default: printed to stdout)")
     p.add_argument("--plot", type=Path, help="timeline PNG")
     p.add_argument("--batch-size", type=COUNT, default=8)

@@ -365,10 +365,12 @@ def classifier(in_dim: int, hidden: int, n_classes: int, dropout: float) -> nn.S
 
 @dataclass
 class EmotionSentimentOutput:
-    """emotion_logits: (B, 7) in `emosent.labels.EMOTIONS` order; sentiment_logits: (B, 3) in SENTIMENTS order."""
+    """emotion_logits: (B, 7) in `emosent.labels.EMOTIONS` order; sentiment_logits: (B, 3) in SENTIMENTS order.
+    experts (late fusion only): expert -> (emotion (B, 7), sentiment (B, 3) log-probabilities, present (B,) bool)."""
 
     emotion_logits: torch.Tensor
     sentiment_logits: torch.Tensor
+    experts: dict | None = None
 
 
 # Keyword arguments of `forward` per modality: raw inputs (video: those of the model's video

