@@ -1,24 +1,43 @@
 """Where the utterances of a video are: subtitles (SRT, WebVTT), a transcript JSON, or speech
-recognition (faster-whisper, an optional extra)."""
+recognition (faster-whisper; offline with the packaged Whisper-base)."""
 
 from __future__ import annotations
 
 import html
 import json
 import re
+import socket
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, NamedTuple
+from urllib.parse import urlparse
 
+import av
 import srt
 import webvtt
+from huggingface_hub import constants as hf_constants
 from pydantic import BaseModel, ConfigDict, Field
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
 from emosent.config import validated
+from emosent.encoders import WeightsUnavailableError, load_whisper_base
 
-ASR_HINT = "install the optional extra with: pip install 'emosent[asr]'"
+ASR_HINT = ("faster-whisper is one of emosent's dependencies: reinstall it with pip install faster-whisper==1.2.1 "
+            "(or: pip install 'emosent[asr]')")
+PACKAGED_ASR_MODEL = "base"  # Whisper-base from PyPI (encoders.whisper_base_dir): needs no network
+OFFLINE_ASR_CHOICES = (f"offline choices: --asr-model {PACKAGED_ASR_MODEL} (Whisper-base, shipped with emosent), "
+                       "--asr-model /path/to/a/local/ctranslate2/model/folder, or --subtitles / --transcript")
+# Utterances from recognised words. Whisper's word times shorten a silence by about 0.1 s
+# (espeak-ng pauses of 600 ms / 1 s measured as 0.50 / 0.88 s gaps): a gap over PAUSE_S splits.
+PAUSE_S = 0.7
+# 95% of MELD's training utterances are shorter (7.9 s measured), and the audio branch reads 9.6 s.
+MAX_UTTERANCE_S = 8.0
+SENTENCE_ENDS = (".", "!", "?", "…")
+CLOSING_MARKS = "\"')]»”’"  # a sentence may end inside quotes: 'done."'
+ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "jr.", "sr.", "vs."}  # a period that ends no sentence
+
+Source = Literal["subtitles", "transcript", "asr"]
 
 
 class SegmentsError(ValueError):
@@ -31,6 +50,15 @@ class Segment:
     end: float
     text: str
     speaker: str | None = None  # from a transcript that names speakers
+    source: Source = "subtitles"  # where the segment came from: a subtitle file, a transcript JSON, or ASR
+
+
+class Word(NamedTuple):
+    """A recognised word, as faster-whisper gives it: times in seconds, text with its leading space."""
+
+    start: float
+    end: float
+    word: str
 
 
 def read_segments(path: str | Path, warnings: list[str] | None = None) -> list[Segment]:
@@ -124,24 +152,78 @@ def parse_transcript(path: Path, text: str) -> list[Segment]:
         parsed = validated(list[TranscriptItem], items, path)
     except ValueError as err:  # "path: 3.start: Input should be ..., got nan": say it is item 3
         raise SegmentsError(f"{err}; expected {TRANSCRIPT_SHAPE}") from None
-    return [Segment(item.start, item.end, clean(item.text), clean(item.speaker or "") or None) for item in parsed]
+    return [Segment(item.start, item.end, clean(item.text), clean(item.speaker or "") or None, "transcript") for item in parsed]
 
 
-def transcribe(video: str | Path, model_size: str = "small", device: str = "auto") -> list[Segment]:
-    """Speech recognition with faster-whisper (optional extra). It decodes the audio with PyAV
-    itself: nothing is cut or written."""
+def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str = "auto") -> list[Segment]:
+    """Utterances of `video` by speech recognition: faster-whisper's words, found inside Silero VAD's
+    speech, grouped by `group_words`. `model` "base" is the packaged Whisper-base (offline, CPU int8);
+    any other faster-whisper name or a local CTranslate2 folder is loaded by faster-whisper (a name
+    downloads once). The audio is decoded with PyAV: nothing is cut or written."""
     try:
-        from faster_whisper import WhisperModel
+        import faster_whisper  # noqa: F401  (checked first: both ways of loading need it)
     except ImportError:
         raise SegmentsError(f"--asr needs faster-whisper, which is not installed: {ASR_HINT}; "
                             "or pass --subtitles / --transcript") from None
+    recogniser = load_asr_model(model, device)
     try:
-        model = WhisperModel(model_size, device=device)
-    except Exception as err:  # huggingface_hub raises several kinds when offline
-        raise SegmentsError(f"could not load the faster-whisper model {model_size!r} ({err.__class__.__name__}): it is "
-                            "downloaded on first use and needs internet once; or pass --subtitles / --transcript") from None
-    pieces, _ = model.transcribe(str(video))
-    return [Segment(p.start, p.end, clean(p.text)) for p in pieces]
+        pieces, _ = recogniser.transcribe(str(video), word_timestamps=True, vad_filter=True)
+        words = [Word(float(w.start), float(w.end), w.word) for piece in pieces for w in piece.words or ()]
+    except av.error.FFmpegError as err:  # faster-whisper decodes the file itself, with PyAV
+        raise SegmentsError(f"{video}: could not read its audio for speech recognition ({err})") from None
+    return group_words(words)
+
+
+def load_asr_model(name: str, device: str = "auto"):
+    """faster-whisper's WhisperModel: the packaged Whisper-base, a local folder, or a model name
+    (Systran's sizes or a Hub id) from the local HF cache, else downloaded."""
+    if name == PACKAGED_ASR_MODEL:
+        try:
+            return load_whisper_base()
+        except (WeightsUnavailableError, ValueError) as err:  # not installed, or a part that fails its sha256
+            raise SegmentsError(f"--asr-model {name}: {err}") from None
+    from faster_whisper import WhisperModel
+    from faster_whisper.utils import available_models
+
+    if not Path(name).is_dir() and "/" not in name and name not in available_models():
+        raise SegmentsError(f"--asr-model {name}: not a faster-whisper model; use one of {', '.join(available_models())}, "
+                            f"a Hub id (owner/name) or a local CTranslate2 folder. {OFFLINE_ASR_CHOICES}")
+    try:
+        if not Path(name).is_dir():
+            try:  # the local HF cache first: no network round trips
+                return WhisperModel(name, device=device, local_files_only=True)
+            except Exception:  # noqa: BLE001  (huggingface_hub raises several kinds; a download is tried below)
+                pass
+            # Offline, huggingface_hub retries for ~20 s before giving up; a failed DNS lookup fails at once.
+            socket.getaddrinfo(urlparse(hf_constants.ENDPOINT).hostname, 443)
+        return WhisperModel(name, device=device)
+    except Exception as err:  # noqa: BLE001  (the Hub, CTranslate2 and the folder's files each raise their own)
+        reason = (str(err).splitlines() or [""])[0][:160]
+        raise SegmentsError(f"--asr-model {name}: could not load this faster-whisper model ({err.__class__.__name__}: "
+                            f"{reason}); a model name downloads once from the Hugging Face Hub and needs internet. "
+                            f"{OFFLINE_ASR_CHOICES}") from None
+
+
+def group_words(words: list[Word], pause_s: float = PAUSE_S, max_s: float = MAX_UTTERANCE_S) -> list[Segment]:
+    """Utterances from words in time order: a new one starts after a sentence end, after a gap
+    longer than `pause_s`, and before a word that would make it longer than `max_s` (a single
+    longer word stays whole). Each spans its first word's start to its last word's end."""
+    groups: list[list[Word]] = []
+    for word in words:
+        if not word.word.strip():
+            continue
+        current = groups[-1] if groups else None
+        if (current is None or ends_sentence(current[-1].word) or word.start - current[-1].end > pause_s
+                or word.end - current[0].start > max_s):
+            groups.append([word])
+        else:
+            current.append(word)
+    return [Segment(g[0].start, g[-1].end, clean("".join(w.word for w in g)), source="asr") for g in groups]
+
+
+def ends_sentence(word: str) -> bool:
+    word = word.strip().rstrip(CLOSING_MARKS)
+    return word.endswith(SENTENCE_ENDS) and word.lower() not in ABBREVIATIONS
 
 
 def clean(text: str) -> str:
