@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import solid_frames
+from conftest import solid_frames, tone
 from emosent.segments import MAX_UTTERANCE_S, PAUSE_S, SegmentsError, Word, group_words, transcribe
 
 
@@ -143,20 +143,36 @@ def test_recognised_times_fall_on_the_spoken_sentences(spoken):
     assert all(a.end <= b.start for a, b in zip(segments, segments[1:]))  # in order, not overlapping
 
 
-def test_a_model_name_that_needs_the_hub_names_the_offline_choices(tmp_path):
-    # conftest sets HF_HUB_OFFLINE: a Hub id not in the local cache cannot be had (and the model
-    # loads before the video is opened)
+@pytest.fixture(scope="module")
+def beep(tmp_path_factory):
+    """A short mp4 with a sound, for failures that come before any speech is recognised."""
+    from emosent.synthetic import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("beep") / "beep.mp4", duration_s=0.5, fps=10, width=160, height=120,
+                      frame_fn=solid_frames(160, 120), audio_fn=tone())
+
+
+def test_a_model_name_that_needs_the_hub_names_the_offline_choices(beep):
+    # conftest sets HF_HUB_OFFLINE: a Hub id not in the local cache cannot be had
     with pytest.raises(SegmentsError, match=r"--asr-model emosent-tests/not-cached: could not load .*--asr-model base"):
-        transcribe(tmp_path / "unused.mp4", "emosent-tests/not-cached")
+        transcribe(beep, "emosent-tests/not-cached")
 
 
-def test_an_unknown_model_name_is_refused_with_the_names_it_could_be(tmp_path):
+def test_an_unknown_model_name_is_refused_with_the_names_it_could_be(beep):
     with pytest.raises(SegmentsError, match=r"--asr-model smal: not a faster-whisper model; use one of .*small.*"
                                             r"--asr-model base"):
-        transcribe(tmp_path / "unused.mp4", "smal")
+        transcribe(beep, "smal")
 
 
-def test_a_file_without_readable_audio_is_named(tmp_path):
-    (tmp_path / "notes.mp4").write_text("not a video\n")
-    with pytest.raises(SegmentsError, match=r"notes\.mp4: could not read its audio"):
-        transcribe(tmp_path / "notes.mp4")
+@pytest.mark.parametrize("kind", ["not media", "no audio", "missing"])
+def test_a_file_without_audio_to_recognise_is_named(kind, tmp_path):
+    from emosent.synthetic import write_clip
+
+    path = tmp_path / "clip.mp4"
+    if kind == "not media":
+        path.write_text("not a video\n")
+    elif kind == "no audio":
+        write_clip(path, duration_s=0.5, fps=10, width=160, height=120, frame_fn=solid_frames(160, 120))
+    reason = {"not media": "not a readable media file", "no audio": "no audio stream", "missing": "file not found"}[kind]
+    with pytest.raises(SegmentsError, match=rf"clip\.mp4: {reason}"):
+        transcribe(path)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 from urllib.parse import urlparse
 
-import av
 import srt
 import webvtt
 from huggingface_hub import constants as hf_constants
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
 from emosent.config import validated
+from emosent.data import MediaError, probe
 from emosent.encoders import WeightsUnavailableError, load_whisper_base
 
 ASR_HINT = ("faster-whisper is one of emosent's dependencies: reinstall it with pip install faster-whisper==1.2.1 "
@@ -165,13 +165,15 @@ def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str =
     except ImportError:
         raise SegmentsError(f"--asr needs faster-whisper, which is not installed: {ASR_HINT}; "
                             "or pass --subtitles / --transcript") from None
+    try:  # the cheap check first: a file without sound fails before the model loads
+        has_audio = probe(video).has_audio
+    except MediaError as err:
+        raise SegmentsError(str(err)) from None
+    if not has_audio:
+        raise SegmentsError(f"{video}: no audio stream, so no speech to recognise; pass --subtitles / --transcript")
     recogniser = load_asr_model(model, device)
-    try:
-        pieces, _ = recogniser.transcribe(str(video), word_timestamps=True, vad_filter=True)
-        words = [Word(float(w.start), float(w.end), w.word) for piece in pieces for w in piece.words or ()]
-    except av.error.FFmpegError as err:  # faster-whisper decodes the file itself, with PyAV
-        raise SegmentsError(f"{video}: could not read its audio for speech recognition ({err})") from None
-    return group_words(words)
+    pieces, _ = recogniser.transcribe(str(video), word_timestamps=True, vad_filter=True)
+    return group_words([Word(float(w.start), float(w.end), w.word) for piece in pieces for w in piece.words or ()])
 
 
 def load_asr_model(name: str, device: str = "auto"):
