@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# torch and torchvision first and on their own: pip takes these exact builds from this
 	# machine's disk (see README, "Set-up").
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,whisper]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	# MTCNN face detection for --video-encoder face: without its dependencies, whose metadata pins
 	# torch<2.3 and numpy<2 (the code runs with ours; tests/test_faces.py shows it)
 	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0

@@ -87,7 +87,20 @@ def test_webvtt_and_transcript_json(model_dir, clip, tmp_path):
     a = analyze(clip, model_dir, subtitles=vtt)
     b = analyze(clip, model_dir, transcript=transcript)
     assert [(u["start_time"], u["end_time"], u["text"]) for u in a["utterances"]] == [(0.25, 0.75, "hello there"), (0.75, 1.0, "bye")]
+    assert {u.pop("source") for u in a["utterances"]} == {"subtitles"} and a["segments_from"]["file"] == str(vtt)
+    assert {u.pop("source") for u in b["utterances"]} == {"transcript"}
     assert a["utterances"] == b["utterances"]  # same segments, same pipeline, same numbers
+
+
+def test_subtitles_beside_the_video_are_used_when_none_are_given(model_dir, clip, tmp_path):
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(clip.read_bytes())
+    (tmp_path / "talk.srt").write_text("1\n00:00:00,000 --> 00:00:00,500\nhello there\n")
+    result = analyze(video, model_dir)
+    assert result["segments_from"] == {"source": "subtitles", "file": str(tmp_path / "talk.srt")}
+    assert [u["text"] for u in result["utterances"]] == ["hello there"]
+    with pytest.raises(ValueError, match="at most one of --subtitles, --transcript or --asr"):
+        analyze(video, model_dir, subtitles=tmp_path / "talk.srt", asr=True)
 
 
 def test_the_same_numbers_as_the_training_pipeline(model_dir, clip, tmp_path):
@@ -151,9 +164,9 @@ def test_video_without_audio_and_paths_that_are_not_videos(model_dir, tmp_path):
     assert result.returncode == 2 and "voice.mp4: no video stream" in result.stderr
 
 
-def test_asr_without_the_extra_fails_at_once(model_dir, clip, tmp_path):
-    # faster-whisper is an optional extra (make installs it for --audio-encoder whisper-base): a
-    # package of that name that cannot be imported stands in for a machine without it
+def test_asr_without_faster_whisper_fails_at_once(model_dir, clip, tmp_path):
+    # faster-whisper is a dependency, but an installation can lose it: a package of that name that
+    # cannot be imported stands in for such a machine
     hidden = tmp_path / "hide" / "faster_whisper"
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text("raise ImportError('No module named faster_whisper')\n")

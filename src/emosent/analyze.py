@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -92,7 +92,7 @@ def analyze(
 
     timer = Timer()
     results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
-    utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": source, **r}
+    utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
     return {
         "video": str(video),
@@ -144,7 +144,7 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
         if kept and start < kept[-1].end:
             warnings.append(f"segments {kept[-1].start:.3f}-{kept[-1].end:.3f} s and {start:.3f}-{end:.3f} s overlap; "
                             "each is analysed on its own")
-        kept.append(Segment(start, end, s.text, s.speaker))
+        kept.append(replace(s, start=start, end=end))
     return kept, skipped
 
 

