@@ -88,3 +88,48 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
 
     return subprocess.run([sys.executable, "-m", "emosent", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def speak(text: str, path: Path):
+    """espeak-ng's voice saying `text`: float32 samples in [-1, 1] and the sample rate."""
+    import subprocess
+    import wave
+
+    import numpy as np
+
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    with wave.open(str(path)) as f:
+        assert f.getsampwidth() == 2 and f.getnchannels() == 1
+        pcm = np.frombuffer(f.readframes(f.getnframes()), np.int16)
+        return pcm.astype(np.float32) / 32768, f.getframerate()
+
+
+def spoken_clip(directory: Path, sentences, lead_s: float, gap_s: float, tail_s: float, frame_fn=None):
+    """An mp4 (H.264 video, grey frames unless frame_fn, + AAC audio) in which espeak-ng says
+    `sentences` with silence before, between and after them: (path, duration in s, each sentence's
+    voiced (start, end) in s, first and last sample louder than 1% of full scale). Skips the
+    test where espeak-ng is not installed (.ci/run installs it)."""
+    import shutil
+
+    import numpy as np
+
+    from emosent.synthetic import write_clip
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does it)")
+    voices = [speak(sentence, directory / f"{i}.wav") for i, sentence in enumerate(sentences)]
+    rate = voices[0][1]
+    chunks, spans = [np.zeros(round(lead_s * rate), np.float32)], []
+    for i, (samples, _) in enumerate(voices):
+        if i:
+            chunks.append(np.zeros(round(gap_s * rate), np.float32))
+        offset = sum(map(len, chunks)) / rate
+        loud = np.flatnonzero(np.abs(samples) > 0.01)
+        spans.append((offset + loud[0] / rate, offset + loud[-1] / rate))
+        chunks.append(samples)
+    audio = np.concatenate([*chunks, np.zeros(round(tail_s * rate), np.float32)])
+    duration = len(audio) / rate
+    clip = write_clip(directory / "speech.mp4", duration_s=duration, fps=10, width=160, height=120,
+                      frame_fn=frame_fn or solid_frames(160, 120), sample_rate_hz=rate,
+                      audio_fn=lambda times: audio[np.minimum((times * rate).astype(int), len(audio) - 1)])
+    return clip, duration, spans

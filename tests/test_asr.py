@@ -4,16 +4,11 @@ Whisper-base transcribing real speech (espeak-ng) from an mp4, offline."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
-import wave
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import solid_frames, tone
+from conftest import solid_frames, spoken_clip, tone
 from emosent.segments import MAX_UTTERANCE_S, PAUSE_S, SegmentsError, Word, group_words, transcribe
 
 
@@ -72,44 +67,11 @@ LEAD_S, GAP_S, TAIL_S = 0.7, 1.2, 0.7  # silence before, between and after the s
 EARLY_START_S, END_TOLERANCE_S = 0.6, 0.3
 
 
-def speak(text: str, path: Path) -> tuple[np.ndarray, int]:
-    """espeak-ng's voice saying `text`, as float32 samples in [-1, 1] and the sample rate."""
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-    with wave.open(str(path)) as f:
-        assert f.getsampwidth() == 2 and f.getnchannels() == 1
-        pcm = np.frombuffer(f.readframes(f.getnframes()), np.int16)
-        return pcm.astype(np.float32) / 32768, f.getframerate()
-
-
-def voiced_span(samples: np.ndarray, rate: int, offset_s: float) -> tuple[float, float]:
-    """First and last sample louder than 1% of full scale, in seconds from the clip's start."""
-    loud = np.flatnonzero(np.abs(samples) > 0.01)
-    return offset_s + loud[0] / rate, offset_s + loud[-1] / rate
-
-
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory):
     """An mp4 (H.264 video + AAC audio) in which espeak-ng says SENTENCES with silence between them,
     the seconds each sentence is voiced, and what transcribe makes of it (timed: pytest -s shows it)."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does it)")
-    from emosent.synthetic import write_clip
-
-    d = tmp_path_factory.mktemp("speech")
-    voices = [speak(sentence, d / f"{i}.wav") for i, sentence in enumerate(SENTENCES)]
-    rate = voices[0][1]
-    silence = lambda seconds: np.zeros(round(seconds * rate), np.float32)  # noqa: E731
-    chunks, spans = [silence(LEAD_S)], []
-    for i, (samples, _) in enumerate(voices):
-        if i:
-            chunks.append(silence(GAP_S))
-        spans.append(voiced_span(samples, rate, sum(map(len, chunks)) / rate))
-        chunks.append(samples)
-    audio = np.concatenate([*chunks, silence(TAIL_S)])
-    duration = len(audio) / rate
-    clip = write_clip(d / "speech.mp4", duration_s=duration, fps=10, width=160, height=120,
-                      frame_fn=solid_frames(160, 120), sample_rate_hz=rate,
-                      audio_fn=lambda times: audio[np.minimum((times * rate).astype(int), len(audio) - 1)])
+    clip, duration, spans = spoken_clip(tmp_path_factory.mktemp("speech"), SENTENCES, LEAD_S, GAP_S, TAIL_S)
     started = time.perf_counter()
     segments = transcribe(clip)  # the default: the packaged Whisper-base, offline (conftest sets HF_HUB_OFFLINE)
     seconds = time.perf_counter() - started

