@@ -122,3 +122,12 @@ def test_analyze_with_a_fused_model_reports_each_expert(tmp_path, smiling_clip):
     for u, v in zip(result["utterances"], alone["utterances"]):
         assert u["emotions"][0]["label"] == v["emotions"][0]["label"]
         assert u["emotions"][0]["confidence"] == pytest.approx(v["emotions"][0]["confidence"], abs=1e-3)
+
+
+def test_an_audio_file_is_analysed_without_the_face_expert(tmp_path):
+    voice = write_clip(tmp_path / "voice.m4a", duration_s=1.0, audio_fn=tone())
+    transcript = tmp_path / "t.json"
+    transcript.write_text(json.dumps([{"start": 0.0, "end": 1.0, "text": "hello there"}]))
+    result = analyze(voice, fused_model(), transcript=transcript)
+    assert any("no video stream: the face expert abstains" in w for w in result["warnings"])
+    assert set(result["utterances"][0]["experts"]) == {"text", "audio"} and "face_frames" not in result["utterances"][0]

@@ -158,7 +158,9 @@ def paired(experts: dict, rules: dict) -> dict:
 
 
 def ravdess_end_to_end(model: LateFusionModel, data: Path) -> dict:
-    """The fused model on RAVDESS 15-18 through analyze's own path: processor -> encode -> forward."""
+    """The fused model on RAVDESS 15-18 (audio files: the face expert abstains, as analyze has it)
+    through analyze's own path: processor -> encode -> forward."""
+    model = model.without("face")
     records = read_manifest(data, "dev")
     out = {t: [] for t in TASKS}
     with torch.no_grad():

@@ -79,6 +79,9 @@ def analyze(
     if name is not None:
         model = load_model(model)
     model = model.to(device).eval()
+    if isinstance(model, LateFusionModel) and "face" in model.fusion_config.experts and not info.has_video:
+        model = model.without("face")
+        warnings.append(f"{video}: no video stream: the face expert abstains")
     if "video" in model.config.modalities and not info.has_video:
         raise MediaError(video, "no video stream", "this model reads frames; analyse a video file")
     duration = info.duration_s

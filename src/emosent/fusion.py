@@ -20,7 +20,7 @@ Letters: B batch, E experts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -106,6 +106,11 @@ class LateFusionModel(nn.Module):
             audio_encoder=audio.config.audio_encoder if audio else "cnn", video_weights="none")
         self.processor = Processor(next(iter(settings.values())) if settings else ProcessorConfig(),
                                    modalities, text.tokenizer if text else None, "face", self.config.audio_encoder)
+
+    def without(self, name: str) -> LateFusionModel:
+        """The same model less one expert (sharing its modules): e.g. without "face" for audio files."""
+        config = replace(self.fusion_config, experts={k: e for k, e in self.fusion_config.experts.items() if k != name})
+        return LateFusionModel({k: m for k, m in self.experts.items() if k != name}, config).eval()
 
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Raw inputs -> each expert's frozen features, keyed as `forward` takes them."""
