@@ -72,6 +72,7 @@ COUNT = Number(int, 1)  # epochs, batch sizes, rows, frames, nodes
 WORKERS = Number(int, 0)
 SEED = Number(int, 0, below=MAX_SEED + 1)
 RATE = Number(float, 0, above=True)  # learning rates, seconds, decibels
+PORT = Number(int, 0, below=65536)  # TCP ports; 0 picks a free one
 
 
 def option(help: str, type: Number | None = None, choices: tuple | None = None) -> dict:
