@@ -138,8 +138,8 @@ function render(result) {
       seg.dataset.index = i;
       seg.style.left = pct(u.start_time / duration);
       seg.style.width = `${(100 * (u.end_time - u.start_time)) / duration}%`;
-      seg.style.background = colours[top.label] || "#999";
-      seg.style.opacity = 0.35 + 0.65 * top.confidence;
+      // as in the PNG timeline: opacity follows the confidence (of the colour only: the label stays legible)
+      seg.style.background = withAlpha(colours[top.label] || "#999999", 0.35 + 0.65 * top.confidence);
       seg.textContent = top.label;
       seg.title = `${u.start_time.toFixed(2)}–${u.end_time.toFixed(2)} s · ${top.label} ${pct(top.confidence)} · “${u.text}”`;
       seg.addEventListener("click", () => seek(i));
@@ -180,6 +180,11 @@ function render(result) {
   if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
   link.href = URL.createObjectURL(new Blob([JSON.stringify(result, null, 2)], { type: "application/json" }));
   link.download = `${current.name.replace(/\.[^.]*$/, "")}.emosent.json`;
+}
+
+function withAlpha(hex, alpha) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return `rgba(${r}, ${g}, ${b}, ${alpha.toFixed(3)})`;
 }
 
 function cell(text) {
