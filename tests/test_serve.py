@@ -78,6 +78,9 @@ def test_token_health_and_unknown_ids(server, client):
     assert plain.get("/healthz").json() == {"status": "ok"}
     assert plain.get("/readyz").json()["status"] == "ready"
     assert plain.get("/v1/info").json()["token_required"] is True
+    api = plain.get("/openapi.json").json()["paths"]  # the OpenAPI page documents the API
+    assert {"/v1/analyses", "/v1/analyses/{job_id}", "/v1/analyses/{job_id}/timeline.png", "/healthz", "/readyz"} <= set(api)
+    assert "multipart/form-data" in api["/v1/analyses"]["post"]["requestBody"]["content"]
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         refused = plain.get(f"/v1/analyses/{'0' * 32}", headers=headers)
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
@@ -192,6 +195,9 @@ def test_twenty_concurrent_submissions(server, clip):
     for a in refused:
         assert int(a.headers["retry-after"]) >= 1 and "the queue is full" in a.json()["detail"]
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
+        dropped = accepted.pop()  # the last one in is still waiting: deleted, it never runs
+        assert c.delete(f"/v1/analyses/{dropped}").status_code == 204
+        assert c.get(f"/v1/analyses/{dropped}").status_code == 404
         assert [wait_for(c, job_id, timeout_s=300)["status"] for job_id in accepted] == ["done"] * len(accepted)
     assert server.leftovers() == []
 

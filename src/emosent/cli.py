@@ -11,7 +11,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from emosent.config import COUNT, DEFAULT_LR, DESIGN_LR_AUDIO, MODALITIES, PORT, TRAIN_CONV_LR_AUDIO, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, TrainConfig, default_of
+from emosent.config import COUNT, DEFAULT_LR, DESIGN_LR_AUDIO, MODALITIES, PORT, TRAIN_CONV_LR_AUDIO, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, ServeConfig, TrainConfig, default_of
 from emosent.encoders import FINETUNE_LR_TEXT, TEXT_ENCODERS, WeightsUnavailableError
 from emosent.files import LockedError
 from emosent.signals import received, stop_on_signals
@@ -141,12 +141,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     from emosent.files import default_data_dir
-    from emosent.serve import ServeConfig, serve
+    from emosent.serve import serve
 
-    config = ServeConfig(data_dir=args.data_dir or default_data_dir(), max_upload_mb=args.max_upload_mb,
-                         queue_size=args.queue_size, workers=args.workers, batch_size=args.batch_size, device=args.device,
-                         token=args.token if args.token is not None else os.environ.get("EMOSENT_TOKEN") or None)
-    serve(args.model, config, host=args.host, port=args.port, access_log=args.access_log)
+    token = args.token if args.token is not None else os.environ.get("EMOSENT_TOKEN") or None
+    serve(args.model, from_options(ServeConfig, args, data_dir=args.data_dir or default_data_dir(), token=token),
+          host=args.host, port=args.port, access_log=args.access_log)
     return 0
 
 
@@ -246,17 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="model directory (RUN_DIR/model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; "
                                                        "any other needs a token)")
-    p.add_argument("--port", type=PORT, default=8000, help="(default 8000; 0 picks a free port)")
+    p.add_argument("--port", type=PORT, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="jobs database, uploads in flight and results (default: the user data folder, "
                         "~/.local/share/emosent/serve on Linux)")
     p.add_argument("--token", default=None, help="API token: clients send 'Authorization: Bearer TOKEN' "
                                                  "(default $EMOSENT_TOKEN; required with a --host beyond loopback)")
-    p.add_argument("--max-upload-mb", type=RATE, default=500.0, help="largest request, video and subtitles (default 500)")
-    p.add_argument("--queue-size", type=COUNT, default=16, help="jobs that may wait; more are refused with 503 (default 16)")
-    p.add_argument("--workers", type=COUNT, default=1, help="analyses at once, sharing one loaded model (default 1)")
-    p.add_argument("--batch-size", type=COUNT, default=8)
-    p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
+    add_options(p, ServeConfig, "service")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(run=cmd_serve)
     return parser

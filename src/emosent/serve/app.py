@@ -12,7 +12,6 @@ import json
 import shutil
 import threading
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from emosent.config import ServeConfig
 from emosent.data import MediaError, probe
 from emosent.plots import EMOTION_COLOURS, SENTIMENT_COLOURS, timeline_png
 from emosent.segments import ASR_HINT, read_segments
@@ -30,24 +30,6 @@ from emosent.serve.uploads import Upload, UploadError, check_declared_size, chec
 from emosent.serve.workers import WorkerPool
 
 STATIC = Path(__file__).parent / "static"
-BYTES_PER_MB = 1_000_000
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """What `emosent serve` takes besides the model (each field is an option of that name)."""
-
-    data_dir: Path
-    max_upload_mb: float = 500.0  # the whole request: video and subtitles
-    queue_size: int = 16  # jobs waiting (uploading or queued) beyond those running
-    workers: int = 1  # analyses at once, sharing one model
-    token: str | None = None  # when set, /v1 needs "Authorization: Bearer TOKEN"
-    batch_size: int = 8
-    device: str = "auto"
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.max_upload_mb * BYTES_PER_MB)
 
 
 FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -243,7 +225,10 @@ def job_json(store: JobStore, job: Job) -> dict:
     if job.state == FAILED:
         out["error"] = job.error
     if job.state == DONE:
-        out["result"] = json.loads(store.result_path(job.id).read_text(encoding="utf-8"))
+        try:
+            out["result"] = json.loads(store.result_path(job.id).read_text(encoding="utf-8"))
+        except FileNotFoundError:  # deleted since the row was read
+            raise HTTPException(404, f"no analysis {job.id!r} here: it was deleted") from None
         out["links"]["timeline"] = f"/v1/analyses/{job.id}/timeline.png"
     return out
 

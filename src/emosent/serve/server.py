@@ -12,7 +12,8 @@ import uvicorn
 from emosent.analyze import pick_device
 from emosent.files import exclusive
 from emosent.model import EmotionSentimentModel
-from emosent.serve.app import ServeConfig, create_app
+from emosent.config import ServeConfig
+from emosent.serve.app import create_app
 
 
 def load_service_model(model_dir: str | Path | None):
@@ -38,8 +39,6 @@ def check_options(host: str, config: ServeConfig) -> None:
     if config.token is None and not is_loopback(host):
         raise ValueError(f"--host {host}: beyond this machine anyone could use the service: set an API token with "
                          "--token or EMOSENT_TOKEN, or listen on 127.0.0.1")
-    if not config.max_upload_mb > 0:
-        raise ValueError(f"--max-upload-mb must be more than 0, got {config.max_upload_mb}")
     pick_device(config.device)
     if config.data_dir.exists() and not config.data_dir.is_dir():
         raise ValueError(f"--data-dir {config.data_dir}: not a folder; name a folder for the jobs and results")
