@@ -1,13 +1,15 @@
 """Load on `emosent serve`: N concurrent clients on loopback submit and poll jobs on a real server,
 beside `analyze()` called directly in the same run on the same clip and model.
 
-    .venv/bin/python bench/serve.py [--clients 4] [--jobs 12] [--workers 1] [--model DIR] [--timeout-s 900]
+    .venv/bin/python bench/serve.py [--clients 4] [--jobs 8] [--workers 1] [--model DIR] [--timeout-s 900]
 
 The clip: 10 s of 320x240 H.264 + AAC with 5 subtitle segments; the model: the offline minilm
 text encoder, R3D-18 (random weights: the speed is that of the real network) and the audio CNN,
 or --model. Reported: throughput (jobs/s), latency from the first byte sent to the poll that sees
 `done` (p50/p95; polls every 0.1 s), the overhead ratio (the service's seconds per job over
-analyze()'s), and peak memory (VmHWM) of the server and of this process.
+analyze()'s), the service's own seconds per job (its seconds per job less the analyze() time its
+results report: uploads, probing, SQLite, result files, polling), and peak memory (VmHWM) of the
+server and of this process.
 """
 
 from __future__ import annotations
@@ -129,6 +131,10 @@ def load(url: str, clients: int, jobs: int, video: Path, subtitles: Path, deadli
     return time.perf_counter() - started, latencies, finished
 
 
+def stages(timings: list[dict]) -> str:
+    return ", ".join(f"{k} {statistics.mean(t[k] for t in timings):.2f} s" for k in timings[0])
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -136,7 +142,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--jobs", type=int, default=12, help="jobs through the service, and analyze() calls")
+    parser.add_argument("--jobs", type=int, default=8, help="jobs through the service, and direct analyze() calls")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--model", type=Path, default=None, help="a model folder (default: minilm + R3D-18 + audio CNN)")
     parser.add_argument("--timeout-s", type=float, default=900)
@@ -152,13 +158,9 @@ def main() -> None:
             args.model = EmotionSentimentModel(ModelConfig(text_encoder="minilm", video_weights="none")).save_pretrained(tmp / "model")
         model = EmotionSentimentModel.from_pretrained(args.model)
 
-        analyze(video, model, subtitles=subtitles)  # warm-up: librosa's numba compilation, allocator
-        direct = []
-        for _ in range(args.jobs):
-            started = time.perf_counter()
-            analyze(video, model, subtitles=subtitles)
-            direct.append(time.perf_counter() - started)
-        direct_rss = peak_rss_mb()
+        run = lambda: analyze(video, model, subtitles=subtitles)
+        run()  # warm-up: librosa's numba compilation, the allocator
+        before = [run() for _ in range(args.jobs // 2)]  # half before the load, half after: the host drifts
 
         process, url = start_server(args.model, tmp / "data", args.workers, queue_size=2 * args.clients,
                                     timeout_s=deadline - time.monotonic())
@@ -170,19 +172,22 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(60)
+        after = [run() for _ in range(args.jobs - args.jobs // 2)]
+        direct_rss = peak_rss_mb()
 
-    in_server = [j["result"]["elapsed_s"] for j in jobs]  # analyze() itself, inside the service
-    per_job_direct = statistics.mean(direct)
+    in_server = statistics.mean(j["result"]["elapsed_s"] for j in jobs)  # analyze() itself, inside the service
+    direct = statistics.mean(r["elapsed_s"] for r in before + after)
     print(f"machine: {machine.describe('cpu')}")
-    print(f"clip: {DURATION_S:.0f} s {WIDTH}x{HEIGHT} {FPS} fps H.264 + AAC, {SEGMENTS} subtitle segments; "
-          f"model: {described}")
-    print(f"analyze() directly, one after another: {per_job_direct:.2f} s per job (p50 {statistics.median(direct):.2f} s), "
-          f"{1 / per_job_direct:.3f} jobs/s; peak RSS of this process {direct_rss:.0f} MB")
+    print(f"clip: {DURATION_S:.0f} s {WIDTH}x{HEIGHT} {FPS} fps H.264 + AAC, {SEGMENTS} subtitle segments; model: {described}")
+    print(f"analyze() directly, one after another: {direct:.2f} s per job ({1 / direct:.3f} jobs/s; "
+          f"{statistics.mean(r['elapsed_s'] for r in before):.2f} s before the load, "
+          f"{statistics.mean(r['elapsed_s'] for r in after):.2f} s after); stages {stages([r['timing_s'] for r in before + after])}")
     print(f"service, {args.clients} clients, {args.workers} worker(s), {args.jobs} jobs: {args.jobs / wall:.3f} jobs/s "
-          f"({wall / args.jobs:.2f} s per job); latency p50 {percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s; "
-          f"analyze() inside the server {statistics.mean(in_server):.2f} s per job")
-    print(f"overhead ratio (service s/job over direct s/job): {wall / args.jobs / per_job_direct:.3f}; "
-          f"server peak RSS {server_rss:.0f} MB")
+          f"({wall / args.jobs:.2f} s per job); latency p50 {percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s")
+    print(f"  analyze() inside the server: {in_server:.2f} s per job, stages {stages([j['result']['timing_s'] for j in jobs])}; "
+          f"the service's own time per job (s/job - analyze() inside): {wall / args.jobs - in_server:.3f} s")
+    print(f"overhead ratio (service s/job over direct s/job): {wall / args.jobs / direct:.3f}")
+    print(f"peak RSS: server {server_rss:.0f} MB, this process (model loaded, direct calls) {direct_rss:.0f} MB")
 
 
 if __name__ == "__main__":

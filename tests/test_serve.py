@@ -154,7 +154,7 @@ def test_oversize_is_413_and_leaves_nothing(server):
     # not declared (chunked): refused once the stream passes the limit, the partial file removed
     with raw_post(server.port, None, chunked=True) as sock:
         piece = b"\0" * 100_000
-        chunks = [part_head()] + [piece] * 12  # 1.2 MB
+        chunks = [part_head()] + [piece] * 30  # 3 MB
         sock.sendall(b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n")
         status, body = read_answer(sock)
     assert status == 413 and "at most 1.0 MB" in body["detail"]

@@ -126,13 +126,13 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
             check_declared_size(request, config.max_bytes)
         except UploadError as err:
             if err.status != 413:  # a too-large body is not read at all
-                await drain(request)
+                await drain(request.stream())
             raise HTTPException(err.status, err.detail) from None
         except HTTPException:
-            await drain(request)
+            await drain(request.stream())
             raise
         if not pool.reserve():
-            await drain(request)
+            await drain(request.stream())
             wait = pool.retry_after_s()
             raise HTTPException(503, f"the queue is full ({config.queue_size} jobs waiting); try again in {wait} s",
                                 headers={"Retry-After": str(wait)})

@@ -12,6 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import AsyncIterator
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -101,9 +102,10 @@ async def receive(request: Request, folder: Path, max_bytes: int) -> Upload:
     writer = PartWriter(upload)
     parser = MultipartParser(boundary, writer.callbacks())
     received = 0
+    chunks = request.stream()  # one iterator: after a refusal, drain() reads on from where we stopped
     try:
         try:
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 received += len(chunk)
                 if received > max_bytes:
                     writer.close()
@@ -120,7 +122,7 @@ async def receive(request: Request, folder: Path, max_bytes: int) -> Upload:
         check_fields(upload)
     except UploadError:
         upload.remove()
-        await drain(request)
+        await drain(chunks)
         raise
     except BaseException:  # ClientDisconnect, a cancelled task, a parser error
         upload.remove()
@@ -135,15 +137,17 @@ def check_fields(upload: Upload) -> None:
         raise UploadError(422, "send either 'subtitles' or 'transcript', not both")
 
 
-async def drain(request: Request) -> None:
-    """Read and drop what is left of the body (up to DRAIN_MAX_BYTES), so the answer gets through."""
+async def drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read and drop what is left of a refused body (`request.stream()`, or the iterator already
+    being read), up to DRAIN_MAX_BYTES: a client still sending then reads our answer rather than
+    a reset connection."""
     left = DRAIN_MAX_BYTES
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             left -= len(chunk)
             if left < 0:
                 return
-    except (ClientDisconnect, RuntimeError):  # gone, or the stream was already read
+    except ClientDisconnect:
         return
 
 
