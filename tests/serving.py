@@ -76,6 +76,7 @@ class Server:
             if self.url and self.ready():
                 return self
             time.sleep(0.2)
+        self.kill()  # never leave a server behind a failed test
         raise AssertionError(f"the server was not ready in {START_TIMEOUT_S} s:\n{self.output()}")
 
     def ready(self) -> bool:
