@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from emosent.builtin import load_model, model_name
+from emosent.builtin import load_model
 from emosent.data import MediaError, Utterance, probe
 from emosent.files import write_atomically
 from emosent.fusion import LateFusionModel
@@ -75,8 +75,7 @@ def analyze(
     source = "asr" if asr else "subtitles" if subtitles is not None else "transcript"
     warnings: list[str] = []
     segments = None if asr else read_segments(subtitles or transcript, warnings)
-    name = None if isinstance(model, torch.nn.Module) else model_name(model)
-    if name is not None:
+    if not isinstance(model, torch.nn.Module):
         model = load_model(model)
     model = model.to(device).eval()
     if isinstance(model, LateFusionModel) and "face" in model.fusion_config.experts and not info.has_video:
@@ -99,7 +98,7 @@ def analyze(
                   for s, r in zip(kept, results) if r is not None]
     return {
         "video": str(video),
-        "model": name or model.config.text_encoder,
+        "model": getattr(model, "name_or_path", model.config.text_encoder),
         "segments_from": {"source": source, **({"asr_model": asr_model} if asr else {"file": str(subtitles or transcript)})},
         "duration_s": round(duration, 3),
         "elapsed_s": round(time.perf_counter() - started, 3),

@@ -31,9 +31,9 @@ def load_model(model: str | Path | None = None) -> EmotionSentimentModel | LateF
     """A model folder (written by `emosent train` or `export`), a late-fusion folder (fusion.json),
     or the built-in model (None / "builtin"), in eval mode."""
     directory = resolve(model)
-    if (directory / FUSION_FILE).is_file():
-        return LateFusionModel.from_pretrained(directory)
-    return EmotionSentimentModel.from_pretrained(directory)
+    loaded = (LateFusionModel if (directory / FUSION_FILE).is_file() else EmotionSentimentModel).from_pretrained(directory)
+    loaded.name_or_path = model_name(model)  # how results name it (after transformers' name_or_path)
+    return loaded
 
 
 def model_name(model: str | Path | None) -> str:

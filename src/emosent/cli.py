@@ -11,7 +11,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from emosent.config import COUNT, DEFAULT_LR, DESIGN_LR_AUDIO, MODALITIES, TRAIN_CONV_LR_AUDIO, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, TrainConfig, default_of
+from emosent.config import COUNT, DEFAULT_LR, DESIGN_LR_AUDIO, MODALITIES, PORT, TRAIN_CONV_LR_AUDIO, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, ServeConfig, TrainConfig, default_of
 from emosent.encoders import FINETUNE_LR_TEXT, TEXT_ENCODERS, WeightsUnavailableError
 from emosent.files import LockedError
 from emosent.signals import received, stop_on_signals
@@ -144,6 +144,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from emosent.files import default_data_dir
+    from emosent.serve import serve
+
+    token = args.token if args.token is not None else os.environ.get("EMOSENT_TOKEN") or None
+    serve(args.model, from_options(ServeConfig, args, data_dir=args.data_dir or default_data_dir(), token=token),
+          host=args.host, port=args.port, access_log=args.access_log)
+    return 0
+
+
 def progress_printer():
     """progress(done, total) for analyze, on stderr (stdout may carry the JSON result): a progress
     bar (tqdm) on a terminal, else one line at the start and one per finished quarter."""
@@ -245,6 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=COUNT, default=8)
     p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
     p.set_defaults(run=cmd_analyze)
+
+    p = commands.add_parser("serve", help="an HTTP API and a web page for analysing videos")
+    p.add_argument("--model", type=Path, default=None, help="model directory (RUN_DIR/model); default: the built-in model")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; "
+                                                       "any other needs a token)")
+    p.add_argument("--port", type=PORT, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="jobs database, uploads in flight and results (default: the user data folder, "
+                        "~/.local/share/emosent/serve on Linux)")
+    p.add_argument("--token", default=None, help="API token: clients send 'Authorization: Bearer TOKEN' "
+                                                 "(default $EMOSENT_TOKEN; required with a --host beyond loopback)")
+    add_options(p, ServeConfig, "service")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(run=cmd_serve)
     return parser
 
 
@@ -305,6 +331,8 @@ def after_interrupt(args: argparse.Namespace) -> str:
         return f"no checkpoint had been written yet; start again with: {again}"
     if args.command == "extract":
         return "finished shards are kept in the cache; run the same command again to extract the rest"
+    if args.command == "serve":
+        return "finished results are kept; jobs that were queued or running are reported interrupted at the next start"
     return "nothing was written"
 
 

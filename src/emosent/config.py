@@ -72,6 +72,7 @@ COUNT = Number(int, 1)  # epochs, batch sizes, rows, frames, nodes
 WORKERS = Number(int, 0)
 SEED = Number(int, 0, below=MAX_SEED + 1)
 RATE = Number(float, 0, above=True)  # learning rates, seconds, decibels
+PORT = Number(int, 0, below=65536)  # TCP ports; 0 picks a free one
 
 
 def option(help: str, type: Number | None = None, choices: tuple | None = None) -> dict:
@@ -312,3 +313,27 @@ class Launch:
 
     def trainer_kwargs(self) -> dict:
         return asdict(self)
+
+
+BYTES_PER_MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`emosent serve`: where the service keeps its jobs, its limits (each an option of that name),
+    and its API token (when set, /v1 needs "Authorization: Bearer TOKEN")."""
+
+    data_dir: Path
+    max_upload_mb: float = field(default=500.0, metadata=option("largest request, video and subtitles together, in MB", RATE))
+    queue_size: int = field(default=16, metadata=option("jobs that may wait beyond those running; more are refused with 503", COUNT))
+    workers: int = field(default=1, metadata=option("analyses at once, sharing one loaded model", COUNT))
+    batch_size: int = field(default=8, metadata=option("segments per forward pass", COUNT))
+    device: str = field(default="auto", metadata=option("auto (GPU if there is one), cpu, cuda, cuda:1, ..."))
+    token: str | None = None
+
+    def __post_init__(self):
+        check_fields(self)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * BYTES_PER_MB)

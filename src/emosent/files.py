@@ -109,3 +109,9 @@ def default_cache_dir() -> Path:
     if "EMOSENT_CACHE" in os.environ:
         return Path(os.environ["EMOSENT_CACHE"])
     return platformdirs.user_cache_path("emosent")
+
+
+def default_data_dir() -> Path:
+    """Where `emosent serve` keeps its jobs and results: the platform's user data folder
+    (platformdirs: $XDG_DATA_HOME/emosent/serve or ~/.local/share/emosent/serve on Linux)."""
+    return platformdirs.user_data_path("emosent") / "serve"

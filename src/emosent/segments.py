@@ -98,7 +98,8 @@ def parse_srt(path: Path, text: str) -> list[Segment]:
     try:
         cues = list(srt.parse(text))
     except srt.SRTParseError as err:
-        raise SegmentsError(f"{path}: not a valid SRT file ({err}); expected numbered cues with "
+        line = text.count("\n", 0, err.expected_start) + 1  # where the unmatched content begins
+        raise SegmentsError(f"{path}: not a valid SRT file at line {line} ({err}); expected numbered cues with "
                             "'HH:MM:SS,mmm --> HH:MM:SS,mmm' lines") from None
     if not cues:
         raise SegmentsError(f"{path}: no subtitle cues found")

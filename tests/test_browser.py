@@ -1,0 +1,76 @@
+"""The page of emosent serve in headless Chromium (Debian's chromium and chromium-driver, driven by
+Selenium): choose a video and subtitles, upload, wait for the timeline, click an utterance, and
+the player is at its start."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving import Server, talk, tiny_model
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or not CHROMEDRIVER.exists(),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does it)")
+# the machines here have no network: no sandbox (root), nothing fetched in the background
+CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1200")
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in CHROMIUM_ARGS:
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
+
+
+def test_upload_timeline_and_click_to_seek(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    video, subtitles = talk(tmp_path / "clip")
+    server = Server(tiny_model(tmp_path / "model"), tmp_path / "data").start()
+    try:
+        browser.get(f"{server.url}/")
+        browser.find_element(By.ID, "video").send_keys(str(video))
+        browser.find_element(By.ID, "subtitles").send_keys(str(subtitles))
+        browser.find_element(By.ID, "submit").click()
+
+        segments = WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#emotion-track .seg"))
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None, browser.find_element(By.ID, "error").text
+        assert len(segments) == 2 and len(browser.find_elements(By.CSS_SELECTOR, "#sentiment-track .seg")) == 2
+        rows = browser.find_elements(By.CSS_SELECTOR, "#utterances tbody tr")
+        assert [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows] == ["I am so furious about this", "What a wonderful surprise"]
+        assert browser.find_element(By.ID, "upload-progress").get_property("value") == 1
+        assert browser.find_element(By.ID, "analysis-progress").get_property("value") == 1
+        link = browser.find_element(By.ID, "download")
+        assert link.get_attribute("href").startswith("blob:") and link.get_attribute("download") == "talk.emosent.json"
+
+        player = "return document.getElementById('player')"
+        # the player plays the chosen file: its metadata is read (a 2-second video)
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script(f"{player}.readyState") >= 1)
+        assert browser.execute_script(f"{player}.duration") == pytest.approx(2.0, abs=0.1)
+        segments[1].click()  # the second utterance starts at 1.0 s (the SRT)
+        WebDriverWait(browser, 10).until(lambda d: abs(d.execute_script(f"{player}.currentTime") - 1.0) < 0.05)
+        assert "current" in rows[1].get_attribute("class") and "current" in segments[1].get_attribute("class")
+
+        browser.set_window_size(1280, 1500)
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        browser.set_window_size(390, 1700)  # a phone's width: the page reflows, the timeline stays usable
+        browser.save_screenshot(str(tmp_path / "phone.png"))
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
+        print(f"screenshots: {tmp_path / 'page.png'}, {tmp_path / 'phone.png'}")
+    finally:
+        server.stop()
