@@ -22,13 +22,13 @@ from emosent.synthetic import write_clip
 TABLE = [[1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]]
 
 
-def fused_model(weights=(1.0, 1.0, 1.0), temperatures=(1.0, 1.0, 1.0)) -> LateFusionModel:
+def fused_model(weights=(1.0, 1.0, 1.0), temperatures=(1.0, 1.0, 1.0), rule: str = "mean") -> LateFusionModel:
     torch.manual_seed(0)
     text = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("text",), finetune_text_layers=1, pooling="mean"))
     audio = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("audio",)))
     experts = {name: Expert(w, t, name if name != "face" else None)
                for name, w, t in zip(("text", "audio", "face"), weights, temperatures)}
-    return LateFusionModel({"text": text, "audio": audio}, FusionConfig(experts, TABLE)).eval()
+    return LateFusionModel({"text": text, "audio": audio}, FusionConfig(experts, TABLE, rule)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +56,53 @@ def features(b: int = 3, seed: int = 0) -> dict:
             "audio_lengths": torch.tensor([300, 300, 0])[:b]}  # the third row has no audio
 
 
+def calibrated_parts(model: LateFusionModel, x: dict) -> list:
+    """(weight, calibrated emotion log-probs, present) per expert, computed here by hand for
+    weights (1, 0.5, 2) and temperatures (1.5, 1, 0.7)."""
+    with torch.no_grad():
+        text = model.experts["text"](text_features=x["text_features"], attention_mask=x["attention_mask"])
+        audio = model.experts["audio"](audio_features=x["audio_features"])
+    fer = x["video_features"][:, FACE_PENULTIMATE:FACE_PENULTIMATE + 7][:, FER_ORDER]
+    return [(1.0, (text.emotion_logits / 1.5).log_softmax(-1), torch.tensor([1.0, 1, 1])),
+            (0.5, audio.emotion_logits.log_softmax(-1), torch.tensor([1.0, 1, 0])),
+            (2.0, (fer / 0.7).log_softmax(-1), torch.tensor([1.0, 0, 1]))]
+
+
 def test_fused_log_probs_are_the_weighted_product_of_the_present_experts():
-    model = fused_model(weights=(1.0, 0.5, 2.0), temperatures=(1.5, 1.0, 0.7))
+    model = fused_model(weights=(1.0, 0.5, 2.0), temperatures=(1.5, 1.0, 0.7), rule="product")
     x = features()
     with torch.no_grad():
         out = model(**x)
-        text = model.experts["text"](text_features=x["text_features"], attention_mask=x["attention_mask"])
-        audio = model.experts["audio"](audio_features=x["audio_features"])
-        fer = x["video_features"][:, FACE_PENULTIMATE:FACE_PENULTIMATE + 7][:, FER_ORDER]
-    parts = [(1.0, (text.emotion_logits / 1.5).log_softmax(-1), torch.tensor([1.0, 1, 1])),
-             (0.5, audio.emotion_logits.log_softmax(-1), torch.tensor([1.0, 1, 0])),
-             (2.0, (fer / 0.7).log_softmax(-1), torch.tensor([1.0, 0, 1]))]
-    expected = sum(w * lp * present[:, None] for w, lp, present in parts).log_softmax(-1)
+    expected = sum(w * lp * present[:, None] for w, lp, present in calibrated_parts(model, x)).log_softmax(-1)
     torch.testing.assert_close(out.emotion_logits, expected)
     assert torch.allclose(out.emotion_logits.exp().sum(-1), torch.ones(3))
     assert out.experts["face"][2].tolist() == [True, False, True] and out.experts["audio"][2].tolist() == [True, True, False]
+
+
+def test_fused_probs_are_the_weighted_mean_of_the_present_experts():
+    model = fused_model(weights=(1.0, 0.5, 2.0), temperatures=(1.5, 1.0, 0.7), rule="mean")
+    x = features()
+    with torch.no_grad():
+        out = model(**x)
+    parts = calibrated_parts(model, x)
+    total = sum(w * present[:, None] for w, _, present in parts)  # (B, 1)
+    expected = sum(w * lp.exp() * present[:, None] for w, lp, present in parts) / total
+    torch.testing.assert_close(out.emotion_logits.exp(), expected)
+    # an expert sure of a class the others rule out does not veto them, as it does in a product
+    x["video_features"][:, FACE_PENULTIMATE:FACE_PENULTIMATE + 7] = -30.0
+    x["video_features"][0, FACE_PENULTIMATE + FER_CLASSES.index("happy")] = 30.0
+    with torch.no_grad():
+        mean, product = model(**x), fused_model((1.0, 0.5, 2.0), (1.5, 1.0, 0.7), "product")(**x)
+    assert mean.emotion_logits.exp()[0].max() < 0.9 and product.emotion_logits.exp()[0, EMOTIONS.index("joy")] > 0.999
+
+
+def test_an_unknown_fusion_rule_is_refused(tmp_path):
+    folder = fused_model().save_pretrained(tmp_path / "fused")
+    meta = json.loads((folder / "fusion.json").read_text())
+    meta["rule"] = "vote"
+    (folder / "fusion.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"fusion.json: fusion rule must be one of \('mean', 'product'\), got 'vote'"):
+        LateFusionModel.from_pretrained(folder)
 
 
 def test_the_face_experts_sentiment_follows_its_emotions():
@@ -88,7 +120,7 @@ def test_a_fusion_folder_round_trips(tmp_path, smiling_clip):
     model.fusion_config.card = {"summary": "a test"}
     folder = model.save_pretrained(tmp_path / "fused")
     meta = json.loads((folder / "fusion.json").read_text())
-    assert meta["experts"]["audio"] == {"weight": 0.5, "temperature": 0.9, "folder": "audio"}
+    assert meta["experts"]["audio"] == {"weight": 0.5, "temperature": 0.9, "folder": "audio"} and meta["rule"] == "mean"
     loaded = LateFusionModel.from_pretrained(folder)
     with torch.no_grad():
         a, b = model(**features()), loaded(**features())

@@ -16,8 +16,9 @@ One command: .venv/bin/python tools/build_builtin.py [--work runs/builtin] [--ou
    dev clip and a face photo of the same emotion, drawn with seeds 0-2): no real example has all
    three modalities, so this is the only joint measurement possible here, and it flatters the
    voice and face experts (each is as good as on its own data). Rules compared: text alone, the
-   product of the calibrated experts with equal weights (chosen: the rule that needs no joint
-   data to set), the mean of their probabilities, and voice/face weights 0.5 for sensitivity.
+   mean of the calibrated experts' probabilities with equal weights (chosen, see fusion.py: an
+   expert confidently wrong outside its domain cannot veto the others), their product (sharper
+   when all are in their domain, as here), and voice/face weights 0.5 for sensitivity.
 7. The fused model on RAVDESS 15-18 through the whole pipeline (voice + its spoken sentence).
 8. The folder: fusion.json, text/ and audio/ model folders, MODEL_CARD.md with the figures.
 
@@ -115,7 +116,7 @@ def fit_temperature(log_probs: dict, labels: dict) -> float:
         return value
 
     optimiser.step(loss)
-    return round(float(log_t.exp()), 4)
+    return round(float(log_t.detach().exp()), 4)
 
 
 def metrics(log_probs: dict, labels: dict) -> dict:
@@ -229,9 +230,9 @@ def main() -> int:
                     row("FER2013 network on a centre crop, no detection", centre_m),
                     row("**face expert** (detected, aligned crop)", metrics(face_lp, face_y))]))
     rules = {"text alone": {"text": 1.0},
-             "product, equal weights (chosen)": {"text": 1.0, "audio": 1.0, "face": 1.0},
-             "product, voice and face at 0.5": {"text": 1.0, "audio": 0.5, "face": 0.5},
-             "mean of probabilities": "mean"}
+             "mean of probabilities, equal weights (chosen)": "mean",
+             "product, equal weights": {"text": 1.0, "audio": 1.0, "face": 1.0},
+             "product, voice and face at 0.5": {"text": 1.0, "audio": 0.5, "face": 0.5}}
     tables.append(("Label-paired dev triples (MELD dev x RAVDESS 15-18 x photos of the same emotion; seeds 0-2)",
                    [row(name, m) for name, m in paired(calibrated, rules).items()]))
 

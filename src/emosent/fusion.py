@@ -10,9 +10,12 @@ Each modality is therefore an expert of its own:
   from its emotions through P(sentiment | emotion) counted on MELD's training split.
 
 Each expert's logits are divided by a temperature fitted on its own dev data (calibration, so
-that "0.9" means about the same from each), and the fused distribution is the weighted product of
-the experts present: log p(y) = sum_m w_m log p_m(y) + const. An expert abstains on an utterance
-whose input it lacks: no face in any sampled frame, no audio. The fused logits are log-probabilities.
+that "0.9" means about the same from each), and the fused distribution is either the weighted
+mean of the experts present, p(y) = sum_m w_m p_m(y) / sum_m w_m (rule "mean", a mixture: an
+expert that is confidently wrong outside its domain dilutes the others but cannot veto them), or
+their weighted product, log p(y) = sum_m w_m log p_m(y) + const (rule "product": sharper when
+every expert is in its domain). An expert abstains on an utterance whose input it lacks: no face
+in any sampled frame, no audio. The fused logits are log-probabilities.
 
 Letters: B batch, E experts.
 """
@@ -35,6 +38,7 @@ from emosent.processor import Processor
 
 FUSION_FILE = "fusion.json"
 FUSION_FORMAT = 1
+FUSION_RULES = ("mean", "product")
 # What each model expert's forward takes of the fused model's features (the text head needs the
 # mask where its top layers run on cached hidden states; audio_lengths 0 means no audio)
 EXPERT_INPUTS = {"text": ("text_features", "attention_mask", "token_type_ids"), "audio": ("audio_features", "audio_lengths")}
@@ -59,10 +63,15 @@ class FusionConfig:
 
     experts: dict[str, Expert]
     sentiment_given_emotion: list[list[float]] = field(default_factory=list)
+    rule: str = "mean"  # "mean" or "product" of the calibrated experts present
     card: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.rule not in FUSION_RULES:
+            raise ValueError(f"fusion rule must be one of {FUSION_RULES}, got {self.rule!r}")
+
     def to_dict(self) -> dict:
-        return {"format": FUSION_FORMAT, "experts": {k: vars(v) for k, v in self.experts.items()},
+        return {"format": FUSION_FORMAT, "experts": {k: vars(v) for k, v in self.experts.items()}, "rule": self.rule,
                 "sentiment_given_emotion": self.sentiment_given_emotion, "card": self.card}
 
 
@@ -142,13 +151,19 @@ class LateFusionModel(nn.Module):
         return out
 
     def forward(self, **features) -> EmotionSentimentOutput:
-        """Fused log-probabilities: sum over present experts of weight x calibrated log-probability."""
+        """Fused log-probabilities of the present experts' calibrated distributions: their weighted
+        mean or product (see the module's docstring)."""
         parts = self.expert_log_probs(**features)
-        emotion = sentiment = 0
-        for name, (e, s, present) in parts.items():
-            w = self.fusion_config.experts[name].weight * present.to(e.dtype)[:, None]  # (B, 1)
-            emotion, sentiment = emotion + w * e, sentiment + w * s
-        return EmotionSentimentOutput(emotion.log_softmax(-1), sentiment.log_softmax(-1), experts=parts)
+        weights = {name: self.fusion_config.experts[name].weight * present.to(e.dtype)[:, None]  # (B, 1)
+                   for name, (e, _, present) in parts.items()}
+        fused = []
+        for task in (0, 1):  # emotion, sentiment
+            if self.fusion_config.rule == "product":
+                fused.append(sum(weights[n] * parts[n][task] for n in parts).log_softmax(-1))
+            else:  # the log of sum_m w_m p_m / sum_m w_m, stably; every row has an expert present (text)
+                logs = torch.stack([parts[n][task] + weights[n].clamp(min=1e-30).log() for n in parts])  # (E, B, k)
+                fused.append((logs.logsumexp(0)).log_softmax(-1))
+        return EmotionSentimentOutput(*fused, experts=parts)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """fusion.json and one model folder per model expert (each as `save_pretrained` writes it)."""
@@ -173,9 +188,11 @@ class LateFusionModel(nn.Module):
                              "use the emosent version that wrote it")
         try:
             config = FusionConfig({k: Expert(**v) for k, v in meta["experts"].items()}, meta["sentiment_given_emotion"],
-                                  meta.get("card", {}))
+                                  meta.get("rule", "mean"), meta.get("card", {}))
         except TypeError as err:
             raise ValueError(f"{path}: an expert entry has unknown fields ({err}); restore the file") from None
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         unknown = set(config.experts) - {"text", "audio", "face"}
         if unknown or not config.experts:
             raise ValueError(f"{path}: experts must be among text, audio, face; got {sorted(config.experts)}")
