@@ -162,7 +162,9 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
         features = {}
         for modality in model.config.modalities:  # one at a time, to time each encoder
             features.update(timer.run(modality, model.encode, batch, (modality,)))
-        out = timer.run("heads", model, **features)
+        # the text head needs the token masks when its top layers run on the boundary states
+        masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+        out = timer.run("heads", model, **features, **masks)
         sees_faces = "video_features" in features and hasattr(model.video, "face")
         for j, index in enumerate(batch["index"].tolist()):
             face_share = round(float(features["video_features"][j, -1]), 3) if sees_faces else None
