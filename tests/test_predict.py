@@ -182,3 +182,35 @@ def assert_same_rows(rows: list[dict], expected: list[dict], *, exact: bool) -> 
         for key in ("emotion_probs", "sentiment_probs"):
             assert list(got[key]) == list(want[key])
             assert list(got[key].values()) == pytest.approx(list(want[key].values()), abs=1e-5)
+
+
+def test_the_faster_face_path_matches_the_reference_path():
+    """crop_faces resizes for detection in uint8 and greys only the window each crop reads; the
+    reference (the code before) resized in float and greyed whole frames. Same faces found, boxes
+    within a pixel of the reference detection, and the windowed crop equal to the whole-frame one."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+    from skimage.data import astronaut
+
+    from emosent.data import faces
+
+    frames = np.full((4, 480, 640, 3), 40, np.uint8)
+    for k in range(4):  # the face at several places, one touching the right edge (border padding)
+        x = (40, 200, 330, 400)[k]
+        frames[k, 100:340, x:x + 240] = np.asarray(Image.fromarray(astronaut()).resize((240, 240)))
+    got, mask = faces.crop_faces(frames, 0.1, 320)
+
+    small = F.interpolate(torch.as_tensor(frames, dtype=torch.float32).permute(0, 3, 1, 2), size=(240, 320), mode="bilinear",
+                          antialias=True, align_corners=False).clamp(0, 255).permute(0, 2, 3, 1)
+    boxes, probs, landmarks = faces.detector(40).detect(small, landmarks=True)
+    assert mask.all()
+    grey = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
+    found = faces.main_faces(frames, 320)
+    for k in range(4):
+        best = int(np.argmax((boxes[k][:, 2] - boxes[k][:, 0]) * (boxes[k][:, 3] - boxes[k][:, 1])))
+        assert np.abs(found[k][0] - boxes[k][best] * 2).max() < 1.0
+    theta = torch.stack([faces.face_affine(*f, 0.1, 480, 640) for f in found])
+    grid = F.affine_grid(theta, [4, 1, 128, 128], align_corners=False)
+    want = (F.avg_pool2d(F.grid_sample(grey, grid, mode="bilinear", padding_mode="border", align_corners=False), 2) / 255 - 0.5) * 2
+    assert (got - want).abs().max() < 1e-4  # the same boxes: the windowed crop is the whole-frame crop

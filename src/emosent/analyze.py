@@ -135,7 +135,7 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
     return kept, skipped
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
                      progress: Callable[[int, int], None] | None = None):
     """(emotion probs, sentiment probs, share of frames with a face or None) per segment, (None,

@@ -148,9 +148,14 @@ class FaceExpressions(nn.Module):
 
     def forward(self, faces: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
         b, t = face_mask.shape
-        crops = faces.flatten(0, 1)  # (B*T, 1, 64, 64)
-        both = torch.cat(self.network.penultimate_and_logits(torch.cat([crops, crops.flip(-1)])), 1)  # (2*B*T, 128 + 7)
-        per_frame = ((both[: b * t] + both[b * t:]) / 2).view(b, t, -1)  # (B, T, 128 + 7)
+        found = face_mask.flatten()  # only the frames with a face go through the network: the rest weigh 0
+        crops = faces.flatten(0, 1)[found]  # (N, 1, 64, 64)
+        n = len(crops)
+        per_frame = faces.new_zeros(b * t, self.width - 1)
+        if n:
+            both = torch.cat(self.network.penultimate_and_logits(torch.cat([crops, crops.flip(-1)])), 1)  # (2N, 128 + 7)
+            per_frame[found] = (both[:n] + both[n:]) / 2
+        per_frame = per_frame.view(b, t, -1)  # (B, T, 128 + 7)
         weights = face_mask.to(per_frame.dtype).unsqueeze(-1)  # (B, T, 1)
         count = weights.sum(1)  # (B, 1)
         pooled = (per_frame * weights).sum(1) / count.clamp(min=1.0)
