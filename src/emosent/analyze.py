@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -22,6 +24,7 @@ from emosent.model import EmotionSentimentModel
 from emosent.segments import Segment, read_segments, transcribe
 
 TOP_K = 3
+READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
 STAGES = ("decode", "text", "video", "audio", "heads")
 
 
@@ -148,28 +151,47 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
                for i, s in enumerate(segments)]
     processor = model.processor
     probs: list = [(None, None, None)] * len(records)
-    for first in range(0, len(records), batch_size):
-        items = [timer.run("decode", processor, records[i], i) for i in range(first, min(first + batch_size, len(records)))]
-        batch = processor.collate(items)
-        for index, reason, error in batch["skipped"]:
-            skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
-                            "text": segments[index].text, "reason": reason, "error": error})
-        if progress is not None:
-            progress(min(first + batch_size, len(records)), len(records))
-        if not batch["index"].numel():
-            continue
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        features = {}
-        for modality in model.config.modalities:  # one at a time, to time each encoder
-            features.update(timer.run(modality, model.encode, batch, (modality,)))
-        # the text head needs the token masks when its top layers run on the boundary states
-        masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
-        out = timer.run("heads", model, **features, **masks)
-        sees_faces = "video_features" in features and hasattr(model.video, "face")
-        for j, index in enumerate(batch["index"].tolist()):
-            face_share = round(float(features["video_features"][j, -1]), 3) if sees_faces else None
-            probs[index] = (out.emotion_logits[j].softmax(-1).cpu(), out.sentiment_logits[j].softmax(-1).cpu(), face_share)
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        read = read_ahead(pool, processor, records, window=2 * batch_size)
+        for first in range(0, len(records), batch_size):
+            # "decode" is the time spent waiting for read items: reading overlaps the model
+            items = timer.run("decode", lambda: [next(read) for _ in range(first, min(first + batch_size, len(records)))])
+            run_batch(model, processor.collate(items), segments, device, timer, skipped, probs)
+            if progress is not None:
+                progress(min(first + batch_size, len(records)), len(records))
     return probs
+
+
+def read_ahead(pool: ThreadPoolExecutor, processor, records: list[Utterance], window: int) -> Iterator[dict]:
+    """processor(record, i) for each record, in order, computed by the pool's threads at most
+    `window` records ahead of the consumer (PyAV, librosa and torch release the GIL)."""
+    ahead: deque = deque()
+    for i, record in enumerate(records):
+        ahead.append(pool.submit(processor, record, i))
+        if len(ahead) > window:
+            yield ahead.popleft().result()
+    while ahead:
+        yield ahead.popleft().result()
+
+
+def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer, skipped: list, probs: list) -> None:
+    """One batch through the model: its probabilities into `probs`, its unreadable items into `skipped`."""
+    for index, reason, error in batch["skipped"]:
+        skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
+                        "text": segments[index].text, "reason": reason, "error": error})
+    if not batch["index"].numel():
+        return
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    features = {}
+    for modality in model.config.modalities:  # one at a time, to time each encoder
+        features.update(timer.run(modality, model.encode, batch, (modality,)))
+    # the text head needs the token masks when its top layers run on the boundary states
+    masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+    out = timer.run("heads", model, **features, **masks)
+    sees_faces = "video_features" in features and hasattr(model.video, "face")
+    for j, index in enumerate(batch["index"].tolist()):
+        face_share = round(float(features["video_features"][j, -1]), 3) if sees_faces else None
+        probs[index] = (out.emotion_logits[j].softmax(-1).cpu(), out.sentiment_logits[j].softmax(-1).cpu(), face_share)
 
 
 def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict]:
