@@ -16,6 +16,7 @@ import torch
 
 from conftest import run_cli, solid_frames, tone
 from emosent import EmotionSentimentModel, ModelConfig
+from emosent.config import ProcessorConfig
 from emosent.cli import main
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.predict import predict, read_predictions
@@ -27,7 +28,7 @@ VIDEOS = 3
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"))
+    model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"), ProcessorConfig(num_frames=8))
     return model.save_pretrained(tmp_path_factory.mktemp("model") / "model")
 
 
@@ -82,13 +83,6 @@ def test_folder_of_videos_gives_one_row_per_utterance_in_order(reference, videos
     assert rows[1]["emotion_probs"] != rows[1 + SEGMENTS]["emotion_probs"]
 
 
-def test_batches_never_cross_shards(model_dir, videos, reference, tmp_path):
-    """Another batch size and device count may change float noise only, never a row."""
-    out = tmp_path / "p.jsonl"
-    predict(videos, out, model_dir, batch_size=1, shard_rows=2, trainer_kwargs={"accelerator": "cpu", "devices": 1})
-    assert_same_rows(read_predictions(out), reference, exact=False)
-
-
 def test_sigkill_then_rerun_continues_and_matches(model_dir, videos, reference, tmp_path):
     out = tmp_path / "predictions.jsonl"
     parts = tmp_path / "predictions.jsonl.parts"
@@ -109,9 +103,9 @@ def test_sigkill_then_rerun_continues_and_matches(model_dir, videos, reference, 
     assert f"({len(done)} shards already done" in again.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl"]
     assert_same_rows(read_predictions(out), reference, exact=True)
+    text = out.read_text()
     # finished: the same command now refuses to overwrite it
-    third = run_cli("predict", *args)
-    assert third.returncode == 2 and "already exists" in third.stderr and len(third.stderr.strip().splitlines()) == 1
+    assert main(["predict", *map(str, args)]) == 2 and out.read_text() == text
 
 
 def test_two_ddp_processes_give_the_rows_of_one(model_dir, videos, reference, tmp_path):

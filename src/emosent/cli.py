@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, choices=("train", "dev", "test"),
                    help="with a manifest folder: one split (default: every split present)")
     p.add_argument("--batch-size", type=COUNT, default=8)
-    p.add_argument("--num-workers", type=WORKERS, default=0, help="processes that decode clips beside the model")
+    p.add_argument("--num-workers", type=WORKERS, default=2,
+                   help="processes that read clips (decoding, face detection) beside the model (default 2)")
     p.add_argument("--shard-rows", type=COUNT, default=64, help="rows per shard: the unit of resuming and of splitting work")
     p.add_argument("--asr-model", default="small", help="faster-whisper model size for videos without subtitles")
     add_options(p, Launch, "devices (passed to Lightning)")

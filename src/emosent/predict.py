@@ -347,25 +347,26 @@ class PredictResult:
 def predict(
     data: str | Path,
     out: str | Path,
-    model: str | Path | None = None,
+    model: EmotionSentimentModel | str | Path | None = None,
     *,
     split: str | None = None,
     batch_size: int = 8,
-    num_workers: int = 0,
+    num_workers: int = 2,
     shard_rows: int = SHARD_ROWS,
     asr_model: str = "small",
     trainer_kwargs: dict | None = None,
 ) -> PredictResult | None:
-    """Predict every utterance of `data` into the JSON Lines file `out` (see the module's doc).
-    Returns the result on global rank 0, None on the other ranks."""
+    """Predict every utterance of `data` into the JSON Lines file `out` (see the module's doc) with
+    `model`: a model folder, a loaded model, or None for the built-in one. Returns the result on
+    global rank 0, None on the other ranks."""
     started = time.perf_counter()
     data, out = Path(data), Path(out)
-    model_dir = None if model is None else Path(model)
+    model_dir = None if model is None or isinstance(model, EmotionSentimentModel) else Path(model)
     if batch_size < 1 or shard_rows < 1:
         raise ValueError(f"--batch-size and --shard-rows must be at least 1, got {batch_size} and {shard_rows}")
     check_out(out, data, model_dir)
     shards_dir = parts_dir(out)
-    net = load_predict_model(model_dir)
+    net = model if isinstance(model, EmotionSentimentModel) else load_predict_model(model_dir)
     rows = list_rows(data, split, "text" in net.config.modalities, asr_model, shards_dir / "asr")
     shards = Shards(len(rows), shard_rows, shards_dir)
     key = fingerprint(net, rows, shard_rows)
