@@ -117,6 +117,26 @@ def test_two_ddp_processes_give_the_rows_of_one(model_dir, videos, reference, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.jsonl"]
 
 
+def test_a_bad_subtitle_file_is_a_counted_skip_and_missing_asr_one_line(model_dir, tmp_path, capsys):
+    from emosent.synthetic import write_clip
+
+    for name in ("a", "b"):
+        write_clip(tmp_path / f"{name}.mp4", duration_s=1.0, fps=25, width=160, height=120, frame_fn=solid_frames(160, 120),
+                   audio_fn=tone())
+    (tmp_path / "a.srt").write_text("1\nthis is not a cue\n")
+    (tmp_path / "b.srt").write_text("1\n00:00:00,100 --> 00:00:00,900\nhello\n")
+    result = predict(tmp_path, tmp_path / "out.jsonl", model_dir, num_workers=0, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    rows = read_predictions(tmp_path / "out.jsonl")
+    assert [r["skip"] for r in rows] == ["unreadable subtitles", None] and "a.srt" in rows[0]["error"]
+    assert result.skipped.skipped == 1
+    (tmp_path / "a.srt").unlink()  # now a video without subtitles: speech recognition, absent offline
+    capsys.readouterr()  # the library chatter of the run above
+    code = main(["predict", "--data", str(tmp_path), "--out", str(tmp_path / "again.jsonl"), "--model", str(model_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "a.mp4: no subtitles beside it" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "again.jsonl").exists() and not (tmp_path / "again.jsonl.parts").exists()
+
+
 def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     manifest = tmp_path / "rows.csv"
     manifest.write_text("path,text,start,end,emotion,sentiment\n"

@@ -116,7 +116,12 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> 
         return [Row(Utterance("", None, None, video, source=str(video)), str(video), err.reason, str(err))]
     subtitles = subtitles_of(video)
     warnings: list[str] = []
-    segments = read_segments(subtitles, warnings) if subtitles else transcribed(video, asr_model, asr_dir)
+    try:
+        segments = read_segments(subtitles, warnings) if subtitles else transcribed(video, asr_model, asr_dir)
+    except SegmentsError as err:
+        if subtitles is None:  # speech recognition is missing: no video would get segments
+            raise
+        return [Row(Utterance("", None, None, video, source=str(subtitles)), str(video), "unreadable subtitles", str(err))]
     kept, skipped = check_segments(segments, info.duration_s, needs_text, warnings)
     where = subtitles or video
     rows = [(s.start, s.end, Row(Utterance(s.text, None, None, video, s.start, s.end, f"{where} {s.start:.3f}-{s.end:.3f} s",
@@ -367,7 +372,13 @@ def predict(
     check_out(out, data, model_dir)
     shards_dir = parts_dir(out)
     net = model if isinstance(model, EmotionSentimentModel) else load_predict_model(model_dir)
-    rows = list_rows(data, split, "text" in net.config.modalities, asr_model, shards_dir / "asr")
+    existed = shards_dir.exists()
+    try:
+        rows = list_rows(data, split, "text" in net.config.modalities, asr_model, shards_dir / "asr")
+    except BaseException:
+        if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
+            shutil.rmtree(shards_dir, ignore_errors=True)
+        raise
     shards = Shards(len(rows), shard_rows, shards_dir)
     key = fingerprint(net, rows, shard_rows)
     with rank_zero_exclusive(shards_dir / LOCK_FILE, wait=False, holder=f"--out {out}"):
