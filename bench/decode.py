@@ -71,8 +71,8 @@ SAMPLE_SEED = 0
 LONG_DURATION_S = 60.0
 LONG_WIDTH_PX, LONG_HEIGHT_PX = 640, 360
 LONG_FPS = 25
-LONG_GOPS = (25, None)  # keyframe every 1 s; libx264's default (250 frames = 10 s)
-X264_DEFAULT_GOP_FRAMES = 250  # only for the case label
+LONG_GOPS = (25, 250)  # a keyframe every 1 s; every 10 s, libx264's default (written explicitly)
+X264_DEFAULT_GOP_FRAMES = 250  # for the case label
 
 PAN_PX_PER_S = 50  # the texture scrolls left at 2 px per frame
 TEXTURE_CELL_PX = 8  # the texture is random cells of this size, blurred: edges but not pure noise
@@ -148,7 +148,7 @@ def make_cases(tmp: Path) -> list[tuple[str, list[Path]]]:
     train_clips = sorted((sample_dir / MELD_SPLITS["train"][1]).glob("*.mp4"))
     cases = [(f"make_sample train ({len(train_clips)} clips, 1-4 s)", train_clips)]
     for gop in LONG_GOPS:
-        label = f"gop={gop}" if gop is not None else f"gop=default ({X264_DEFAULT_GOP_FRAMES})"
+        label = f"gop={gop}" + (" (x264's default, 10 s)" if gop == X264_DEFAULT_GOP_FRAMES else "")
         path = write_long_clip(tmp / f"long_gop{gop}.mp4", gop)
         cases.append((f"60 s 640x360 25 fps, {label}", [path]))
     return cases
@@ -215,6 +215,7 @@ def naive_load(path: Path) -> VideoAudio:
     """Decode and convert every frame to RGB, keep emosent's 16 picks; the same audio path."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # threaded decoding, as load_clip (and OpenCV's FFmpeg backend) decode
         centres = set(pick_frames([False] * stream.frames, NUM_FRAMES).tolist())  # from the header's count
         candidates, is_keyframe = {}, []
         for i, frame in enumerate(container.decode(stream)):

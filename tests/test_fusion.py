@@ -163,3 +163,20 @@ def test_an_audio_file_is_analysed_without_the_face_expert(tmp_path):
     result = analyze(voice, fused_model(), transcript=transcript)
     assert any("no video stream: the face expert abstains" in w for w in result["warnings"])
     assert set(result["utterances"][0]["experts"]) == {"text", "audio"} and "face_frames" not in result["utterances"][0]
+
+
+def test_predict_runs_a_fused_model_on_raw_inputs(tmp_path, smiling_clip):
+    from emosent.predict import predict, read_predictions
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "smile.mp4").write_bytes(smiling_clip.read_bytes())
+    (folder / "smile.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello there\n\n2\n00:00:01,000 --> 00:00:02,000\nbye now\n")
+    model = fused_model()
+    predict(folder, tmp_path / "out.jsonl", model, num_workers=0, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    rows = read_predictions(tmp_path / "out.jsonl")
+    result = analyze(folder / "smile.mp4", model)  # the same segments from the same subtitles
+    assert [r["text"] for r in rows] == [u["text"] for u in result["utterances"]] == ["hello there", "bye now"]
+    for r, u in zip(rows, result["utterances"]):
+        assert r["emotion"] == u["emotions"][0]["label"]
+        assert max(r["emotion_probs"].values()) == pytest.approx(u["emotions"][0]["confidence"], abs=1e-3)

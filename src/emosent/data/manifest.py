@@ -64,8 +64,10 @@ def with_history(utterances: list[Utterance], dialogues: list[str | None], order
     return out
 
 
-def read_manifest(path: str | Path, split: str | None = "train") -> list[Utterance]:
-    """The utterances of `split` ("train", "dev", "test"; None: every row of a single CSV)."""
+def read_manifest(path: str | Path, split: str | None = "train", *, labels: bool = True) -> list[Utterance]:
+    """The utterances of `split` ("train", "dev", "test"; None: every row of a single CSV).
+    labels=False (prediction): a user's CSV needs only `path` and `text`; an empty or absent
+    emotion/sentiment gives None, a present one must still be a known label."""
     path = Path(path)
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -75,13 +77,13 @@ def read_manifest(path: str | Path, split: str | None = "train") -> list[Utteran
         if (path / f"{split}_sent_emo.csv").is_file():
             return read_meld(path, split)
         if (path / f"{split}.csv").is_file():
-            return read_user_csv(path / f"{split}.csv", None)
+            return read_user_csv(path / f"{split}.csv", None, labels)
         raise ManifestError(
             f"{path}: no {split}_sent_emo.csv (MELD layout) or {split}.csv (your own data) in this folder"
         )
     if not path.is_file():
         raise ManifestError(f"{path}: no such file or folder")
-    return read_user_csv(path, split)
+    return read_user_csv(path, split, labels)
 
 
 def read_meld(folder: Path, split: str) -> list[Utterance]:
@@ -106,8 +108,8 @@ def read_meld(folder: Path, split: str) -> list[Utterance]:
     return with_history(utterances, [row["Dialogue_ID"].strip() for _, row in rows], order)
 
 
-def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
-    rows = read_csv(csv_path, USER_COLUMNS)
+def read_user_csv(csv_path: Path, split: str | None, labels: bool = True) -> list[Utterance]:
+    rows = read_csv(csv_path, USER_COLUMNS if labels else USER_COLUMNS[:2])
     if not rows:
         raise ManifestError(f"{csv_path}: no rows under the header; add at least one utterance")
     if split is not None:
@@ -121,7 +123,11 @@ def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
         if not rows:
             raise ManifestError(f"{csv_path}: no rows with split {split!r} (split values found: {found}); "
                                 f"use {', '.join(SPLITS)}")
-    check_labels(csv_path, rows, "emotion", "sentiment")
+    if labels:
+        check_labels(csv_path, rows, "emotion", "sentiment")
+    else:  # an unlabelled row has neither label; a given one must be known (a typo is an error)
+        check_labels(csv_path, [(line, row) for line, row in rows if label_of(row, "emotion") or label_of(row, "sentiment")],
+                     "emotion", "sentiment")
     out = []
     for line, row in rows:
         start, end = (parse_seconds(csv_path, line, row.get(col)) for col in ("start", "end"))
@@ -129,8 +135,8 @@ def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
         out.append(
             Utterance(
                 text=repair_text(row["text"]),
-                emotion=row["emotion"].strip().lower(),
-                sentiment=row["sentiment"].strip().lower(),
+                emotion=label_of(row, "emotion") or None,
+                sentiment=label_of(row, "sentiment") or None,
                 path=(csv_path.parent / media) if media else None,
                 start=start,
                 end=end,
@@ -142,6 +148,10 @@ def read_user_csv(csv_path: Path, split: str | None) -> list[Utterance]:
         return out
     order = [parse_number(csv_path, line, row["order"], "order") if row.get("order", "").strip() else 0.0 for line, row in rows]
     return with_history(out, [row["dialogue"].strip() or None for _, row in rows], order)
+
+
+def label_of(row: dict[str, str], column: str) -> str:
+    return row.get(column, "").strip().lower()
 
 
 def parse_number(csv_path: Path, line: int, value: str, column: str) -> float:
@@ -187,7 +197,7 @@ def read_csv(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[
 
 def check_labels(csv_path: Path, rows: list[tuple[int, dict[str, str]]], emotion_col: str, sentiment_col: str) -> None:
     for col, allowed in ((emotion_col, EMOTIONS), (sentiment_col, SENTIMENTS)):
-        bad = [(line, row[col]) for line, row in rows if row[col].strip().lower() not in allowed]
+        bad = [(line, row.get(col, "")) for line, row in rows if row.get(col, "").strip().lower() not in allowed]
         if bad:
             shown = ", ".join(f"line {line}: {value!r}" for line, value in bad[:MAX_REPORTED_ROWS])
             more = f" and {len(bad) - MAX_REPORTED_ROWS} more" if len(bad) > MAX_REPORTED_ROWS else ""

@@ -85,7 +85,9 @@ def load_clip(
             if "video" in modalities or "frames" in modalities:
                 if not container.streams.video:
                     raise MediaError(path, "no video stream", "use a video file, or leave out the video modality")
-                frames = read_frames(container, container.streams.video[0], start, end, settings.num_frames, path)
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads: the same frames, decoded on every core
+                frames = read_frames(container, stream, start, end, settings.num_frames, path)
                 video = transform_frames(frames, settings) if "video" in modalities else None
             if "audio" in modalities:
                 samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)

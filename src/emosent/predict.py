@@ -1,0 +1,437 @@
+"""Predict over a whole dataset: `emosent predict --data MANIFEST_OR_FOLDER --out PREDICTIONS.jsonl`.
+
+The input is a manifest (MELD layout or a user's CSV, labels optional) or a folder of videos,
+each cut into utterances by the subtitles beside it (same stem, .srt or .vtt) or, without them,
+by speech recognition. Every utterance becomes one output row, in input order: a prediction, or
+the reason it was skipped.
+
+The rows are cut into shards of `shard_rows`. Each shard is predicted on its own (its batches
+never cross a shard boundary, so a row's numbers do not depend on which process or which run
+computed it) and committed atomically as `OUT.parts/shard-NNNNN.jsonl`. Killed at any point and
+run again with the same arguments, only the missing shards are predicted; the output file is
+assembled from the shards in order, atomically, once all are there, and the parts folder is
+removed. Prediction is a Lightning predict loop: under `--devices N --strategy ddp`, torchrun or
+SLURM each rank takes every N-th pending shard (the list is broadcast from rank 0), so no row is
+lost or predicted twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from emosent.analyze import check_segments, subtitles_beside
+from emosent.builtin import load_model
+from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
+from emosent.data.manifest import SPLITS
+from emosent import features
+from emosent.features import log, rank_zero_exclusive
+from emosent.files import exclusive, write_atomically
+from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.model import EmotionSentimentModel, model_inputs
+from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, read_segments, transcribe
+from emosent.signals import raise_if_interrupted
+
+FORMAT_VERSION = 1  # bump when a row's fields or their meaning change: older parts are then refused
+SHARD_ROWS = 64
+OUTPUT_SUFFIXES = (".jsonl",)
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+META_FILE = "meta.json"
+LOCK_FILE = "lock"
+DECIMALS = 6  # probabilities are written rounded: the JSON stays short, and equal runs give equal text
+
+
+@dataclass(frozen=True)
+class Row:
+    """One output row to be: the utterance, and the reason it is skipped when that is known
+    before reading any media (a segment outside its video, a video that cannot be opened)."""
+
+    utterance: Utterance
+    file: str
+    skip: str | None = None
+    error: str | None = None
+
+
+# --- the rows -------------------------------------------------------------------------------
+
+
+def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, asr_dir: Path) -> list[Row]:
+    """Every utterance of `data`, in order: a manifest's rows, or each video's segments."""
+    if not data.exists():
+        raise ValueError(f"--data {data}: no such file or folder")
+    if data.is_file() or is_manifest_folder(data):
+        splits = [split] if split is not None or data.is_file() else [s for s in SPLITS if has_split(data, s)]
+        return [Row(u, str(u.path) if u.path is not None else "") for s in splits
+                for u in read_manifest(data, s, labels=False)]
+    if split is not None:
+        raise ValueError(f"--split {split}: {data} is a folder of videos, not a manifest with splits")
+    videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not videos:
+        raise ValueError(f"--data {data}: no manifest (train.csv, *_sent_emo.csv) and no video files "
+                         f"({', '.join(VIDEO_SUFFIXES)}) in this folder")
+    return [row for video in videos for row in video_rows(video, needs_text, asr_model, asr_dir)]
+
+
+def is_manifest_folder(folder: Path) -> bool:
+    return any(has_split(folder, s) for s in SPLITS)
+
+
+def has_split(folder: Path, split: str) -> bool:
+    return (folder / f"{split}_sent_emo.csv").is_file() or (folder / f"{split}.csv").is_file()
+
+
+def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> list[Row]:
+    """A video's segments as rows, in time order: the ones `analyze` would skip (outside the
+    video, no text) are rows with their reason; a video that cannot be opened is one row."""
+    try:
+        info = probe(video)
+    except MediaError as err:
+        return [Row(Utterance("", None, None, video, source=str(video)), str(video), err.reason, str(err))]
+    subtitles = subtitles_beside(video)
+    warnings: list[str] = []
+    try:
+        segments = read_segments(subtitles, warnings) if subtitles else transcribed(video, asr_model, asr_dir)
+    except SegmentsError as err:
+        if subtitles is None:  # speech recognition is missing: no video would get segments
+            raise
+        return [Row(Utterance("", None, None, video, source=str(subtitles)), str(video), "unreadable subtitles", str(err))]
+    kept, skipped = check_segments(segments, info.duration_s, needs_text, warnings)
+    where = subtitles or video
+    rows = [(s.start, s.end, Row(Utterance(s.text, None, None, video, s.start, s.end, f"{where} {s.start:.3f}-{s.end:.3f} s",
+                                           s.speaker, tuple((p.speaker, p.text) for p in kept[:i])), str(video)))
+            for i, s in enumerate(kept)]
+    rows += [(s["start_time"], s["end_time"],
+              Row(Utterance(s["text"], None, None, video, s["start_time"], s["end_time"], f"{where}"), str(video), s["reason"],
+                  f"{where}: segment {s['start_time']:.3f}-{s['end_time']:.3f} s: {s['reason']}")) for s in skipped]
+    return [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))]
+
+
+def transcribed(video: Path, asr_model: str, asr_dir: Path) -> list:
+    """Speech recognition of a video without subtitles, once: kept in the parts folder (a lock per
+    video, so DDP ranks and a resumed run reuse it rather than transcribe again)."""
+    from emosent.segments import Segment
+
+    stat = video.stat()
+    key = hashlib.sha256(json.dumps([str(video.resolve()), stat.st_size, stat.st_mtime_ns, asr_model]).encode()).hexdigest()[:24]
+    path = asr_dir / f"{key}.json"
+    with exclusive(asr_dir / f"{key}.lock", wait=True, holder=str(path)):
+        if not path.is_file():
+            try:
+                segments = transcribe(video, asr_model)
+            except SegmentsError as err:
+                raise SegmentsError(f"{video}: no subtitles beside it ({video.stem}.srt or .vtt) and {err}") from None
+            items = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
+            write_atomically(path, lambda tmp: tmp.write_text(json.dumps(items)))
+        items = json.loads(path.read_text())
+    return [Segment(i["start"], i["end"], i["text"]) for i in items]
+
+
+# --- what a run is, and where it stands -----------------------------------------------------
+
+
+def fingerprint(model: EmotionSentimentModel, rows: list[Row], shard_rows: int) -> str:
+    """What the output depends on: the model (config, preprocessing, every weight), the rows
+    (text, media file with its size and mtime, time range, history) and the shard size."""
+    h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "config": model.config.to_dict(), "shard_rows": shard_rows,
+                                   "processor": model.processor.fingerprint()}, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for row in rows:
+        u = row.utterance
+        stat = u.path.stat() if u.path is not None and u.path.is_file() else None
+        h.update(json.dumps([u.text, row.file, u.start, u.end, u.history, u.source, row.skip,
+                             stat and [stat.st_size, stat.st_mtime_ns]]).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Shards(features.Shards):
+    """Rows 0..total-1 cut into consecutive shards of `size` rows (as the feature cache cuts
+    them), each committed as JSON Lines in `directory`."""
+
+    directory: Path = Path()
+
+    def file(self, k: int) -> Path:
+        return self.directory / f"shard-{k:05d}.jsonl"
+
+    def pending(self) -> list[int]:
+        return [k for k in range(self.count) if not self.file(k).is_file()]
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def check_out(out: Path, data: Path, model_dir: Path | None) -> None:
+    """Before any work: --out must be a new .jsonl in an existing folder, and never an input."""
+    if out.suffix.lower() == ".parquet":
+        raise ValueError(f"--out {out}: Parquet is not supported in this version (it would need pyarrow); "
+                         "write JSON Lines: --out PREDICTIONS.jsonl")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--out {out}: name a JSON Lines file ending in .jsonl")
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; name a .jsonl file to write")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first or choose another path")
+    for name, source in (("model folder", model_dir), ("data", data)):
+        if source is not None and source.exists() and (source.is_file() and out.exists() and out.samefile(source)
+                                                       or source.is_dir() and out.resolve() == source.resolve()):
+            raise ValueError(f"--out {out}: that is the {name} being read; choose another file")
+    if out.exists() and not parts_dir(out).is_dir():
+        raise ValueError(f"--out {out}: already exists; emosent predict never overwrites a file: choose another path "
+                         "or remove it")
+
+
+def start_parts(shards: Shards, key: str, out: Path) -> None:
+    """Create the parts folder, or check that the one there belongs to this same run; remove what
+    a killed process left half-written (its temporary files)."""
+    meta_path = shards.directory / META_FILE
+    meta = {"format": FORMAT_VERSION, "fingerprint": key, "rows": shards.total, "shard_rows": shards.size}
+    if meta_path.is_file():
+        try:
+            found = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found != meta:
+            raise ValueError(f"--out {out}: {shards.directory} holds a run with other data, model or --shard-rows; "
+                             "re-run with that run's arguments to finish it, or remove the folder to start anew")
+    else:
+        write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    for stale in [*shards.directory.glob(".*.tmp"), *out.parent.glob(f".{out.name}.*.tmp")]:
+        stale.unlink(missing_ok=True)  # write_atomically's names: a commit that a kill interrupted
+
+
+# --- the Lightning loop ---------------------------------------------------------------------
+
+
+class RowDataset(Dataset):
+    """Row i -> the processor's item, or the skip already known for it."""
+
+    def __init__(self, rows: list[Row], processor):
+        self.rows, self.processor = rows, processor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        if row.skip is not None:
+            return {"index": i, "skip": row.skip, "error": row.error}
+        return self.processor(row.utterance, i)
+
+
+class ShardBatches(torch.utils.data.Sampler):
+    """Batches of at most `batch_size` rows that never cross a shard: a row is computed with the
+    same neighbours whichever rank or run takes its shard."""
+
+    def __init__(self, shards: Shards, mine: list[int], batch_size: int):
+        self.batches = [list(rows[i:i + batch_size]) for k in mine for rows in [shards.rows(k)]
+                        for i in range(0, len(rows), batch_size)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class PredictData(L.LightningDataModule):
+    """Each rank reads the rows of every world_size-th pending shard; the pending list is rank 0's."""
+
+    def __init__(self, dataset: RowDataset, shards: Shards, pending: list[int], collate, batch_size: int, num_workers: int):
+        super().__init__()
+        self.dataset, self.shards, self.pending, self.collate = dataset, shards, pending, collate
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        # A rank started later may find shards that rank 0 has since written: all follow rank 0's list.
+        pending = self.trainer.strategy.broadcast(self.pending, src=0)
+        mine = pending[self.trainer.global_rank :: self.trainer.world_size]
+        if not mine:  # more ranks than pending shards: one empty batch, since DDP forbids an empty loader
+            return DataLoader([[]], batch_size=None, collate_fn=self.collate)
+        return DataLoader(self.dataset, batch_sampler=ShardBatches(self.shards, mine, self.batch_size),
+                          collate_fn=self.collate, num_workers=self.num_workers)
+
+
+class Predictor(L.LightningModule):
+    """predict_step: a batch -> emotion (B, 7) and sentiment (B, 3) probabilities."""
+
+    def __init__(self, model: EmotionSentimentModel):
+        super().__init__()
+        self.model = model
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        out = {"index": batch["index"].tolist(), "skipped": batch["skipped"]}
+        if batch["index"].numel():
+            logits = self.model(**model_inputs(batch))
+            out["emotion"] = logits.emotion_logits.float().softmax(-1).cpu()
+            out["sentiment"] = logits.sentiment_logits.float().softmax(-1).cpu()
+        return out
+
+
+class JsonlShardWriter(BasePredictionWriter):
+    """Gathers predicted rows per shard; a complete shard is committed atomically as JSON Lines."""
+
+    def __init__(self, shards: Shards, rows: list[Row]):
+        super().__init__(write_interval="batch")
+        self.shards, self.rows = shards, rows
+        self.open: dict[int, dict[int, dict]] = {}
+        self.written = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        raise_if_interrupted()
+        for j, i in enumerate(prediction["index"]):
+            self.add(i, self.record(i, prediction["emotion"][j], prediction["sentiment"][j]))
+        for i, reason, error in prediction["skipped"]:
+            self.add(i, self.record(i, None, None, reason, error))
+        for k in [k for k, got in self.open.items() if len(got) == len(self.shards.rows(k))]:
+            got = self.open.pop(k)
+            text = "".join(json.dumps(got[i], ensure_ascii=False, allow_nan=False) + "\n" for i in self.shards.rows(k))
+            write_atomically(self.shards.file(k), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            self.written += 1
+
+    def add(self, i: int, record: dict) -> None:
+        self.open.setdefault(i // self.shards.size, {})[i] = record
+
+    def record(self, i: int, emotion, sentiment, skip: str | None = None, error: str | None = None) -> dict:
+        row, u = self.rows[i], self.rows[i].utterance
+        out = {"file": row.file, "source": u.source, "start": u.start, "end": u.end, "text": u.text}
+        if u.emotion is not None or u.sentiment is not None:
+            out.update(label_emotion=u.emotion, label_sentiment=u.sentiment)
+        if emotion is None:
+            return out | {"emotion": None, "sentiment": None, "emotion_probs": None, "sentiment_probs": None,
+                          "skip": skip, "error": error}
+        e, s = emotion.tolist(), sentiment.tolist()
+        return out | {"emotion": EMOTIONS[max(range(len(e)), key=e.__getitem__)],
+                      "sentiment": SENTIMENTS[max(range(len(s)), key=s.__getitem__)],
+                      "emotion_probs": {label: round(p, DECIMALS) for label, p in zip(EMOTIONS, e)},
+                      "sentiment_probs": {label: round(p, DECIMALS) for label, p in zip(SENTIMENTS, s)},
+                      "skip": None, "error": None}
+
+
+# --- the public function --------------------------------------------------------------------
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    rows: int
+    skipped: SkipCounter
+    shards_done_before: int
+    elapsed_s: float
+
+
+def predict(
+    data: str | Path,
+    out: str | Path,
+    model: EmotionSentimentModel | str | Path | None = None,
+    *,
+    split: str | None = None,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    shard_rows: int = SHARD_ROWS,
+    asr_model: str = PACKAGED_ASR_MODEL,
+    trainer_kwargs: dict | None = None,
+) -> PredictResult | None:
+    """Predict every utterance of `data` into the JSON Lines file `out` (see the module's doc) with
+    `model`: a model folder, a loaded model, or None for the built-in one. Returns the result on
+    global rank 0, None on the other ranks."""
+    started = time.perf_counter()
+    data, out = Path(data), Path(out)
+    model_dir = None if model is None or isinstance(model, torch.nn.Module) else Path(model)
+    if batch_size < 1 or shard_rows < 1:
+        raise ValueError(f"--batch-size and --shard-rows must be at least 1, got {batch_size} and {shard_rows}")
+    check_out(out, data, model_dir)
+    shards_dir = parts_dir(out)
+    net = model if isinstance(model, torch.nn.Module) else load_model(model_dir)  # None: the built-in model
+    existed = shards_dir.exists()
+    try:
+        rows = list_rows(data, split, "text" in net.config.modalities, asr_model, shards_dir / "asr")
+    except BaseException:
+        if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
+            shutil.rmtree(shards_dir, ignore_errors=True)
+        raise
+    shards = Shards(len(rows), shard_rows, shards_dir)
+    key = fingerprint(net, rows, shard_rows)
+    with rank_zero_exclusive(shards_dir / LOCK_FILE, wait=False, holder=f"--out {out}"):
+        if rank_zero_only.rank == 0:
+            shards_dir.mkdir(exist_ok=True)
+            start_parts(shards, key, out)
+        pending = shards.pending()
+        done_before = shards.count - len(pending)
+        if pending:
+            log(f"predicting {len(rows)} rows of {data} in {shards.count} shards of {shard_rows}"
+                + (f" ({done_before} shards already done, kept in {shards_dir})" if done_before else ""))
+            trainer = run_loop(net, rows, shards, pending, batch_size, num_workers, trainer_kwargs or {})
+            if trainer.global_rank != 0:
+                return None
+        elif rank_zero_only.rank != 0:
+            return None
+        missing = shards.pending()
+        if missing:  # a rank that failed without raising here: never assemble a partial output
+            raise RuntimeError(f"{len(missing)} shards missing in {shards_dir} after prediction; run the same command again")
+        parts = [shards.file(k) for k in range(shards.count)]
+        if not out.exists():
+            write_atomically(out, lambda tmp: concatenate(parts, tmp))
+        elif not same_bytes(out, parts):  # not the output this run assembled before it was stopped
+            raise ValueError(f"--out {out}: a file appeared there that is not this run's output; move it away and run "
+                             f"the same command again to assemble {shards_dir}")
+        skipped = count_skips(out)
+        shutil.rmtree(shards_dir)  # ours alone: meta, shards, transcripts, the lock we hold
+    log(f"{len(rows)} rows -> {out}; {skipped.summary('rows')}")
+    return PredictResult(out, len(rows), skipped, done_before, time.perf_counter() - started)
+
+
+def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> L.Trainer:
+    data = PredictData(RowDataset(rows, net.processor), shards, pending, net.processor.collate, batch_size, num_workers)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False,
+                        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
+                        callbacks=[JsonlShardWriter(shards, rows)], **trainer_kwargs)
+    trainer.predict(Predictor(net.eval()), datamodule=data, return_predictions=False)
+    trainer.strategy.barrier()  # every rank's shards are on disk before rank 0 assembles
+    return trainer
+
+
+def concatenate(paths: list[Path], target: Path) -> None:
+    with open(target, "wb") as f:
+        for path in paths:
+            with open(path, "rb") as part:
+                shutil.copyfileobj(part, f)
+
+
+def same_bytes(path: Path, parts: list[Path]) -> bool:
+    if path.stat().st_size != sum(p.stat().st_size for p in parts):
+        return False
+    with open(path, "rb") as f:
+        return all(f.read(p.stat().st_size) == p.read_bytes() for p in parts)
+
+
+def count_skips(out: Path) -> SkipCounter:
+    counter = SkipCounter()
+    with open(out, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            counter.seen += 1
+            if row["skip"] is not None:
+                counter.reasons[row["skip"]] += 1
+                if len(counter.first_errors) < 3:
+                    counter.first_errors.append(row["error"])
+    return counter
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """The rows of a predictions file, in order."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
