@@ -1,0 +1,50 @@
+"""The built-in model, out of the box: `emosent analyze VIDEO` with nothing else, offline, on real
+speech (espeak-ng), through speech recognition and the packaged late-fusion model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli, spoken_clip
+from emosent.builtin import BUILTIN_DIR, load_model
+from emosent.fusion import LateFusionModel
+
+# Clearly worded lines, each with the sentiment any reader gives it.
+LINES = ("I am so happy, this is wonderful news!", "I hate you, get out!")
+SENTIMENTS = ("positive", "negative")
+KEY_WORDS = (("happy", "wonderful", "news"), ("hate", "get", "out"))
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    return spoken_clip(tmp_path_factory.mktemp("builtin"), LINES, 0.6, 1.2, 0.6)
+
+
+def test_the_built_in_model_is_packaged_and_loads():
+    model = load_model(None)
+    assert isinstance(model, LateFusionModel) and set(model.fusion_config.experts) == {"text", "audio", "face"}
+    assert (BUILTIN_DIR / "MODEL_CARD.md").is_file()
+    listing = run_cli("analyze", "--list-models")
+    assert listing.returncode == 0 and listing.stdout.startswith("builtin (default):"), listing.stderr
+    assert "non-commercial" in listing.stdout
+
+
+def test_analyze_with_nothing_else_hears_the_words_and_their_sentiment(spoken, tmp_path):
+    clip, duration, spans = spoken
+    out = tmp_path / "result.json"
+    result = run_cli("analyze", clip, "--out", out)  # offline: conftest sets HF_HUB_OFFLINE for the child too
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["model"] == "builtin" and data["segments_from"] == {"source": "asr", "asr_model": "base"}
+    utterances = data["utterances"]
+    assert len(utterances) == len(LINES), [u["text"] for u in utterances]
+    for u, words, (voice_start, voice_end), sentiment in zip(utterances, KEY_WORDS, spans, SENTIMENTS):
+        text = u["text"].lower()
+        positions = [text.find(w) for w in words]
+        assert -1 not in positions and positions == sorted(positions), (u["text"], words)  # the words, in order
+        assert 0 <= u["start_time"] < u["end_time"] <= duration and u["source"] == "asr"
+        assert voice_start - 0.6 <= u["start_time"] and u["end_time"] <= voice_end + 0.3, (u, voice_start, voice_end)
+        assert u["sentiments"][0]["label"] == sentiment, u
+        assert u["experts"]["face"] is None  # grey frames: no face, so the face expert abstains
