@@ -138,6 +138,16 @@ def test_a_bad_subtitle_file_is_a_counted_skip_and_an_unavailable_asr_model_one_
     assert not (tmp_path / "again.jsonl").exists() and not (tmp_path / "again.jsonl.parts").exists()
 
 
+def test_parquet_holds_the_rows_of_json_lines(model_dir, videos, reference, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out.parquet"
+    predict(videos, out, model_dir, num_workers=0, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    assert pq.read_schema(out).field("emotion_probs").type.num_fields == len(EMOTIONS)  # a struct column
+    assert_same_rows(read_predictions(out), reference, exact=False)
+    assert not (tmp_path / "out.parquet.parts").exists()
+
+
 def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     manifest = tmp_path / "rows.csv"
     manifest.write_text("path,text,start,end,emotion,sentiment\n"
@@ -156,8 +166,7 @@ def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
 
 @pytest.mark.parametrize("case, expected", [
     ("exists", "already exists; emosent predict never overwrites"),
-    ("parquet", "Parquet is not supported"),
-    ("suffix", "name a JSON Lines file ending in .jsonl"),
+    ("suffix", "name a JSON Lines file ending in .jsonl, or a Parquet file ending in .parquet"),
     ("no_data", "no such file or folder"),
     ("bad_label", "unknown emotion label in 1 row(s) (line 2: 'happy')"),
     ("other_run", "holds a run with other data"),
@@ -166,8 +175,6 @@ def test_bad_input_is_one_clear_line(case, expected, model_dir, videos, tmp_path
     out, data = tmp_path / "out.jsonl", videos
     if case == "exists":
         out.write_text("my notes\n")
-    elif case == "parquet":
-        out = tmp_path / "out.parquet"
     elif case == "suffix":
         out = tmp_path / "out.json"
     elif case == "no_data":

@@ -45,7 +45,8 @@ from emosent.signals import raise_if_interrupted
 
 FORMAT_VERSION = 1  # bump when a row's fields or their meaning change: older parts are then refused
 SHARD_ROWS = 64
-OUTPUT_SUFFIXES = (".jsonl",)
+OUTPUT_SUFFIXES = (".jsonl", ".parquet")
+PARQUET_HINT = "pip install pyarrow==26.0.1 (or: pip install 'emosent[parquet]')"
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 META_FILE = "meta.json"
 LOCK_FILE = "lock"
@@ -175,14 +176,16 @@ def parts_dir(out: Path) -> Path:
 
 
 def check_out(out: Path, data: Path, model_dir: Path | None) -> None:
-    """Before any work: --out must be a new .jsonl in an existing folder, and never an input."""
-    if out.suffix.lower() == ".parquet":
-        raise ValueError(f"--out {out}: Parquet is not supported in this version (it would need pyarrow); "
-                         "write JSON Lines: --out PREDICTIONS.jsonl")
+    """Before any work: --out must be a new .jsonl or .parquet in an existing folder, and never an input."""
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--out {out}: name a JSON Lines file ending in .jsonl")
+        raise ValueError(f"--out {out}: name a JSON Lines file ending in .jsonl, or a Parquet file ending in .parquet")
+    if out.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ValueError(f"--out {out}: writing Parquet needs pyarrow: {PARQUET_HINT}; or write --out PREDICTIONS.jsonl") from None
     if out.is_dir():
-        raise ValueError(f"--out {out}: is a folder; name a .jsonl file to write")
+        raise ValueError(f"--out {out}: is a folder; name a .jsonl or .parquet file to write")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first or choose another path")
     for name, source in (("model folder", model_dir), ("data", data)):
@@ -384,8 +387,8 @@ def predict(
             raise RuntimeError(f"{len(missing)} shards missing in {shards_dir} after prediction; run the same command again")
         parts = [shards.file(k) for k in range(shards.count)]
         if not out.exists():
-            write_atomically(out, lambda tmp: concatenate(parts, tmp))
-        elif not same_bytes(out, parts):  # not the output this run assembled before it was stopped
+            write_atomically(out, lambda tmp: write_output(parts, tmp, parquet=out.suffix.lower() == ".parquet"))
+        elif not same_rows(out, parts):  # not the output this run assembled before it was stopped
             raise ValueError(f"--out {out}: a file appeared there that is not this run's output; move it away and run "
                              f"the same command again to assemble {shards_dir}")
         skipped = count_skips(out)
@@ -404,14 +407,25 @@ def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, traine
     return trainer
 
 
-def concatenate(paths: list[Path], target: Path) -> None:
+def write_output(parts: list[Path], target: Path, *, parquet: bool) -> None:
+    """The shards' rows in order: their JSON Lines concatenated, or one Parquet table (the
+    probabilities as struct columns)."""
+    if parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([row for part in parts for row in read_predictions(part)]), target)
+        return
     with open(target, "wb") as f:
-        for path in paths:
+        for path in parts:
             with open(path, "rb") as part:
                 shutil.copyfileobj(part, f)
 
 
-def same_bytes(path: Path, parts: list[Path]) -> bool:
+def same_rows(path: Path, parts: list[Path]) -> bool:
+    """Whether `path` holds exactly the shards' rows (an output assembled before a stop)."""
+    if path.suffix.lower() == ".parquet":
+        return read_predictions(path) == [row for part in parts for row in read_predictions(part)]
     if path.stat().st_size != sum(p.stat().st_size for p in parts):
         return False
     with open(path, "rb") as f:
@@ -420,18 +434,20 @@ def same_bytes(path: Path, parts: list[Path]) -> bool:
 
 def count_skips(out: Path) -> SkipCounter:
     counter = SkipCounter()
-    with open(out, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            counter.seen += 1
-            if row["skip"] is not None:
-                counter.reasons[row["skip"]] += 1
-                if len(counter.first_errors) < 3:
-                    counter.first_errors.append(row["error"])
+    for row in read_predictions(out):
+        counter.seen += 1
+        if row["skip"] is not None:
+            counter.reasons[row["skip"]] += 1
+            if len(counter.first_errors) < 3:
+                counter.first_errors.append(row["error"])
     return counter
 
 
 def read_predictions(path: str | Path) -> list[dict]:
-    """The rows of a predictions file, in order."""
+    """The rows of a predictions file (.jsonl or .parquet), in order."""
+    if Path(path).suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
