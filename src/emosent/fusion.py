@@ -92,7 +92,7 @@ class FaceExpert(nn.Module):
 
 
 class LateFusionModel(nn.Module):
-    """Experts of one modality each -> the weighted product of their calibrated distributions.
+    """Experts of one modality each -> the weighted mean (or product) of their calibrated distributions.
 
     The same interface as `EmotionSentimentModel` for analysis: `processor` (one processor that
     reads every expert's inputs, so a clip is decoded once), `encode(batch)`, and
