@@ -160,7 +160,10 @@ def test_an_audio_file_is_analysed_without_the_face_expert(tmp_path):
     voice = write_clip(tmp_path / "voice.m4a", duration_s=1.0, audio_fn=tone())
     transcript = tmp_path / "t.json"
     transcript.write_text(json.dumps([{"start": 0.0, "end": 1.0, "text": "hello there"}]))
-    result = analyze(voice, fused_model(), transcript=transcript)
+    model = fused_model()
+    model.name_or_path = "my-fusion"
+    result = analyze(voice, model, transcript=transcript)
+    assert result["model"] == "my-fusion"  # the name survives leaving the face expert out
     assert any("no video stream: the face expert abstains" in w for w in result["warnings"])
     assert set(result["utterances"][0]["experts"]) == {"text", "audio"} and "face_frames" not in result["utterances"][0]
 

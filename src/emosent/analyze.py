@@ -23,7 +23,7 @@ from emosent.files import write_atomically
 from emosent.fusion import LateFusionModel
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
-from emosent.segments import Segment, read_segments, transcribe
+from emosent.segments import PACKAGED_ASR_MODEL, Segment, read_segments, transcribe
 
 TOP_K = 3
 SUBTITLE_SUFFIXES = (".srt", ".vtt")  # looked for beside the video when no segments are given
@@ -53,7 +53,7 @@ def analyze(
     subtitles: str | Path | None = None,
     transcript: str | Path | None = None,
     asr: bool = False,
-    asr_model: str = "base",
+    asr_model: str = PACKAGED_ASR_MODEL,
     batch_size: int = 8,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
@@ -81,6 +81,7 @@ def analyze(
     if not isinstance(model, torch.nn.Module):
         model = load_model(model)
     model = model.to(device).eval()
+    name = getattr(model, "name_or_path", model.config.text_encoder)  # how the result names the model
     if isinstance(model, LateFusionModel) and "face" in model.fusion_config.experts and not info.has_video:
         model = model.without("face")
         warnings.append(f"{video}: no video stream: the face expert abstains")
@@ -101,7 +102,7 @@ def analyze(
                   for s, r in zip(kept, results) if r is not None]
     return {
         "video": str(video),
-        "model": getattr(model, "name_or_path", model.config.text_encoder),
+        "model": name,
         "segments_from": {"source": source, **({"asr_model": asr_model} if asr else {"file": str(subtitles or transcript)})},
         "duration_s": round(duration, 3),
         "elapsed_s": round(time.perf_counter() - started, 3),
