@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 from emosent.builtin import load_model
-from emosent.data import MediaError, Utterance, probe
+from emosent.data import MediaError, MediaInfo, Utterance, probe
 from emosent.files import write_atomically
 from emosent.fusion import LateFusionModel
 from emosent.labels import EMOTIONS, SENTIMENTS
@@ -82,11 +82,8 @@ def analyze(
         model = load_model(model)
     model = model.to(device).eval()
     name = getattr(model, "name_or_path", model.config.text_encoder)  # how the result names the model
-    if isinstance(model, LateFusionModel) and "face" in model.fusion_config.experts and not info.has_video:
-        model = model.without("face")
-        warnings.append(f"{video}: no video stream: the face expert abstains")
-    if "video" in model.config.modalities and not info.has_video:
-        raise MediaError(video, "no video stream", "this model reads frames; analyse a video file")
+    model, said = model_for(model, info, video)
+    warnings += said
     duration = info.duration_s
     if "audio" in model.config.modalities and not info.has_audio:
         warnings.append(f"{video}: no audio stream: the audio input is silence")
@@ -111,6 +108,16 @@ def analyze(
         "warnings": warnings,
         "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
     }
+
+
+def model_for(model, info: MediaInfo, video: Path):
+    """(the model that reads this file, warnings): a late-fusion model less its face expert where
+    the file has no video stream; a model that needs frames refuses such a file (MediaError)."""
+    if isinstance(model, LateFusionModel) and "face" in model.fusion_config.experts and not info.has_video:
+        return model.without("face"), [f"{video}: no video stream: the face expert abstains"]
+    if "video" in model.config.modalities and not info.has_video:
+        raise MediaError(video, "no video stream", "this model reads frames; analyse a video file")
+    return model, []
 
 
 def subtitles_beside(video: Path) -> Path | None:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from emosent.analyze import check_segments, subtitles_beside
 from emosent.builtin import load_model
+from emosent.encoders import weights_digest
 from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
 from emosent.data.manifest import SPLITS
 from emosent import features
@@ -146,9 +147,7 @@ def fingerprint(model: EmotionSentimentModel, rows: list[Row], shard_rows: int) 
     (text, media file with its size and mtime, time range, history) and the shard size."""
     h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "config": model.config.to_dict(), "shard_rows": shard_rows,
                                    "processor": model.processor.fingerprint()}, sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(weights_digest([model]).encode())
     for row in rows:
         u = row.utterance
         stat = u.path.stat() if u.path is not None and u.path.is_file() else None

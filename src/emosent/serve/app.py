@@ -21,9 +21,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from emosent.analyze import model_for
 from emosent.config import ServeConfig
 from emosent.data import MediaError, probe
-from emosent.fusion import LateFusionModel
 from emosent.plots import EMOTION_COLOURS, SENTIMENT_COLOURS, timeline_png
 from emosent.segments import ASR_HINT, read_segments
 from emosent.serve.jobs import DONE, FAILED, Job, JobStore, is_job_id, new_job_id
@@ -202,9 +202,10 @@ def check_inputs(upload: Upload, model, asr_available: bool) -> str:
         info = probe(video)
     except MediaError as err:
         raise UploadError(415, f"video {upload.public(str(err))}; send a video file (mp4, mkv, webm, mov, ...)") from None
-    # a late-fusion model analyses sound alone (its face expert abstains), as analyze does
-    if "video" in model.config.modalities and not isinstance(model, LateFusionModel) and not info.has_video:
-        raise UploadError(422, f"video {name}: no video stream; this model reads frames: send a video file")
+    try:  # analyze's own rule: a late-fusion model reads sound alone (its face expert abstains)
+        model_for(model, info, Path(name))
+    except MediaError:
+        raise UploadError(422, f"video {name}: no video stream; this model reads frames: send a video file") from None
     for field in ("subtitles", "transcript"):
         if field in upload.files:
             try:
