@@ -63,15 +63,20 @@ def _load_hub_bert() -> tuple[PreTrainedModel, object]:
         return BertModel.from_pretrained(name, local_files_only=True), AutoTokenizer.from_pretrained(name, local_files_only=True)
     except OSError:
         pass
-    # Offline, huggingface_hub retries for ~20 s before giving up; a failed DNS lookup fails at once.
     try:
-        socket.getaddrinfo(urlparse(hf_constants.ENDPOINT).hostname, 443)
+        resolve_hub()
         return BertModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
     except OSError as err:  # socket.gaierror, and transformers' OSError for an offline / unreachable hub
         raise WeightsUnavailableError(
             f"could not load text encoder {name!r} from the Hugging Face Hub ({err.__class__.__name__}); "
             f"it needs internet once (then the HF cache). {OFFLINE_TEXT_CHOICES}"
         ) from None
+
+
+def resolve_hub() -> None:
+    """Look up the Hugging Face Hub's address (socket.gaierror, an OSError, when offline): offline,
+    huggingface_hub retries for ~20 s before giving up, and a failed DNS lookup fails at once."""
+    socket.getaddrinfo(urlparse(hf_constants.ENDPOINT).hostname, 443)
 
 
 def _minilm_dir() -> Path:

@@ -6,22 +6,19 @@ from __future__ import annotations
 import html
 import json
 import re
-import socket
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
-from urllib.parse import urlparse
 
 import srt
 import webvtt
-from huggingface_hub import constants as hf_constants
 from pydantic import BaseModel, ConfigDict, Field
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
 from emosent.config import validated
 from emosent.data import MediaError, probe
-from emosent.encoders import WeightsUnavailableError, load_whisper_base
+from emosent.encoders import WeightsUnavailableError, load_whisper_base, resolve_hub
 
 ASR_HINT = ("faster-whisper is one of emosent's dependencies: reinstall it with pip install faster-whisper==1.2.1 "
             "(or: pip install 'emosent[asr]')")
@@ -197,8 +194,7 @@ def load_asr_model(name: str, device: str = "auto"):
                 return WhisperModel(name, device=device, local_files_only=True)
             except Exception:  # noqa: BLE001  (huggingface_hub raises several kinds; a download is tried below)
                 pass
-            # Offline, huggingface_hub retries for ~20 s before giving up; a failed DNS lookup fails at once.
-            socket.getaddrinfo(urlparse(hf_constants.ENDPOINT).hostname, 443)
+            resolve_hub()  # offline: fails at once rather than after the Hub's retries
         return WhisperModel(name, device=device)
     except Exception as err:  # noqa: BLE001  (the Hub, CTranslate2 and the folder's files each raise their own)
         reason = (str(err).splitlines() or [""])[0][:160]
