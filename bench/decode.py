@@ -3,15 +3,16 @@
 Compared, in the same run and on the same files:
 
 * emosent: `emosent.data.media.load_clip`. It demuxes the packets once to learn every frame's
-  timestamp and which frames are keyframes, picks 16 frames (one per equal bin of the clip: the
-  bin's keyframe nearest its centre when it holds one, else its centre frame), then decodes only
-  the groups of pictures (GOPs) that hold a pick, each from its keyframe up to its last pick, and
+  timestamp and which frames are keyframes, picks 16 frames (`pick_frames`: one per equal bin of
+  the clip, the fewest frames to decode, then the nearest the bins' centres), then decodes only
+  the groups of pictures (GOPs) that hold a pick, each from its keyframe up to its last pick,
+  the GOPs shared out over the cores, unwanted non-reference frames (B-frames) skipped, and
   converts only the 16 picks to RGB. Its frame-index cache is cleared before every load, so
   each load pays the demux, as a training epoch over many files does.
 * naive: what a plain OpenCV loop (`while cap.read(): ...`) does: decode EVERY video frame and
   convert each one to an RGB array, then keep the 16 it needs. It picks them with emosent's own
   rule (`pick_frames`, fed the decoded frames' keyframe flags) and keeps only the candidates (bin
-  centres and keyframes) rather than a list of every frame, a slightly kinder baseline. Its
+  centres, bin starts and keyframes) rather than a list of every frame, a slightly kinder baseline. Its
   transforms and audio path are emosent's own too (`transform_frames`, `read_audio`, `log_mel`),
   so the two differ only in how they reach the frames.
 
@@ -24,11 +25,13 @@ H.264 + AAC clip (a panning texture, a moving disc and grain, so the encoder wri
 P-frames) at two keyframe intervals. The interval decides what seeking can save: a pick costs
 the decoding of its GOP from the keyframe up to it, one frame when it is a keyframe. With gop=25
 (1 s, typical of phone/camera recordings and streaming encodes) every bin of the 60 s clip holds
-keyframes; with libx264's default (250 frames = 10 s) most bins hold none, and their centre frames
-need most of their GOPs decoded. The table gives how many frames each pipeline decodes.
+keyframes; with libx264's default (250 frames = 10 s) most bins hold none, and their GOPs must be
+decoded up to the GOP's last pick. The table gives how many frames each pipeline decodes.
 
-Note: `write_clip` encodes with x264's `ultrafast` preset, which writes no B-frames and uses
-CAVLC, so these streams are cheaper to decode per frame than typical camera or web video.
+`write_clip` encodes with x264's `ultrafast` preset by default: no B-frames, CAVLC, no
+deblocking, so every frame is a reference frame and cheap to decode. The last case is written
+with x264's defaults throughout (preset medium: B-frames, CABAC, deblocking, a keyframe every 250
+frames), what `ffmpeg -i in.mov out.mp4` writes and most web video resembles.
 
 Run: .venv/bin/python bench/decode.py [--quick]
 """
@@ -71,7 +74,10 @@ SAMPLE_SEED = 0
 LONG_DURATION_S = 60.0
 LONG_WIDTH_PX, LONG_HEIGHT_PX = 640, 360
 LONG_FPS = 25
-LONG_GOPS = (25, 250)  # a keyframe every 1 s; every 10 s, libx264's default (written explicitly)
+# (keyframe interval, x264 preset): a keyframe every 1 s; every 10 s, libx264's default (written
+# explicitly); and x264's defaults throughout (preset medium: B-frames, CABAC, deblocking), what
+# `ffmpeg -i in out.mp4` writes
+LONG_CASES = ((25, "ultrafast"), (250, "ultrafast"), (250, "medium"))
 X264_DEFAULT_GOP_FRAMES = 250  # for the case label
 
 PAN_PX_PER_S = 50  # the texture scrolls left at 2 px per frame
@@ -147,14 +153,14 @@ def make_cases(tmp: Path) -> list[tuple[str, list[Path]]]:
     sample_dir = make_sample(tmp / "sample", n_per_class=SAMPLE_PER_CLASS, seed=SAMPLE_SEED)
     train_clips = sorted((sample_dir / MELD_SPLITS["train"][1]).glob("*.mp4"))
     cases = [(f"make_sample train ({len(train_clips)} clips, 1-4 s)", train_clips)]
-    for gop in LONG_GOPS:
+    for gop, preset in LONG_CASES:
         label = f"gop={gop}" + (" (x264's default, 10 s)" if gop == X264_DEFAULT_GOP_FRAMES else "")
-        path = write_long_clip(tmp / f"long_gop{gop}.mp4", gop)
-        cases.append((f"60 s 640x360 25 fps, {label}", [path]))
+        path = write_long_clip(tmp / f"long_gop{gop}_{preset}.mp4", gop, preset)
+        cases.append((f"60 s 640x360 25 fps, {label}, {preset}", [path]))
     return cases
 
 
-def write_long_clip(path: Path, gop: int | None) -> Path:
+def write_long_clip(path: Path, gop: int | None, preset: str = "ultrafast") -> Path:
     return write_clip(
         path,
         duration_s=LONG_DURATION_S,
@@ -164,6 +170,7 @@ def write_long_clip(path: Path, gop: int | None) -> Path:
         frame_fn=moving_scene(LONG_WIDTH_PX, LONG_HEIGHT_PX, np.random.default_rng(SAMPLE_SEED)),
         audio_fn=tone_with_noise,
         gop=gop,
+        preset=preset,
     )
 
 
@@ -216,12 +223,13 @@ def naive_load(path: Path) -> VideoAudio:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # threaded decoding, as load_clip (and OpenCV's FFmpeg backend) decode
-        centres = set(pick_frames([False] * stream.frames, NUM_FRAMES).tolist())  # from the header's count
+        edges = np.arange(NUM_FRAMES + 1) * stream.frames / NUM_FRAMES  # bins, from the header's count
+        kept = set(edges.astype(int).tolist()) | set(((edges[:-1] + edges[1:]) / 2).astype(int).tolist())
         candidates, is_keyframe = {}, []
         for i, frame in enumerate(container.decode(stream)):
             rgb = frame.to_ndarray(format="rgb24")  # paid for every frame, as cap.read() does
             is_keyframe.append(frame.key_frame)
-            if frame.key_frame or i in centres:
+            if frame.key_frame or i in kept:
                 candidates[i] = rgb
         picks = pick_frames(is_keyframe, NUM_FRAMES)
         video = transform_frames(np.stack([candidates[i] for i in picks]))
@@ -230,12 +238,19 @@ def naive_load(path: Path) -> VideoAudio:
 
 
 def frames_decoded(path: Path) -> tuple[int, int]:
-    """(frames load_clip decodes: per GOP holding a pick, its keyframe up to its last pick;
-    frames the naive loop decodes: all of them), from the packet index."""
+    """(frames load_clip decodes: per GOP holding a pick, its frames from the keyframe up to its
+    last pick that are picks or reference frames; frames the naive loop decodes: all of them)."""
     index = frame_index(path)
     is_keyframe = [key for _, key in index]
-    groups = gop_groups(np.flatnonzero(is_keyframe), pick_frames(is_keyframe, NUM_FRAMES).tolist())
-    return sum(picks[-1] - start + 1 for start, picks in groups.items()), len(index)
+    picks = pick_frames(is_keyframe, NUM_FRAMES).tolist()
+    with av.open(str(path)) as container:  # the decoder outputs only reference frames when told to skip the rest
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        is_reference = {frame.pts for frame in container.decode(stream)}
+    decoded = 0
+    for start, group in gop_groups(np.flatnonzero(is_keyframe), picks).items():
+        decoded += sum(i in group or index[i][0] in is_reference for i in range(start, group[-1] + 1))
+    return decoded, len(index)
 
 
 def audio_only(path: Path) -> None:

@@ -99,9 +99,25 @@ def test_pick_frames_prefers_a_keyframe_inside_each_bin():
     picks = pick_frames(keyframes, 16)
     assert all(keyframes[p] for p in picks)  # every bin of 93.75 frames holds a keyframe
     assert all(int(k * 1500 / 16) <= p < int((k + 1) * 1500 / 16) for k, p in enumerate(picks))
-    only_first = [i == 0 for i in range(48)]
-    assert pick_frames(only_first, 16).tolist() == [0] + [int((k + 0.5) * 3) for k in range(1, 16)]
+    only_first = [i == 0 for i in range(48)]  # one GOP: centres, but the last pick at its bin's start
+    assert pick_frames(only_first, 16).tolist() == [0] + [int((k + 0.5) * 3) for k in range(1, 15)] + [45]
     assert pick_frames([True] * 4, 16).tolist() == [int((k + 0.5) / 4) for k in range(16)]  # repeats
+
+
+def test_pick_frames_on_long_gops_decode_less_than_centres():
+    keyframes = [i % 250 == 0 for i in range(1500)]  # x264's default: a keyframe every 10 s at 25 fps
+    picks = pick_frames(keyframes, 16)
+    edges = [int(k * 1500 / 16) for k in range(17)]
+    assert all(edges[k] <= p < edges[k + 1] for k, p in enumerate(picks))  # still one pick per bin
+    assert [p for p in picks if keyframes[p]] == [0, 250, 500, 750, 1000, 1250]
+
+    def decoded(chosen):  # each GOP from its keyframe up to its last pick
+        return sum(max(p for p in chosen if p // 250 == g) - 250 * g + 1 for g in {p // 250 for p in chosen})
+
+    centres = [k if keyframes[k] else c for k, c in zip(picks, (np.arange(16) + 0.5) * 1500 // 16)]
+    assert decoded(picks) == 754 and decoded([int(c) for c in centres]) == 1034
+    # the GOP's last pick, in a bin before a keyframe's bin, is its bin's first frame; others are centres
+    assert picks[1] == edges[1] and picks[4] == edges[4] and picks[3] == int(3.5 * 1500 / 16)
 
 
 def test_rgb_channel_order(tmp_path):
@@ -182,13 +198,28 @@ def test_audio_files_are_read_by_pyav(tmp_path):
     assert torch.count_nonzero(clip.audio[0, :, 80]) > 0 and torch.count_nonzero(clip.audio[0, :, 100]) == 0
 
 
-def test_seek_decoding_matches_decoding_every_frame(tmp_path):
+@pytest.mark.parametrize("cores", [1, 3])  # one threaded decoder; the GOPs shared out over three decoders
+def test_seek_decoding_matches_decoding_every_frame(tmp_path, monkeypatch, cores):
+    from emosent.data import media
     from emosent.synthetic import write_clip
 
-    # frames with B-frames and a short GOP, so that seeking is exercised
+    monkeypatch.setattr(media, "usable_cores", lambda: cores)
+
+    def no_fallback(*args):
+        raise AssertionError("a wanted frame was not decoded where seeking put it (skipped?)")
+
+    monkeypatch.setattr(media, "nearest_frames", no_fallback)
+
+    # x264's default preset writes B-frames (unwanted ones are skipped); a short GOP, so that
+    # seeking, and decoding GOPs on several decoders, are exercised
     path = write_clip(tmp_path / "gop.mp4", duration_s=4.0, fps=25, width=160, height=120,
-                      frame_fn=lambda i, t: np.full((120, 160, 3), (8 * i) % 256, np.uint8), gop=12)
+                      frame_fn=lambda i, t: np.full((120, 160, 3), (8 * i) % 256, np.uint8), gop=12, preset="medium")
     with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        assert sum(1 for _ in c.decode(stream)) < 100  # some of the 100 frames are non-reference B-frames
+    with av.open(str(path)) as c:
+        c.streams.video[0].thread_type = "AUTO"  # as load_clip decodes
         sought = read_frames(c, c.streams.video[0], None, None, 16, path)
     with av.open(str(path)) as c:
         decoded = [(f.to_ndarray(format="rgb24"), f.key_frame) for f in c.decode(video=0)]

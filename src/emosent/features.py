@@ -36,7 +36,7 @@ from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
 from emosent.signals import raise_if_interrupted
 
-FORMAT_VERSION = 3  # bump when the stored layout or the preprocessing code changes meaning
+FORMAT_VERSION = 4  # bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
 META_FILE = "meta.json"
 # Outputs stored per row with their own length (concatenated, with a "<name>.lengths" tensor):

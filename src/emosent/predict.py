@@ -44,7 +44,7 @@ from emosent.model import EmotionSentimentModel, model_inputs
 from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, read_segments, transcribe
 from emosent.signals import raise_if_interrupted
 
-FORMAT_VERSION = 1  # bump when a row's fields or their meaning change: older parts are then refused
+FORMAT_VERSION = 2  # bump when a row's fields or their meaning change: older parts are then refused
 SHARD_ROWS = 64
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 PARQUET_HINT = "pip install pyarrow==26.0.1 (or: pip install 'emosent[parquet]')"

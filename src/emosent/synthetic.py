@@ -207,6 +207,7 @@ def write_clip(
     audio_fn: AudioFn | None = None,
     sample_rate_hz: int = SAMPLE_RATE_HZ,
     gop: int | None = None,
+    preset: str = "ultrafast",
 ) -> Path:
     """Write an mp4 with an H.264 video and/or a mono AAC audio stream.
 
@@ -215,6 +216,8 @@ def write_clip(
     to mono float32 samples in [-1, 1]. A ``None`` callback means the file has
     no stream of that kind. The video has ``round(duration_s * fps)`` frames,
     possibly 0 (an empty video stream). ``gop`` sets the keyframe interval.
+    ``preset`` is x264's: "ultrafast" (no B-frames, no CABAC, no deblocking) keeps clips cheap to
+    write; "medium", x264's default, writes B-frames as most encoded video has them.
     """
     if frame_fn is None and audio_fn is None:
         raise ValueError("write_clip needs frame_fn, audio_fn or both")
@@ -234,7 +237,7 @@ def write_clip(
     options = {"movflags": "empty_moov"} if has_empty_stream else {}
 
     with av.open(str(path), mode="w", format="mp4", options=options) as container:
-        video = _add_video_stream(container, rate, width, height, gop) if frame_fn is not None else None
+        video = _add_video_stream(container, rate, width, height, gop, preset) if frame_fn is not None else None
         audio = _add_audio_stream(container, sample_rate_hz) if audio_fn is not None else None
         # Opens the encoders, so the AAC frame size is known below.
         container.start_encoding()
@@ -251,7 +254,7 @@ def write_clip(
 
 
 def _add_video_stream(
-    container: av.container.OutputContainer, rate: Fraction, width: int, height: int, gop: int | None
+    container: av.container.OutputContainer, rate: Fraction, width: int, height: int, gop: int | None, preset: str
 ) -> av.VideoStream:
     stream = container.add_stream("libx264", rate=rate)
     stream.width = width
@@ -260,10 +263,9 @@ def _add_video_stream(
     stream.codec_context.time_base = 1 / rate
     if gop is not None:
         stream.codec_context.gop_size = gop
-    # ultrafast keeps synthetic clips cheap; one thread makes x264's output
-    # independent of the machine's core count (auto threading changes the
-    # bitstream), which keeps make_sample reproducible.
-    stream.codec_context.options = {"preset": "ultrafast"}
+    # one thread makes x264's output independent of the machine's core count
+    # (auto threading changes the bitstream), which keeps make_sample reproducible.
+    stream.codec_context.options = {"preset": preset}
     stream.codec_context.thread_count = 1
     return stream
 
