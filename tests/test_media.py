@@ -61,6 +61,15 @@ def test_time_window_reads_only_that_window(clips):
     assert np.abs(np.array(got) - expected).max() <= 3, (got, expected)
 
 
+@pytest.mark.parametrize("start, end", [(2.5, 3.5), (2.0, 2.5), (-1.0, 0.0)])
+def test_a_time_range_outside_the_file_is_an_error_not_its_last_frame(clips, start, end):
+    # the clip is 2 s long; a manifest row past its end must be a counted skip, not a prediction
+    with pytest.raises(MediaError, match="time range outside the file") as err:
+        load_clip(clips["normal"], start=start, end=end)
+    assert err.value.reason == "time range outside the file" and "2.0" in str(err.value)
+    assert load_clip(clips["normal"], start=1.9, end=2.5).video.shape == VIDEO_SHAPE  # overlapping the end: read
+
+
 def test_segments_of_one_file_demux_it_once_until_it_changes(tmp_path):
     from emosent.data.media import demux_index
     from emosent.synthetic import write_clip

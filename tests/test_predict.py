@@ -153,15 +153,17 @@ def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     manifest.write_text("path,text,start,end,emotion,sentiment\n"
                         f"{videos}/talk0.mp4,hello there,0.1,0.9,,\n"
                         f"{videos}/talk1.mp4,labelled too,0.5,2.0,Joy,positive\n"
-                        f"{videos}/missing.mp4,no such clip,,,,\n")
+                        f"{videos}/missing.mp4,no such clip,,,,\n"
+                        f"{videos}/talk2.mp4,after the end,5.0,6.0,,\n")  # the video is 3 s long
     out = tmp_path / "out.jsonl"
     result = predict(manifest, out, model_dir, trainer_kwargs={"accelerator": "cpu", "devices": 1})
     rows = read_predictions(out)
-    assert [r["source"] for r in rows] == [f"{manifest}:{line}" for line in (2, 3, 4)]
+    assert [r["source"] for r in rows] == [f"{manifest}:{line}" for line in (2, 3, 4, 5)]
     assert rows[0]["emotion"] in EMOTIONS and "label_emotion" not in rows[0]
     assert (rows[1]["label_emotion"], rows[1]["label_sentiment"]) == ("joy", "positive")
     assert rows[2]["skip"] == "file not found" and "missing.mp4" in rows[2]["error"]
-    assert result.skipped.summary("rows").startswith("skipped 1 of 3 rows: 1 file not found")
+    assert rows[3]["skip"] == "time range outside the file" and "3.00 s long" in rows[3]["error"]
+    assert result.skipped.summary("rows").startswith("skipped 2 of 4 rows: 1 file not found, 1 time range outside the file")
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path,
                    help="a manifest (MELD-layout folder, folder with train/dev/test.csv, or a CSV; labels optional) or a "
                         "folder of videos (segments from NAME.srt / NAME.vtt beside each, else speech recognition)")
-    p.add_argument("--out", required=True, type=Path, help="predictions, JSON Lines (.jsonl); never overwritten")
+    p.add_argument("--out", required=True, type=Path, help="predictions: JSON Lines (.jsonl) or Parquet (.parquet, needs pyarrow); never overwritten")
     p.add_argument("--model", type=Path, default=None, help="model directory (RUN_DIR/model); default: the built-in model")
     p.add_argument("--split", default=None, choices=("train", "dev", "test"),
                    help="with a manifest folder: one split (default: every split present)")

@@ -83,6 +83,10 @@ def load_clip(
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             duration_s = container_duration(container)
+            if duration_s > 0 and ((start is not None and start >= duration_s) or (end is not None and end <= 0)):
+                # else the video would give its last frame and the audio silence: a wrong prediction, not a skip
+                raise MediaError(path, "time range outside the file",
+                                 f"[{start}, {end}] s; the file is {duration_s:.2f} s long: check the row's start and end")
             video = audio = frames = None
             audio_frames = 0
             has_audio = bool(container.streams.audio)
