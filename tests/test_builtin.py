@@ -48,3 +48,31 @@ def test_analyze_with_nothing_else_hears_the_words_and_their_sentiment(spoken, t
         assert voice_start - 0.6 <= u["start_time"] and u["end_time"] <= voice_end + 0.3, (u, voice_start, voice_end)
         assert u["sentiments"][0]["label"] == sentiment, u
         assert u["experts"]["face"] is None  # grey frames: no face, so the face expert abstains
+
+
+def test_predict_reads_a_call_recording_as_analyze_does(tmp_path):
+    """A folder holding an audio-only recording (a call) with its subtitles: `predict` with the
+    built-in model gives its utterances, the face expert abstaining, with analyze's numbers."""
+    import shutil
+
+    from conftest import speak
+    from emosent.analyze import analyze
+    from emosent.labels import EMOTIONS, SENTIMENTS
+    from emosent.predict import predict, read_predictions
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does it)")
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    samples, rate = speak(LINES[1], calls / "call.wav")
+    end = len(samples) / rate
+    (calls / "call.srt").write_text(f"1\n00:00:00,000 --> 00:00:{end:06.3f}\n{LINES[1]}\n".replace(".", ",", 1))
+    model = load_model(None)
+    predict(calls, tmp_path / "out.jsonl", model, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    (row,) = read_predictions(tmp_path / "out.jsonl")
+    assert row["skip"] is None and row["file"].endswith("call.wav") and row["sentiment"] == "negative", row
+    (utterance,) = analyze(calls / "call.wav", model)["utterances"]  # analyze leaves the face expert out
+    for task, labels in (("emotions", EMOTIONS), ("sentiments", SENTIMENTS)):
+        for top in utterance[task]:
+            assert top["label"] in labels
+            assert abs(row[f"{task[:-1]}_probs"][top["label"]] - top["confidence"]) < 2e-4, (task, top, row)

@@ -283,11 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(run=cmd_serve)
 
-    p = commands.add_parser("predict", help="emotion and sentiment for every utterance of a dataset or a folder of videos; "
+    p = commands.add_parser("predict", help="emotion and sentiment for every utterance of a dataset or a folder of videos or recordings; "
                                             "resumable, multi-process")
     p.add_argument("--data", required=True, type=Path,
                    help="a manifest (MELD-layout folder, folder with train/dev/test.csv, or a CSV; labels optional) or a "
-                        "folder of videos (segments from NAME.srt / NAME.vtt beside each, else speech recognition)")
+                        "folder of videos or audio recordings (segments from NAME.srt / NAME.vtt beside each, else speech recognition)")
     p.add_argument("--out", required=True, type=Path, help="predictions: JSON Lines (.jsonl) or Parquet (.parquet, needs pyarrow); never overwritten")
     p.add_argument("--model", type=Path, default=None, help="model directory (RUN_DIR/model); default: the built-in model")
     p.add_argument("--split", default=None, choices=("train", "dev", "test"),

@@ -114,7 +114,8 @@ class LateFusionModel(nn.Module):
             text_encoder=text.config.text_encoder if text else "minilm", modalities=modalities, video_encoder="face",
             audio_encoder=audio.config.audio_encoder if audio else "cnn", video_weights="none")
         self.processor = Processor(next(iter(settings.values())) if settings else ProcessorConfig(),
-                                   modalities, text.tokenizer if text else None, "face", self.config.audio_encoder)
+                                   modalities, text.tokenizer if text else None, "face", self.config.audio_encoder,
+                                   faces_optional=True)  # the face expert abstains on a file without video
 
     def without(self, name: str) -> LateFusionModel:
         """The same model less one expert (sharing its modules): e.g. without "face" for audio files."""

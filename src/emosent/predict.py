@@ -49,6 +49,9 @@ SHARD_ROWS = 64
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 PARQUET_HINT = "pip install pyarrow==26.0.1 (or: pip install 'emosent[parquet]')"
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+# recordings without video (calls, interviews): the built-in model's face expert abstains on them;
+# a model that reads frames skips their rows ("no video stream")
+AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus", ".aac")
 META_FILE = "meta.json"
 LOCK_FILE = "lock"
 DECIMALS = 6  # probabilities are written rounded: the JSON stays short, and equal runs give equal text
@@ -78,10 +81,11 @@ def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, a
                 for u in read_manifest(data, s, labels=False)]
     if split is not None:
         raise ValueError(f"--split {split}: {data} is a folder of videos, not a manifest with splits")
-    videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    suffixes = VIDEO_SUFFIXES + AUDIO_SUFFIXES
+    videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
     if not videos:
-        raise ValueError(f"--data {data}: no manifest (train.csv, *_sent_emo.csv) and no video files "
-                         f"({', '.join(VIDEO_SUFFIXES)}) in this folder")
+        raise ValueError(f"--data {data}: no manifest (train.csv, *_sent_emo.csv) and no video or audio files "
+                         f"({', '.join(suffixes)}) in this folder")
     return [row for video in videos for row in video_rows(video, needs_text, asr_model, asr_dir)]
 
 

@@ -17,7 +17,7 @@ import torch
 
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
-from emosent.data.faces import crop_faces
+from emosent.data.faces import FACE_SIZE, crop_faces
 from emosent.data.media import MEDIA_MODALITIES, WHISPER_MELS, MediaError, load_clip, whisper_frames
 from emosent.labels import EMOTIONS, SENTIMENTS
 
@@ -35,13 +35,16 @@ class Processor:
     """
 
     def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None, video_encoder: str = "r3d18",
-                 audio_encoder: str = "cnn"):
+                 audio_encoder: str = "cnn", faces_optional: bool = False):
         if not modalities:
             raise ValueError("modalities must be a non-empty subset of ('text', 'video', 'audio')")
         if "text" in modalities and tokenizer is None:
             raise ValueError("a processor for text needs the text encoder's tokenizer")
         self.config, self.modalities, self.tokenizer = config, tuple(modalities), tokenizer
         self.video_encoder, self.audio_encoder = video_encoder, audio_encoder
+        # a model whose face reader abstains without faces (late fusion) reads a file without a
+        # video stream (a call recording) as one in which no face was seen
+        self.faces_optional = faces_optional and video_encoder == "face"
         if audio_encoder == "whisper-base" and "audio" in modalities and config.sample_rate_hz != 16_000:
             raise ValueError(f"--audio-encoder whisper-base reads 16 kHz audio: leave --sample-rate-hz at 16000, "
                              f"not {config.sample_rate_hz}")
@@ -66,15 +69,26 @@ class Processor:
             if u.path is None:
                 return {"index": index, "skip": "no media path", "error": f"{u.source}: no media file given"}
             try:
-                clip = load_clip(u.path, u.start, u.end, modalities=self.media, settings=self.config)
+                clip = self.load(u)
             except MediaError as err:
                 return {"index": index, "skip": err.reason, "error": f"{u.source}: {err}"}
             item.update({m: getattr(clip, m) for m in self.media if m not in ("frames", "whisper")})
             if clip.frames is not None:
                 item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
+            elif "frames" in self.media:  # no video stream, and faces are optional: no face seen
+                item["faces"] = torch.zeros(self.config.num_frames, 1, FACE_SIZE, FACE_SIZE)
+                item["face_mask"] = torch.zeros(self.config.num_frames, dtype=torch.bool)
             if "audio" in self.media:
                 item["audio_length"] = clip.audio_frames
         return item
+
+    def load(self, u: Utterance):
+        try:
+            return load_clip(u.path, u.start, u.end, modalities=self.media, settings=self.config)
+        except MediaError as err:
+            if not (self.faces_optional and err.reason == "no video stream"):
+                raise
+        return load_clip(u.path, u.start, u.end, modalities=tuple(m for m in self.media if m != "frames"), settings=self.config)
 
     def collate(self, items: list[dict]) -> dict:
         """Items -> a batch: input_ids and attention_mask (B, L) padded to the batch's longest (at
