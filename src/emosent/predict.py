@@ -82,11 +82,11 @@ def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, a
     if split is not None:
         raise ValueError(f"--split {split}: {data} is a folder of videos, not a manifest with splits")
     suffixes = VIDEO_SUFFIXES + AUDIO_SUFFIXES
-    videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-    if not videos:
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    if not files:
         raise ValueError(f"--data {data}: no manifest (train.csv, *_sent_emo.csv) and no video or audio files "
                          f"({', '.join(suffixes)}) in this folder")
-    return [row for video in videos for row in video_rows(video, needs_text, asr_model, asr_dir)]
+    return [row for file in files for row in video_rows(file, needs_text, asr_model, asr_dir)]
 
 
 def is_manifest_folder(folder: Path) -> bool:

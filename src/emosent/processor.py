@@ -17,7 +17,7 @@ import torch
 
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
-from emosent.data.faces import FACE_SIZE, crop_faces
+from emosent.data.faces import crop_faces, no_faces
 from emosent.data.media import MEDIA_MODALITIES, WHISPER_MELS, MediaError, load_clip, whisper_frames
 from emosent.labels import EMOTIONS, SENTIMENTS
 
@@ -76,8 +76,7 @@ class Processor:
             if clip.frames is not None:
                 item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
             elif "frames" in self.media:  # no video stream, and faces are optional: no face seen
-                item["faces"] = torch.zeros(self.config.num_frames, 1, FACE_SIZE, FACE_SIZE)
-                item["face_mask"] = torch.zeros(self.config.num_frames, dtype=torch.bool)
+                item["faces"], item["face_mask"] = no_faces(self.config.num_frames)
             if "audio" in self.media:
                 item["audio_length"] = clip.audio_frames
         return item

@@ -76,11 +76,15 @@ def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray
     return found
 
 
+def no_faces(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `crop_faces` gives for T frames in which no face is found: blank crops, an empty mask."""
+    return torch.zeros(t, 1, FACE_SIZE, FACE_SIZE), torch.zeros(t, dtype=torch.bool)
+
+
 def crop_faces(frames: np.ndarray, margin: float, detect_longest: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, H, W, 3) uint8 RGB -> faces (T, 1, 64, 64) float in [-1, 1] and a face mask (T,) bool."""
     t, h, w, _ = frames.shape
-    faces = torch.zeros(t, 1, FACE_SIZE, FACE_SIZE)
-    mask = torch.zeros(t, dtype=torch.bool)
+    faces, mask = no_faces(t)
     found = main_faces(frames, detect_longest)
     rows = [i for i, f in enumerate(found) if f is not None]
     if not rows:

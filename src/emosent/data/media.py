@@ -209,7 +209,7 @@ def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: s
     as one decoder's, which would leave a core idle (FFmpeg's frame threads gain ~1.3x on two)."""
     keyframes = np.array([pts for pts, key in index if key] or [index[0][0]])
     groups = gop_groups(keyframes, wanted)
-    shares = balanced_shares(groups, index, min(len(groups), usable_cores()))
+    shares = balanced_shares(groups, min(len(groups), usable_cores()))
     frames: dict[int, np.ndarray] = {}
     if len(shares) == 1:
         frames.update(decode_groups(container, stream, shares[0], wanted))
@@ -253,12 +253,15 @@ def decode_share(path: str, groups: list[tuple[int, list[int]]], wanted: set[int
         return decode_groups(container, stream, groups, wanted)
 
 
-def balanced_shares(groups: dict[int, list[int]], index: tuple[tuple[int, bool], ...], n: int):
-    """`groups` split into n shares of about equal decoding (frames from a group's keyframe to its
-    last wanted frame), largest first onto the lightest share; each share in file order."""
-    position = {pts: i for i, (pts, _) in enumerate(index)}
-    cost = {key: position.get(group[-1], 0) - position.get(key, 0) + 1 for key, group in groups.items()}
-    shares: list[list[tuple[int, list[int]]]] = [[] for _ in range(max(n, 1))]
+def balanced_shares(groups: dict[int, list[int]], n: int) -> list[list[tuple[int, list[int]]]]:
+    """`groups` split into n shares of about equal decoding, largest first onto the lightest share;
+    each share in file order. A group's decoding is the span from its keyframe to its last wanted
+    frame, in timestamps (frames, at a constant frame rate): no look-up in the frame index, which
+    this would otherwise walk for every segment `analyze` reads."""
+    if n <= 1:
+        return [sorted(groups.items())]
+    cost = {key: group[-1] - key + 1 for key, group in groups.items()}
+    shares: list[list[tuple[int, list[int]]]] = [[] for _ in range(n)]
     load = [0] * len(shares)
     for key in sorted(groups, key=lambda k: -cost[k]):
         lightest = load.index(min(load))
