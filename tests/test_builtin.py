@@ -24,7 +24,7 @@ def spoken(tmp_path_factory):
 
 def test_the_built_in_model_is_packaged_and_loads():
     model = load_model(None)
-    assert isinstance(model, LateFusionModel) and set(model.fusion_config.experts) == {"text", "audio", "face"}
+    assert isinstance(model, LateFusionModel) and set(model.config.experts) == set(model.experts) == {"text", "audio", "face"}
     assert (BUILTIN_DIR / "MODEL_CARD.md").is_file()
     listing = run_cli("analyze", "--list-models")
     assert listing.returncode == 0 and listing.stdout.startswith("builtin (default):"), listing.stderr
@@ -71,7 +71,7 @@ def test_predict_reads_a_call_recording_as_analyze_does(tmp_path):
     predict(calls, tmp_path / "out.jsonl", model, trainer_kwargs={"accelerator": "cpu", "devices": 1})
     (row,) = read_predictions(tmp_path / "out.jsonl")
     assert row["skip"] is None and row["file"].endswith("call.wav") and row["sentiment"] == "negative", row
-    (utterance,) = analyze(calls / "call.wav", model)["utterances"]  # analyze leaves the face expert out
+    (utterance,) = analyze(calls / "call.wav", model)["utterances"]  # the face expert abstains in both
     for task, labels in (("emotions", EMOTIONS), ("sentiments", SENTIMENTS)):
         for top in utterance[task]:
             assert top["label"] in labels

@@ -25,7 +25,8 @@ def test_logits_from_cached_features_equal_logits_from_raw_inputs(sample_dir, tm
     with torch.no_grad():
         from_raw = model(**model_inputs(raw))
         from_cache = model(**model_inputs(cached))
-    assert set(model_inputs(cached)) == {"text_features", "video_features", "audio_features", "audio_lengths"}
+    assert set(model_inputs(cached)) == {"text_features", "video_features", "audio_features", "audio_lengths",
+                                         "video_present", "audio_present"}  # the masks are kept with the features
     torch.testing.assert_close(from_cache.emotion_logits, from_raw.emotion_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(from_cache.sentiment_logits, from_raw.sentiment_logits, atol=1e-5, rtol=0)
 

@@ -1,5 +1,6 @@
-"""Late fusion (emosent.fusion): the product of calibrated experts, abstention, the face expert's
-label order, folders that round-trip, and analyze on a fused model."""
+"""Late fusion (emosent.fusion): the mean and product of calibrated experts, abstention from the
+processor's masks, the face expert's label order, folders that round-trip (and the old fusion.json
+folders that still load), checked configs, and analyze on a fused model."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from conftest import tone
 from emosent import EMOTIONS, SENTIMENTS, EmotionSentimentModel, ModelConfig
 from emosent.analyze import analyze
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT
-from emosent.fusion import FER_ORDER, Expert, FusionConfig, LateFusionModel
+from emosent.fusion import FER_ORDER, ExpertSpec, FaceExpressionModel, FusionConfig, LateFusionModel
+from emosent.pretrained import load_pretrained
 from emosent.model import FACE_PENULTIMATE
 from emosent.synthetic import write_clip
 
@@ -26,9 +28,9 @@ def fused_model(weights=(1.0, 1.0, 1.0), temperatures=(1.0, 1.0, 1.0), rule: str
     torch.manual_seed(0)
     text = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("text",), finetune_text_layers=1, pooling="mean"))
     audio = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("audio",)))
-    experts = {name: Expert(w, t, name if name != "face" else None)
-               for name, w, t in zip(("text", "audio", "face"), weights, temperatures)}
-    return LateFusionModel({"text": text, "audio": audio}, FusionConfig(experts, TABLE, rule)).eval()
+    specs = {name: ExpertSpec(name, w, t) for name, w, t in zip(("text", "audio", "face"), weights, temperatures)}
+    experts = {"text": text, "audio": audio, "face": FaceExpressionModel(TABLE)}
+    return LateFusionModel(experts, FusionConfig(specs, rule)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def features(b: int = 3, seed: int = 0) -> dict:
     video[:, -1] = torch.tensor([1.0, 0.0, 0.5])[:b]  # the second row has no face
     return {"text_features": torch.randn(b, 5, 32, generator=g), "attention_mask": torch.ones(b, 5, dtype=torch.long),
             "video_features": video, "audio_features": torch.randn(b, 128, generator=g),
-            "audio_lengths": torch.tensor([300, 300, 0])[:b]}  # the third row has no audio
+            "audio_lengths": torch.tensor([300, 300, 0])[:b],
+            "audio_present": torch.tensor([True, True, False])[:b]}  # the third row has no audio stream
 
 
 def calibrated_parts(model: LateFusionModel, x: dict) -> list:
@@ -96,13 +99,42 @@ def test_fused_probs_are_the_weighted_mean_of_the_present_experts():
     assert mean.emotion_logits.exp()[0].max() < 0.9 and product.emotion_logits.exp()[0, EMOTIONS.index("joy")] > 0.999
 
 
-def test_an_unknown_fusion_rule_is_refused(tmp_path):
+@pytest.mark.parametrize("field, value, message", [
+    ("rule", "vote", r"fusion.rule must be one of \('mean', 'product'\), got 'vote'"),
+    ("temperature", 0, r"fusion.experts.text.temperature must be a finite number > 0, got 0"),
+    ("temperature", -1.5, r"fusion.experts.text.temperature must be a finite number > 0, got -1.5"),
+    ("temperature", "2", r"fusion.experts.text.temperature must be a finite number > 0, got '2'"),
+    ("weight", -1.0, r"fusion.experts.text.weight must be a finite number >= 0, got -1.0"),
+    ("weight", 1e999, r"fusion.experts.text.weight must be a finite number >= 0, got inf"),
+    ("folder", None, r"fusion.experts.text.folder must name a subfolder of the model folder"),
+    ("folder", "../elsewhere", r"fusion.experts.text.folder must name a subfolder of the model folder"),
+    ("emotion_bias", [0.0] * 3, r"fusion.emotion_bias must be a list of 7 numbers"),
+])
+def test_a_bad_fusion_config_is_one_line_naming_the_file_and_field(tmp_path, field, value, message):
     folder = fused_model().save_pretrained(tmp_path / "fused")
-    meta = json.loads((folder / "fusion.json").read_text())
-    meta["rule"] = "vote"
-    (folder / "fusion.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"fusion.json: fusion rule must be one of \('mean', 'product'\), got 'vote'"):
-        LateFusionModel.from_pretrained(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    if field in ("rule", "emotion_bias"):
+        meta["fusion"][field] = value
+    else:
+        meta["fusion"]["experts"]["text"][field] = value
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"config.json: " + message):
+        load_pretrained(folder)
+
+
+def test_all_weights_zero_and_a_bad_sentiment_table_are_refused(tmp_path):
+    folder = fused_model().save_pretrained(tmp_path / "fused")
+    meta = json.loads((folder / "config.json").read_text())
+    for spec in meta["fusion"]["experts"].values():
+        spec["weight"] = 0.0
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="at least one weight must be > 0"):
+        load_pretrained(folder)
+    face = json.loads((folder / "face" / "config.json").read_text())
+    face["sentiment_given_emotion"] = [[1.0, 0.0, 0.0]] * 6
+    (folder / "face" / "config.json").write_text(json.dumps(face))
+    with pytest.raises(ValueError, match=r"face/config.json: sentiment_given_emotion must be 7 rows"):
+        load_pretrained(folder / "face")
 
 
 def test_the_face_experts_sentiment_follows_its_emotions():
@@ -117,24 +149,45 @@ def test_the_face_experts_sentiment_follows_its_emotions():
 
 def test_a_fusion_folder_round_trips(tmp_path, smiling_clip):
     model = fused_model(weights=(1.0, 0.5, 1.0), temperatures=(1.2, 0.9, 1.1))
-    model.fusion_config.card = {"summary": "a test"}
+    model.config.card = {"summary": "a test"}
     folder = model.save_pretrained(tmp_path / "fused")
-    meta = json.loads((folder / "fusion.json").read_text())
-    assert meta["experts"]["audio"] == {"weight": 0.5, "temperature": 0.9, "folder": "audio"} and meta["rule"] == "mean"
-    loaded = LateFusionModel.from_pretrained(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["model_type"] == "late_fusion" and meta["fusion"]["rule"] == "mean"
+    assert meta["fusion"]["experts"]["audio"] == {"weight": 0.5, "temperature": 0.9, "folder": "audio"}
+    assert json.loads((folder / "face" / "config.json").read_text())["model_type"] == "face_expression"
+    loaded = load_pretrained(folder)
+    assert isinstance(loaded, LateFusionModel) and loaded.config.card == {"summary": "a test"}
     with torch.no_grad():
         a, b = model(**features()), loaded(**features())
     torch.testing.assert_close(a.emotion_logits, b.emotion_logits)
     torch.testing.assert_close(a.sentiment_logits, b.sentiment_logits)
 
 
-def test_a_fusion_folder_with_an_unknown_expert_is_refused(tmp_path):
+def test_an_expert_folder_that_is_missing_is_refused(tmp_path):
     folder = fused_model().save_pretrained(tmp_path / "fused")
-    meta = json.loads((folder / "fusion.json").read_text())
-    meta["experts"]["smell"] = {"weight": 1.0, "temperature": 1.0, "folder": None}
-    (folder / "fusion.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="experts must be among text, audio, face"):
-        LateFusionModel.from_pretrained(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["fusion"]["experts"]["smell"] = {"weight": 1.0, "temperature": 1.0, "folder": "smell"}
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="smell: no such model folder"):
+        load_pretrained(folder)
+
+
+def test_an_old_fusion_json_folder_still_loads_and_gives_the_same_answers(tmp_path):
+    """emosent 0.1's layout: fusion.json, text/ and audio/ model folders, the face expert inline."""
+    model = fused_model(weights=(1.0, 0.5, 1.0), temperatures=(1.2, 0.9, 1.1))
+    old = tmp_path / "old"
+    for name in ("text", "audio"):
+        model.experts[name].save_pretrained(old / name)
+    (old / "fusion.json").write_text(json.dumps({
+        "format": 1, "rule": "mean", "sentiment_given_emotion": TABLE, "card": {},
+        "experts": {"text": {"weight": 1.0, "temperature": 1.2, "folder": "text"},
+                    "audio": {"weight": 0.5, "temperature": 0.9, "folder": "audio"},
+                    "face": {"weight": 1.0, "temperature": 1.1, "folder": None}},
+        "face_source": json.loads(json.dumps(model.experts["face"].save_pretrained(tmp_path / "f") and
+                                             json.loads((tmp_path / "f" / "config.json").read_text())["network"]))}))
+    loaded = load_pretrained(old)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**features()).emotion_logits, loaded(**features()).emotion_logits)
 
 
 def test_analyze_with_a_fused_model_reports_each_expert(tmp_path, smiling_clip):
@@ -156,16 +209,18 @@ def test_analyze_with_a_fused_model_reports_each_expert(tmp_path, smiling_clip):
         assert u["emotions"][0]["confidence"] == pytest.approx(v["emotions"][0]["confidence"], abs=1e-3)
 
 
-def test_an_audio_file_is_analysed_without_the_face_expert(tmp_path):
+def test_an_audio_file_is_analysed_with_the_face_expert_abstaining(tmp_path):
     voice = write_clip(tmp_path / "voice.m4a", duration_s=1.0, audio_fn=tone())
     transcript = tmp_path / "t.json"
     transcript.write_text(json.dumps([{"start": 0.0, "end": 1.0, "text": "hello there"}]))
     model = fused_model()
     model.name_or_path = "my-fusion"
     result = analyze(voice, model, transcript=transcript)
-    assert result["model"] == "my-fusion"  # the name survives leaving the face expert out
-    assert any("no video stream: the face expert abstains" in w for w in result["warnings"])
-    assert set(result["utterances"][0]["experts"]) == {"text", "audio"} and "face_frames" not in result["utterances"][0]
+    assert result["model"] == "my-fusion"
+    assert [w for w in result["warnings"] if "abstains" in w] == [f"{voice}: no video stream: the face expert abstains"]
+    u = result["utterances"][0]  # the same shape as for a video: every expert, null where it abstained
+    assert set(u["experts"]) == {"text", "audio", "face"} and u["experts"]["face"] is None and u["face_frames"] == 0.0
+    assert u["experts"]["audio"] is not None
 
 
 def test_predict_runs_a_fused_model_on_raw_inputs(tmp_path, smiling_clip):

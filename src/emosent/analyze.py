@@ -18,11 +18,10 @@ from typing import Callable, Iterator
 import torch
 
 from emosent.builtin import load_model
-from emosent.data import MediaError, MediaInfo, Utterance, probe
+from emosent.data import MediaError, Utterance, probe
 from emosent.files import write_atomically
-from emosent.fusion import LateFusionModel
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import EmotionSentimentModel
+from emosent.pretrained import PretrainedModel
 from emosent.segments import PACKAGED_ASR_MODEL, Segment, read_segments, transcribe
 
 TOP_K = 3
@@ -48,7 +47,7 @@ class Timer:
 
 def analyze(
     video: str | Path,
-    model: EmotionSentimentModel | LateFusionModel | str | Path | None = None,
+    model: PretrainedModel | str | Path | None = None,
     *,
     subtitles: str | Path | None = None,
     transcript: str | Path | None = None,
@@ -78,20 +77,15 @@ def analyze(
     source = "asr" if asr else "subtitles" if subtitles is not None else "transcript"
     warnings: list[str] = []
     segments = None if asr else read_segments(subtitles or transcript, warnings)
-    if not isinstance(model, torch.nn.Module):
-        model = load_model(model)
-    model = model.to(device).eval()
-    name = getattr(model, "name_or_path", model.config.text_encoder)  # how the result names the model
-    model, said = model_for(model, info, video)
-    warnings += said
+    model = load_model(model).to(device).eval()
+    name = model.name_or_path or type(model).__name__  # how the result names the model
+    warnings += model.stream_warnings(video, info.has_video, info.has_audio)
     duration = info.duration_s
-    if "audio" in model.config.modalities and not info.has_audio:
-        warnings.append(f"{video}: no audio stream: the audio input is silence")
     if segments is None:
         segments = transcribe(video, asr_model)
         if not segments:
             warnings.append(f"{video}: speech recognition found no speech")
-    kept, skipped = check_segments(segments, duration, "text" in model.config.modalities, warnings)
+    kept, skipped = check_segments(segments, duration, "text" in model.modalities, warnings)
 
     timer = Timer()
     results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
@@ -108,16 +102,6 @@ def analyze(
         "warnings": warnings,
         "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
     }
-
-
-def model_for(model, info: MediaInfo, video: Path):
-    """(the model that reads this file, warnings): a late-fusion model less its face expert where
-    the file has no video stream; a model that needs frames refuses such a file (MediaError)."""
-    if isinstance(model, LateFusionModel) and "face" in model.fusion_config.experts and not info.has_video:
-        return model.without("face"), [f"{video}: no video stream: the face expert abstains"]
-    if "video" in model.config.modalities and not info.has_video:
-        raise MediaError(video, "no video stream", "this model reads frames; analyse a video file")
-    return model, []
 
 
 def subtitles_beside(video: Path) -> Path | None:
@@ -209,12 +193,12 @@ def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer,
         return
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     features = {}
-    for modality in model.config.modalities:  # one at a time, to time each encoder
+    for modality in model.modalities:  # one at a time, to time each encoder
         features.update(timer.run(modality, model.encode, batch, (modality,)))
     # the text head needs the token masks when its top layers run on the boundary states
     masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
     out = timer.run("heads", model, **features, **masks)
-    sees_faces = "video" in model.config.modalities and "face" in model.processor.video_encoder
+    sees_faces = "video" in model.modalities and "face" in model.processor.video_encoder
     for j, index in enumerate(batch["index"].tolist()):
         result = {"emotions": top_k(out.emotion_logits[j].softmax(-1).cpu(), EMOTIONS),
                   "sentiments": top_k(out.sentiment_logits[j].softmax(-1).cpu(), SENTIMENTS)}

@@ -58,6 +58,15 @@ def cmd_make_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.from_model is not None:
+        from emosent.fit import train_from
+
+        given = [flag for flag, name in (("--resume", "resume"),) if getattr(args, name)]
+        if given:
+            raise ValueError(f"{given[0]}: not used with --from (adapting a late fusion takes seconds; run it again)")
+        model = train_from(args.from_model, args.data, args.out, cache_dir=args.cache_dir)
+        print(f"model: {model} (the fusion of {args.from_model} re-fitted on {args.data}); report: {args.out / 'adapt.json'}")
+        return 0
     from emosent.train import train
 
     lr = {name: getattr(args, f"lr_{name}") for name in DEFAULT_LR}
@@ -65,6 +74,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     train(args.data, args.out, from_options(ModelConfig, args), config, from_options(Launch, args),
           processor_config=from_options(ProcessorConfig, args), resume=args.resume, cache_dir=args.cache_dir)
     return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from emosent.fit import fuse
+
+    model = fuse(pairs("--expert", args.expert), args.out, data=args.data, split=args.split,
+                 calibrate={k: data_split("--calibrate", v) for k, v in pairs("--calibrate", args.calibrate).items()},
+                 temperatures={k: RATE(v) for k, v in pairs("--temperature", args.temperature).items()},
+                 rule=args.rule, cache_dir=args.cache_dir)
+    specs = ", ".join(f"{n} (weight {e.weight:g}, temperature {e.temperature:g})" for n, e in model.config.experts.items())
+    print(f"model: {args.out}: {specs}")
+    return 0
+
+
+def pairs(flag: str, values: list[str] | None) -> dict[str, str]:
+    """NAME=VALUE options -> {NAME: VALUE}."""
+    out = {}
+    for value in values or []:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ValueError(f"{flag} {value!r}: expected NAME=VALUE, e.g. {flag} text=runs/text/model")
+        out[name] = rest
+    return out
+
+
+def data_split(flag: str, value: str) -> tuple[str, str]:
+    """DATA[:SPLIT] -> (DATA, SPLIT), dev by default."""
+    data, sep, split = value.rpartition(":")
+    if sep and split in ("train", "dev", "test"):
+        return data, split
+    return value, "dev"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -77,35 +117,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    import lightning as L
+    from emosent.features import extract
 
-    from emosent.data import read_manifest
-    from emosent.features import extract_features
-    from emosent.model import EmotionSentimentModel
-
-    if args.model:
-        model = EmotionSentimentModel.from_pretrained(args.model)
-    else:  # the seed fixes the random parts (e.g. the audio convolutions), as in `emosent train --seed`
-        L.seed_everything(args.seed, verbose=False)
-        model = EmotionSentimentModel(from_options(ModelConfig, args), from_options(ProcessorConfig, args))
-    features = extract_features(model, read_manifest(args.data, args.split), args.split, args.out, batch_size=args.batch_size,
-                                num_workers=args.num_workers, shard_rows=args.shard_rows,
-                                trainer_kwargs=from_options(Launch, args).trainer_kwargs())
+    features = extract(args.data, args.split, args.out, args.model, model_config=from_options(ModelConfig, args),
+                       processor_config=from_options(ProcessorConfig, args), seed=args.seed, batch_size=args.batch_size,
+                       num_workers=args.num_workers, shard_rows=args.shard_rows,
+                       trainer_kwargs=from_options(Launch, args).trainer_kwargs())
     print(f"features: {features.directory}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from emosent.model import EmotionSentimentModel
+    from emosent.export import export
 
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise ValueError(f"--out {args.out}: exists and is not an empty folder; name a new folder for the copy")
-    if args.out.resolve().is_relative_to(args.model.resolve()):
-        raise ValueError(f"--out {args.out}: inside the model folder being read; name a folder elsewhere")
-    model = EmotionSentimentModel.from_pretrained(args.model)
-    out = model.save_pretrained(args.out, include_frozen=args.self_contained)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"model: {out} ({size / 1e6:.1f} MB{', self-contained' if args.self_contained else ''})")
+    out, size = export(args.model, args.out, self_contained=args.self_contained)
+    print(f"model: {out} ({size:.1f} MB{', self-contained' if args.self_contained else ''})")
     return 0
 
 
@@ -206,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, TensorBoard logs, model/")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
+    p.add_argument("--from", dest="from_model", default=None, metavar="MODEL",
+                   help="adapt a late-fusion model (builtin, or a folder from emosent fuse) to --data: its fusion "
+                        "(weights, temperatures, class biases) is re-fitted on the train split, its experts frozen; "
+                        "the model options below are then not used")
     add_options(p, ModelConfig, "model")
     add_options(p, ProcessorConfig, "preprocessing (saved with the model as processor.json)")
     add_options(p, TrainConfig, "training")
@@ -226,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--split", default="train", choices=("train", "dev", "test"))
     p.add_argument("--out", type=Path, default=None, help="cache folder (default ~/.cache/emosent, where train looks)")
-    p.add_argument("--model", type=Path, default=None, help="extract for a trained model directory instead of the model options")
+    p.add_argument("--model", default=None, help="extract for a model (builtin, or a folder of any model type) instead of the model options")
     p.add_argument("--seed", type=SEED, default=0, help="as in train: fixes the randomly initialised frozen parts")
     p.add_argument("--batch-size", type=COUNT, default=16)
     p.add_argument("--num-workers", type=WORKERS, default=2)
@@ -237,19 +267,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_extract)
 
     p = commands.add_parser("export", help="copy a model folder; --self-contained includes the frozen encoders it names")
-    p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
+    p.add_argument("--model", default="builtin", help="model: builtin (default) or a folder of any model type; an older "
+                                                       "folder is written in today's format")
     p.add_argument("--out", required=True, type=Path, help="new model folder")
     p.add_argument("--self-contained", action="store_true",
                    help="write the named frozen encoders' weights too: the folder then loads anywhere, offline")
     p.set_defaults(run=cmd_export)
 
-    p = commands.add_parser("evaluate", help="metrics JSON, confusion matrices and a table for a trained model")
-    p.add_argument("--model", required=True, type=Path, help="model directory (RUN_DIR/model)")
+    p = commands.add_parser("evaluate", help="metrics JSON, confusion matrices and a table for a model (each expert's too)")
+    p.add_argument("--model", default="builtin", help="model: builtin (default) or a folder of any model type (RUN_DIR/model, ...)")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--split", default="test", choices=("train", "dev", "test"))
-    p.add_argument("--out", type=Path, default=None, help="report folder (default: beside the model, evaluation-SPLIT/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default: evaluation-SPLIT/ beside a model folder, or here for the built-in model)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
     p.set_defaults(run=cmd_evaluate)
+
+    p = commands.add_parser("fuse", help="join experts of one modality each into a late-fusion model, its calibration "
+                                         "and weights fitted on labelled data")
+    p.add_argument("--expert", action="append", required=True, metavar="NAME=MODEL",
+                   help="an expert: a model folder of one modality, or builtin:NAME for one of the built-in model's "
+                        "(text, audio, face); repeat for each")
+    p.add_argument("--calibrate", action="append", metavar="NAME=DATA[:SPLIT]",
+                   help="fit that expert's temperature on its own labelled data (split default dev)")
+    p.add_argument("--temperature", action="append", metavar="NAME=T", help="that expert's temperature, fitted elsewhere")
+    p.add_argument("--data", type=Path, default=None,
+                   help="labelled clips with every stream: the weights, temperatures and class biases are fitted on its --split")
+    p.add_argument("--split", default="dev", choices=("train", "dev", "test"))
+    p.add_argument("--rule", default="mean", choices=("mean", "product"), help="how the calibrated experts join (default mean)")
+    p.add_argument("--out", required=True, type=Path, help="new model folder")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where frozen features are cached (default ~/.cache/emosent)")
+    p.set_defaults(run=cmd_fuse)
 
     p = commands.add_parser("analyze", help="emotion and sentiment per utterance of a video")
     p.add_argument("video", type=Path, nargs="?", help="the video (or audio) file")
@@ -325,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command in ("train", "extract", "evaluate", "predict"):
+    if args.command in ("train", "extract", "evaluate", "predict", "fuse"):
         import lightning.pytorch  # noqa: F401  (sets up the logging handler that quiet_libraries filters)
     if args.command != "make-sample":
         quiet_libraries()

@@ -13,22 +13,33 @@ from emosent.data import read_manifest
 from emosent.features import FeatureDataset, collate_features, extract_features
 from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
-from emosent.model import EmotionSentimentModel, model_inputs
+from emosent.builtin import BUILTIN_NAME, load_model
+from emosent.model import model_inputs
+from emosent.pretrained import PretrainedModel
 from emosent.plots import confusion_png
 
 METRICS_FILE = "metrics.json"
 
 
 @torch.no_grad()
-def predict_features(model: EmotionSentimentModel, dataset: FeatureDataset, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Softmax probabilities per task: emotion (N, 7), sentiment (N, 3), from cached frozen features."""
+def predict_features(model: PretrainedModel, dataset: FeatureDataset, batch_size: int = 256) -> dict:
+    """Softmax probabilities per task from cached frozen features: emotion (N, 7), sentiment (N, 3),
+    and for a late fusion "experts": expert -> {"emotion", "sentiment" (N, k) probabilities,
+    "present" (N,) bool}."""
     model.eval()
-    chunks = {task: [] for task in TASKS}
+    chunks: dict = {task: [] for task in TASKS}
+    experts: dict = {}
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_features):
         out = model(**model_inputs(batch))
         chunks["emotion"].append(out.emotion_logits.softmax(-1))
         chunks["sentiment"].append(out.sentiment_logits.softmax(-1))
-    return {task: torch.cat(c) for task, c in chunks.items()}
+        for name, (emotion, sentiment, present) in (out.experts or {}).items():
+            for key, value in (("emotion", emotion.exp()), ("sentiment", sentiment.exp()), ("present", present)):
+                experts.setdefault(name, {}).setdefault(key, []).append(value)
+    result = {task: torch.cat(c) for task, c in chunks.items()}
+    if experts:
+        result["experts"] = {name: {k: torch.cat(v) for k, v in parts.items()} for name, parts in experts.items()}
+    return result
 
 
 def task_report(probs: torch.Tensor, target: torch.Tensor, classes: tuple[str, ...]) -> dict:
@@ -47,37 +58,62 @@ def task_report(probs: torch.Tensor, target: torch.Tensor, classes: tuple[str, .
     return report
 
 
-def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None,
+def evaluate(model: str | Path | PretrainedModel | None, data: str | Path, split: str = "test", out: str | Path | None = None,
              cache_dir: str | Path | None = None) -> dict:
-    """Metrics of the model in `model_dir` on `split` of `data`, written to `out` (default:
-    beside the model directory, `evaluation-{split}/`) as metrics.json and confusion PNGs."""
-    model_dir = Path(model_dir)
-    out = Path(out) if out else model_dir.parent / f"evaluation-{split}"
+    """Metrics of `model` (a folder of any model type, a loaded model, or None / "builtin") on
+    `split` of `data`, written to `out` as metrics.json and confusion PNGs. Default `out`: beside
+    a model folder, `evaluation-{split}/`; for the built-in or a loaded model, `evaluation-{split}/`
+    here. A late fusion also gets each expert's metrics alone, on the rows where it answered."""
+    loaded = load_model(model)
+    folder = None if model is None or isinstance(model, torch.nn.Module) or str(model) == BUILTIN_NAME else Path(model)
+    out = Path(out) if out else (folder.parent if folder else Path.cwd()) / f"evaluation-{split}"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; name a folder for the report")
-    model = EmotionSentimentModel.from_pretrained(model_dir)
     records = read_manifest(data, split)
-    features = extract_features(model, records, split, Path(cache_dir) if cache_dir else None)
+    features = extract_features(loaded, records, split, Path(cache_dir) if cache_dir else None)
     if not len(features):
         raise ValueError(f"no usable {split} clip to evaluate: {features.skipped.summary()}")
-    probs = predict_features(model, FeatureDataset(features))
-    result = {"model": str(model_dir), "data": str(data), "split": split, "examples": len(features),
+    probs = predict_features(loaded, FeatureDataset(features))
+    check_finite_outputs(probs, loaded)
+    result = {"model": loaded.name_or_path or str(model), "data": str(data), "split": split, "examples": len(features),
               "skipped": dict(features.skipped.reasons)}
     out.mkdir(parents=True, exist_ok=True)
     for task, classes in TASKS.items():
         result[task] = task_report(probs[task], features.tensors[task], classes)
         confusion_png(torch.tensor(result[task]["confusion_matrix"]).numpy(), classes,
                       f"{task} ({split}, n={len(features)})", out / f"confusion_{task}.png")
+    if "experts" in probs:
+        result["experts"] = {}
+        for name, expert in probs["experts"].items():
+            present = expert["present"]
+            entry = {"examples": int(present.sum())}  # the rows where it answered (it abstains without its input)
+            if entry["examples"]:
+                entry.update({task: task_report(expert[task][present], features.tensors[task][present], classes)
+                              for task, classes in TASKS.items()})
+            result["experts"][name] = entry
     text = json.dumps(result, indent=2) + "\n"
     write_atomically(out / METRICS_FILE, lambda tmp: tmp.write_text(text))
     result["out"] = str(out)
     return result
 
 
+def check_finite_outputs(probs: dict, model: PretrainedModel) -> None:
+    if not all(bool(torch.isfinite(probs[task]).all()) for task in TASKS):
+        raise ValueError(f"model {model.name_or_path}: its outputs hold NaN or infinite values; its weights or config are "
+                         "corrupt: copy the model folder again")
+
+
 def format_table(result: dict) -> str:
     names = ("accuracy", "weighted_precision", "weighted_f1", "macro_f1")
     lines = [f"{result['split']}: {result['examples']} examples" + (f", skipped {result['skipped']}" if result["skipped"] else ""),
-             f"{'task':<10}" + "".join(f"{n:>20}" for n in names)]
+             f"{'task':<22}" + "".join(f"{n:>20}" for n in names)]
     for task in TASKS:
-        lines.append(f"{task:<10}" + "".join(f"{result[task][n]:>20.4f}" for n in names))
+        lines.append(f"{task:<22}" + "".join(f"{result[task][n]:>20.4f}" for n in names))
+    for name, expert in result.get("experts", {}).items():  # each expert alone, where it answered
+        for task in TASKS:
+            label = f"{task} ({name}, {expert['examples']})"
+            if task in expert:
+                lines.append(f"{label:<22}" + "".join(f"{expert[task][n]:>20.4f}" for n in names))
+            else:
+                lines.append(f"{label:<22}" + f"{'abstained on every row':>20}")
     return "\n".join(lines)

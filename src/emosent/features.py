@@ -36,7 +36,7 @@ from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
 from emosent.signals import raise_if_interrupted
 
-FORMAT_VERSION = 4  # bump when the stored layout or the preprocessing code changes meaning
+FORMAT_VERSION = 5  # 5: presence masks; bump when the stored layout or the preprocessing code changes meaning
 SHARD_ROWS = 256
 META_FILE = "meta.json"
 # Outputs stored per row with their own length (concatenated, with a "<name>.lengths" tensor):
@@ -58,19 +58,17 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
     """Everything that changes the frozen outputs: the processor's settings (and tokenizer), the
     frozen weights' digest, pooling, and the rows (text, media file with its size and mtime, time
     range). `weights`: `weights_digest(model.feature_modules())` when the caller has it already."""
-    c = model.config
+    modalities = model.modalities
     spec = {
         "format": FORMAT_VERSION,
         "processor": model.processor.fingerprint(),
-        "pooling": c.pooling if "text" in c.modalities else None,
-        # the frozen audio output: convolutions pooled all or masked, or the log-mel when they train
-        **({"audio": [c.audio_encoder, c.audio_pooling, c.train_audio_conv]} if "audio" in c.modalities else {}),
+        "frozen": model.frozen_spec(),  # e.g. the text pooling; the audio convolutions pooled all or masked, or training
         "weights": weights or weights_digest(model.feature_modules()),
     }
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    media = {"video", "audio"} & set(c.modalities)
+    media = {"video", "audio"} & set(modalities)
     for r in records:
-        row = [model.processor.text_input(r) if "text" in c.modalities else None]
+        row = [model.processor.text_input(r) if "text" in modalities else None]
         if media:
             stat = r.path.stat() if r.path is not None and r.path.is_file() else None
             # resolved: `--data meld` and `--data /abs/meld` are the same rows
@@ -170,6 +168,25 @@ def extract_features(
         log(f"{split}: a face in {100 * share.mean():.1f}% of the sampled frames; {int((share == 0).sum())} of "
             f"{len(share)} clips without any face (they get the video encoder's learned no-face input)")
     return features
+
+
+def extract(data: str | Path, split: str = "train", out: str | Path | None = None, model=None, *,
+            model_config=None, processor_config=None, seed: int = 0, batch_size: int = 16, num_workers: int = 2,
+            shard_rows: int = SHARD_ROWS, trainer_kwargs: dict | None = None) -> Features:
+    """Run a model's frozen parts over `split` of `data` once and cache their outputs in `out`
+    (default: the user cache, where train and evaluate look). `model`: a folder of any model type,
+    "builtin", or a loaded model; without one, the model that `model_config` and `processor_config`
+    describe, its random parts fixed by `seed` (as `emosent train --seed` fixes them)."""
+    from emosent.builtin import load_model
+    from emosent.data import read_manifest
+
+    if model is not None:
+        model = load_model(model)
+    else:
+        L.seed_everything(seed, verbose=False)
+        model = EmotionSentimentModel(model_config, processor_config)
+    return extract_features(model, read_manifest(data, split), split, Path(out) if out else None, batch_size=batch_size,
+                            num_workers=num_workers, shard_rows=shard_rows, trainer_kwargs=trainer_kwargs)
 
 
 @contextlib.contextmanager

@@ -3,212 +3,358 @@ and faces.
 
 Real emotion-labelled data here comes one modality at a time: MELD's text, RAVDESS's voices, the
 FER2013 network's faces. No example has all three, so no fusion layer can learn how they combine.
-Each modality is therefore an expert of its own:
+Each modality is therefore an expert of its own, a model folder in a subfolder of the fusion's:
 
-* a model folder with one modality, trained by `emosent train` (text on MELD, audio on RAVDESS);
-* the packaged FER2013 network for faces, whose 7 classes are ours; its sentiment is derived
-  from its emotions through P(sentiment | emotion) counted on MELD's training split.
+* a "multimodal" model of one modality, trained by `emosent train` (text on MELD, audio on RAVDESS);
+* a "face_expression" model (`FaceExpressionModel`): the packaged FER2013 network, whose 7
+  classes are ours; its sentiment comes from its emotions through P(sentiment | emotion).
 
-Each expert's logits are divided by a temperature fitted on its own dev data (calibration, so
-that "0.9" means about the same from each), and the fused distribution is either the weighted
-mean of the experts present, p(y) = sum_m w_m p_m(y) / sum_m w_m (rule "mean", a mixture: an
-expert that is confidently wrong outside its domain dilutes the others but cannot veto them), or
-their weighted product, log p(y) = sum_m w_m log p_m(y) + const (rule "product": sharper when
-every expert is in its domain). An expert abstains on an utterance whose input it lacks: no face
-in any sampled frame, no audio. The fused logits are log-probabilities.
+Each expert's logits are divided by a temperature fitted on labelled data (calibration, so that
+"0.9" means about the same from each), and the fused distribution is either the weighted mean of
+the experts present, p(y) = sum_m w_m p_m(y) / sum_m w_m (rule "mean", a mixture: an expert that
+is confidently wrong outside its domain dilutes the others but cannot veto them), or their
+weighted product, log p(y) = sum_m w_m log p_m(y) + const (rule "product": sharper when every
+expert is in its domain); then a per-class bias (log-prior correction, 0 unless fitted on a
+user's data: see `emosent.fit`). An expert abstains on an utterance whose input it lacks (no face
+in any sampled frame, no video or audio stream): its `present` is False, as the processor's masks
+say. The fused logits are log-probabilities.
 
 Letters: B batch, E experts.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from emosent.config import ModelConfig, ProcessorConfig, read_json_object
+from emosent.config import MODALITIES, ProcessorConfig
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, WEIGHTS_FILE as FER_WEIGHTS, load_fer_network, sha256_of
-from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, FEATURE_INPUTS, EmotionSentimentModel, EmotionSentimentOutput, FaceExpressions
-from emosent.processor import Processor
+from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, MODALITY_INPUTS, EmotionSentimentOutput, FaceExpressions
+from emosent.pretrained import (
+    CONFIG_FILE,
+    LEGACY_FUSION_FILE,
+    MODEL_TYPES,
+    PretrainedModel,
+    finite_positive,
+    model_type_of,
+    read_config,
+    write_config,
+)
+from emosent.config import read_json_object
+from emosent.processor import Processor, read_processor_config
 
-FUSION_FILE = "fusion.json"
-FUSION_FORMAT = 1
 FUSION_RULES = ("mean", "product")
-# What each model expert's forward takes of the fused model's features (the text head needs the
-# mask where its top layers run on cached hidden states; audio_lengths 0 means no audio)
-EXPERT_INPUTS = {"text": ("text_features", "attention_mask", "token_type_ids"), "audio": ("audio_features", "audio_lengths")}
 # FER2013's output order -> ours: emotion_logits = fer_logits[:, FER_ORDER]
 FER_ORDER = [FER_CLASSES.index(next(f for f, e in FER_TO_EMOSENT.items() if e == emotion)) for emotion in EMOTIONS]
 
 
-@dataclass
-class Expert:
-    """How one expert enters the product: its weight, its temperature, and (model experts) its folder."""
+class FaceExpressionModel(PretrainedModel):
+    """The packaged FER2013 network as an expert: faces (B, T, 1, 64, 64) with face_mask (B, T), or
+    its features (B, 128 + 7 + 1) (see `FaceExpressions`) -> emotion logits (B, 7) in EMOTIONS
+    order, sentiment log-probabilities (B, 3) through P(sentiment | emotion), present (B,): a face
+    in at least one sampled frame. Its folder holds config.json and processor.json; the network's
+    weights ship inside emosent and are named by their sha256."""
 
+    model_type = "face_expression"
+    input_names = MODALITY_INPUTS["video"]
+
+    def __init__(self, sentiment_given_emotion: list[list[float]], processor_config: ProcessorConfig = ProcessorConfig()):
+        super().__init__()
+        self.face = FaceExpressions(load_fer_network())
+        self.register_buffer("sentiment_given_emotion", torch.tensor(sentiment_given_emotion, dtype=torch.float32))  # (7, 3)
+        self.processor = Processor(processor_config, ("video",), None, "face", video_optional=True)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("video",)
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.face]
+
+    def frozen_spec(self) -> dict:
+        return {"face": FACE_SOURCE}
+
+    def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        if modalities is not None and "video" not in modalities:
+            return {}
+        if batch.get("faces") is None or batch.get("face_mask") is None:
+            raise ValueError("the face expert needs faces and face_mask, as the processor makes them")
+        return {"video_features": self.face(batch["faces"], batch["face_mask"])}
+
+    def forward(self, *, faces=None, face_mask=None, video_features=None, video_present=None) -> EmotionSentimentOutput:
+        if video_features is None:
+            video_features = self.encode({"faces": faces, "face_mask": face_mask})["video_features"]
+        emotion = video_features[:, FACE_PENULTIMATE:FACE_PENULTIMATE + len(FER_CLASSES)][:, FER_ORDER]  # (B, 7)
+        sentiment = (emotion.softmax(-1) @ self.sentiment_given_emotion).clamp(min=1e-6).log()  # (B, 3)
+        return EmotionSentimentOutput(emotion, sentiment, present=video_features[:, -1] > 0)  # the share of frames with a face
+
+    def save_pretrained(self, directory: str | Path, *, include_frozen: bool = False) -> Path:
+        """config.json and processor.json; the network is named by its sha256 (it ships inside
+        emosent, so a folder is self-contained with or without include_frozen)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_config(directory, self.model_type, {
+            "sentiment_given_emotion": self.sentiment_given_emotion.tolist(),
+            "network": {"source": FACE_SOURCE, "sha256": sha256_of(FER_WEIGHTS)}})
+        self.processor.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> FaceExpressionModel:
+        directory = Path(directory)
+        path = directory / CONFIG_FILE
+        meta = read_config(directory, cls.model_type, "network")
+        check_fer_source(meta["network"], path)
+        return cls(check_table(meta.get("sentiment_given_emotion"), path), read_processor_config(directory)).eval()
+
+
+def check_fer_source(source, path: Path) -> None:
+    expected = source.get("sha256") if isinstance(source, dict) else None
+    if expected != sha256_of(FER_WEIGHTS):
+        raise ValueError(f"{path}: its face expert is the FER2013 network with sha256 {str(expected)[:12]}, but this "
+                         f"installation's ({FER_WEIGHTS}) differs; use the emosent version that wrote it")
+
+
+def check_table(table, path: Path) -> list[list[float]]:
+    """P(sentiment | emotion): 7 rows of 3 finite non-negative numbers, each row summing to 1."""
+    ok = (isinstance(table, list) and len(table) == len(EMOTIONS)
+          and all(isinstance(r, list) and len(r) == len(SENTIMENTS) for r in table))
+    if ok:
+        try:
+            values = torch.tensor(table, dtype=torch.float64)
+        except (TypeError, ValueError):
+            ok = False
+        else:
+            ok = bool(torch.isfinite(values).all() and (values >= 0).all() and ((values.sum(1) - 1).abs() < 1e-2).all())
+    if not ok:
+        raise ValueError(f"{path}: sentiment_given_emotion must be {len(EMOTIONS)} rows (one per emotion, in {EMOTIONS} "
+                         f"order) of {len(SENTIMENTS)} probabilities summing to 1")
+    return table
+
+
+@dataclass
+class ExpertSpec:
+    """How one expert enters the fusion: its subfolder, weight (>= 0) and temperature (> 0)."""
+
+    folder: str
     weight: float = 1.0
     temperature: float = 1.0
-    folder: str | None = None  # a model folder inside the fusion folder; None for the face expert
 
 
 @dataclass
 class FusionConfig:
-    """experts: "text" / "audio" (model folders) and "face" (the FER2013 network), each an Expert.
-    sentiment_given_emotion: (7, 3) rows of P(sentiment | emotion), for the face expert's sentiment.
-    card: free-form metadata (data, licences, figures), shown by `emosent analyze --list-models`."""
+    """experts: name -> ExpertSpec, in the order they are read. rule: "mean" or "product" of the
+    calibrated experts present. emotion_bias (7,), sentiment_bias (3,): added to the fused
+    log-probabilities (0: none). card: free-form metadata (data, licences, figures), shown by
+    `emosent analyze --list-models`."""
 
-    experts: dict[str, Expert]
-    sentiment_given_emotion: list[list[float]] = field(default_factory=list)
-    rule: str = "mean"  # "mean" or "product" of the calibrated experts present
+    experts: dict[str, ExpertSpec]
+    rule: str = "mean"
+    emotion_bias: list[float] = field(default_factory=lambda: [0.0] * len(EMOTIONS))
+    sentiment_bias: list[float] = field(default_factory=lambda: [0.0] * len(SENTIMENTS))
     card: dict = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.rule not in FUSION_RULES:
-            raise ValueError(f"fusion rule must be one of {FUSION_RULES}, got {self.rule!r}")
-
     def to_dict(self) -> dict:
-        return {"format": FUSION_FORMAT, "experts": {k: vars(v) for k, v in self.experts.items()}, "rule": self.rule,
-                "sentiment_given_emotion": self.sentiment_given_emotion, "card": self.card}
+        return {"experts": {k: asdict(v) for k, v in self.experts.items()}, "rule": self.rule,
+                "emotion_bias": self.emotion_bias, "sentiment_bias": self.sentiment_bias, "card": self.card}
+
+    @classmethod
+    def from_dict(cls, data, path: Path) -> FusionConfig:
+        """Checked: every failure is one line naming the file and the field."""
+        if not isinstance(data, dict) or not isinstance(data.get("experts"), dict) or not data["experts"]:
+            raise ValueError(f"{path}: fusion.experts must be an object naming at least one expert")
+        experts = {}
+        for name, spec in data["experts"].items():
+            if not isinstance(spec, dict) or not isinstance(spec.get("folder"), str) or not spec["folder"] \
+                    or Path(spec["folder"]).is_absolute() or ".." in Path(spec["folder"]).parts:
+                raise ValueError(f"{path}: fusion.experts.{name}.folder must name a subfolder of the model folder")
+            unknown = set(spec) - {"folder", "weight", "temperature"}
+            if unknown:
+                raise ValueError(f"{path}: fusion.experts.{name}: unknown fields {sorted(unknown)}")
+            experts[name] = ExpertSpec(spec["folder"],
+                                       finite_positive(spec.get("weight", 1.0), f"fusion.experts.{name}.weight", path, zero=True),
+                                       finite_positive(spec.get("temperature", 1.0), f"fusion.experts.{name}.temperature", path))
+        if not any(e.weight > 0 for e in experts.values()):
+            raise ValueError(f"{path}: fusion.experts: at least one weight must be > 0")
+        rule = data.get("rule", "mean")
+        if rule not in FUSION_RULES:
+            raise ValueError(f"{path}: fusion.rule must be one of {FUSION_RULES}, got {rule!r}")
+        biases = {}
+        for key, labels in (("emotion_bias", EMOTIONS), ("sentiment_bias", SENTIMENTS)):
+            value = data.get(key, [0.0] * len(labels))
+            if not isinstance(value, list) or len(value) != len(labels):
+                raise ValueError(f"{path}: fusion.{key} must be a list of {len(labels)} numbers")
+            biases[key] = [finite_number(v, f"fusion.{key}", path) for v in value]
+        card = data.get("card", {})
+        return cls(experts, rule, biases["emotion_bias"], biases["sentiment_bias"], card if isinstance(card, dict) else {})
 
 
-class FaceExpert(nn.Module):
-    """(B, 128 + 7 + 1) face features (see `FaceExpressions`) -> emotion logits (B, 7) in EMOTIONS
-    order, and sentiment log-probabilities (B, 3) through P(sentiment | emotion)."""
-
-    def __init__(self, sentiment_given_emotion: torch.Tensor):
-        super().__init__()
-        self.face = FaceExpressions(load_fer_network())
-        self.register_buffer("sentiment_given_emotion", sentiment_given_emotion)  # (7, 3)
-
-    def forward(self, video_features: torch.Tensor) -> EmotionSentimentOutput:
-        fer = video_features[:, FACE_PENULTIMATE:FACE_PENULTIMATE + len(FER_CLASSES)]  # (B, 7) FER order
-        emotion = fer[:, FER_ORDER]
-        sentiment = (emotion.softmax(-1) @ self.sentiment_given_emotion).clamp(min=1e-6).log()  # (B, 3)
-        return EmotionSentimentOutput(emotion, sentiment)
+def finite_number(value, what: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not torch.isfinite(torch.tensor(float(value))):
+        raise ValueError(f"{path}: {what} must hold finite numbers, got {value!r}")
+    return float(value)
 
 
-class LateFusionModel(nn.Module):
+class LateFusionModel(PretrainedModel):
     """Experts of one modality each -> the weighted mean (or product) of their calibrated distributions.
 
-    The same interface as `EmotionSentimentModel` for analysis: `processor` (one processor that
-    reads every expert's inputs, so a clip is decoded once), `encode(batch)`, and
-    `forward(**features)` -> EmotionSentimentOutput whose logits are fused log-probabilities."""
+    `processor` reads every expert's inputs (so a clip is decoded once), `encode(batch)` runs each
+    expert's frozen part, and `forward(**inputs)` -> EmotionSentimentOutput whose logits are fused
+    log-probabilities, with every expert's calibrated log-probabilities and presence in `experts`."""
 
-    def __init__(self, experts: dict[str, EmotionSentimentModel], config: FusionConfig):
+    model_type = "late_fusion"
+
+    def __init__(self, experts: dict[str, PretrainedModel], config: FusionConfig):
         super().__init__()
-        self.fusion_config = config
+        if set(experts) != set(config.experts):
+            raise ValueError(f"the fusion names experts {sorted(config.experts)} but was given {sorted(experts)}")
+        self.config = config
         self.experts = nn.ModuleDict(experts)
-        if "face" in config.experts:
-            self.face = FaceExpert(torch.tensor(config.sentiment_given_emotion, dtype=torch.float32))
+        seen: dict[str, str] = {}
+        for name, expert in experts.items():
+            if len(expert.modalities) != 1 or expert.modalities[0] in seen:
+                raise ValueError(f"the {name} expert reads {list(expert.modalities)}: each expert reads one modality, "
+                                 f"no two the same (found {seen})")
+            seen[expert.modalities[0]] = name
         settings = {name: e.processor.config for name, e in experts.items()}
         if len(set(settings.values())) > 1:
             raise ValueError(f"the experts were trained with different preprocessing ({settings}); late fusion reads "
                              "each clip once, so train them with the same settings")
-        text, audio = experts.get("text"), experts.get("audio")
-        modalities = tuple(m for m, present in (("text", text), ("video", "face" in config.experts), ("audio", audio)) if present)
-        self.config = ModelConfig(
-            text_encoder=text.config.text_encoder if text else "minilm", modalities=modalities, video_encoder="face",
-            audio_encoder=audio.config.audio_encoder if audio else "cnn", video_weights="none")
-        self.processor = Processor(next(iter(settings.values())) if settings else ProcessorConfig(),
-                                   modalities, text.tokenizer if text else None, "face", self.config.audio_encoder,
-                                   faces_optional=True)  # the face expert abstains on a file without video
+        self.by_modality = seen
+        text, video, audio = (experts.get(seen.get(m, "")) for m in MODALITIES)
+        self.processor = Processor(next(iter(settings.values())), self.modalities, text.tokenizer if text else None,
+                                   video.processor.video_encoder if video else "face",
+                                   audio.processor.audio_encoder if audio else "cnn",
+                                   video_optional=True)  # the video expert abstains on a file without video
 
-    def without(self, name: str) -> LateFusionModel:
-        """The same model less one expert (sharing its modules): e.g. without "face" for audio files."""
-        config = replace(self.fusion_config, experts={k: e for k, e in self.fusion_config.experts.items() if k != name})
-        return LateFusionModel({k: m for k, m in self.experts.items() if k != name}, config).eval()
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in self.by_modality)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [m for expert in self.experts.values() for m in expert.feature_modules()]
+
+    def stream_warnings(self, path: str | Path, has_video: bool, has_audio: bool) -> list[str]:
+        """An expert whose stream the file lacks abstains (said once here); a file that leaves
+        every expert out is refused."""
+        missing = {m for m, ok in (("video", has_video), ("audio", has_audio)) if not ok}
+        out = [f"{path}: no {m} stream: the {name} expert abstains" for m, name in self.by_modality.items() if m in missing]
+        if len(out) == len(self.experts):
+            from emosent.data.media import MediaError
+
+            raise MediaError(path, f"no {' or '.join(sorted(missing))} stream", "none of this model's experts can read it")
+        return out
+
+    def frozen_spec(self) -> dict:
+        return {name: expert.frozen_spec() for name, expert in self.experts.items()}
 
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Raw inputs -> each expert's frozen features, keyed as `forward` takes them."""
         out = {}
-        for modality in self.config.modalities if modalities is None else modalities:
-            if modality == "video":
-                faces, mask = batch.get("faces"), batch.get("face_mask")
-                if faces is None or mask is None:
-                    raise ValueError("the face expert needs faces and face_mask, as the processor makes them")
-                out["video_features"] = self.face.face(faces, mask)
-            else:
-                out.update(self.experts[modality].encode(batch, (modality,)))
+        for modality in self.modalities if modalities is None else modalities:
+            out.update(self.experts[self.by_modality[modality]].encode(batch, (modality,)))
         return out
 
-    def expert_log_probs(self, **features) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """expert -> (emotion (B, 7), sentiment (B, 3) calibrated log-probabilities, present (B,) bool)."""
-        out = {}
-        for name, expert in self.fusion_config.experts.items():
-            if name == "face":
-                video = features["video_features"]
-                result, present = self.face(video), video[:, -1] > 0  # the share of frames with a face
-            else:
-                result = self.experts[name](**{k: features[k] for k in EXPERT_INPUTS[name] if features.get(k) is not None})
-                lengths = features.get("audio_lengths") if name == "audio" else None
-                present = lengths > 0 if lengths is not None else torch.ones(
-                    len(result.emotion_logits), dtype=torch.bool, device=result.emotion_logits.device)
-            t = expert.temperature
-            out[name] = ((result.emotion_logits / t).log_softmax(-1), (result.sentiment_logits / t).log_softmax(-1), present)
-        return out
+    def expert_outputs(self, **inputs) -> dict[str, EmotionSentimentOutput]:
+        """Each expert's own (uncalibrated) output on the inputs of its modality."""
+        outputs = {}
+        for name, expert in self.experts.items():
+            names = MODALITY_INPUTS[expert.modalities[0]]
+            out = expert(**{k: v for k, v in inputs.items() if k in names and v is not None})
+            if out.present is None:
+                out.present = torch.ones(len(out.emotion_logits), dtype=torch.bool, device=out.emotion_logits.device)
+            outputs[name] = out
+        return outputs
 
     def forward(self, **inputs) -> EmotionSentimentOutput:
         """Fused log-probabilities of the present experts' calibrated distributions: their weighted
         mean or product (see the module's docstring). Each modality takes its raw inputs (as the
         processor makes them) or its frozen features (as `encode` makes them)."""
-        raw = tuple(m for m in self.config.modalities if inputs.get(FEATURE_INPUTS[m]) is None)
-        features = {**inputs, **self.encode(inputs, raw)} if raw else inputs
-        parts = self.expert_log_probs(**features)
-        weights = {name: self.fusion_config.experts[name].weight * present.to(e.dtype)[:, None]  # (B, 1)
-                   for name, (e, _, present) in parts.items()}
-        fused = []
-        for task in (0, 1):  # emotion, sentiment
-            if self.fusion_config.rule == "product":
-                fused.append(sum(weights[n] * parts[n][task] for n in parts).log_softmax(-1))
-            else:  # the log of sum_m w_m p_m / sum_m w_m, stably; every row has an expert present (text)
-                logs = torch.stack([parts[n][task] + weights[n].clamp(min=1e-30).log() for n in parts])  # (E, B, k)
-                fused.append((logs.logsumexp(0)).log_softmax(-1))
-        return EmotionSentimentOutput(*fused, experts=parts)
+        return self.fuse(self.expert_outputs(**inputs))
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """fusion.json and one model folder per model expert (each as `save_pretrained` writes it)."""
+    def fuse(self, outputs: dict[str, EmotionSentimentOutput], config: FusionConfig | None = None,
+             temperatures: dict[str, torch.Tensor] | None = None, weights: dict[str, torch.Tensor] | None = None,
+             biases: tuple[torch.Tensor, torch.Tensor] | None = None) -> EmotionSentimentOutput:
+        """The experts' outputs -> the fused output. The keyword arguments override the config's
+        numbers with tensors (for fitting them: see `emosent.fit`)."""
+        config = config or self.config
+        parts = {}
+        for name, out in outputs.items():
+            t = temperatures[name] if temperatures else config.experts[name].temperature
+            parts[name] = ((out.emotion_logits / t).log_softmax(-1), (out.sentiment_logits / t).log_softmax(-1), out.present)
+        present_any = torch.stack([p for _, _, p in parts.values()]).any(0)  # (B,)
+        fused = []
+        for task, labels in enumerate((EMOTIONS, SENTIMENTS)):
+            w = {n: (weights[n] if weights else torch.tensor(config.experts[n].weight)) * p.to(e.dtype)[:, None]  # (B, 1)
+                 for n, (e, _, p) in parts.items()}
+            if config.rule == "product":
+                joined = sum(w[n] * parts[n][task] for n in parts)
+            else:  # the log of sum_m w_m p_m / sum_m w_m, stably
+                joined = torch.stack([parts[n][task] + w[n].clamp(min=1e-30).log() for n in parts]).logsumexp(0)  # (B, k)
+            bias = biases[task] if biases else torch.tensor(config.emotion_bias if task == 0 else config.sentiment_bias)
+            # a row where every expert abstained: uniform, and not present
+            joined = torch.where(present_any[:, None], joined + bias.to(joined), torch.zeros_like(joined))
+            fused.append(joined.log_softmax(-1))
+        return EmotionSentimentOutput(*fused, experts=parts, present=present_any)
+
+    def save_pretrained(self, directory: str | Path, *, include_frozen: bool = False) -> Path:
+        """config.json (model_type late_fusion, the fusion's numbers) and one subfolder per expert,
+        each written by its own save_pretrained."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name, model in self.experts.items():
-            model.save_pretrained(directory / self.fusion_config.experts[name].folder)
-        meta = self.fusion_config.to_dict()
-        if "face" in self.fusion_config.experts:
-            meta["face_source"] = {"source": FACE_SOURCE, "sha256": sha256_of(FER_WEIGHTS)}
-        text = json.dumps(meta, indent=2) + "\n"
-        write_atomically(directory / FUSION_FILE, lambda tmp: tmp.write_text(text))
+        for name, expert in self.experts.items():
+            expert.save_pretrained(directory / self.config.experts[name].folder, include_frozen=include_frozen)
+        write_config(directory, self.model_type, {"fusion": self.config.to_dict()})
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LateFusionModel:
         directory = Path(directory)
-        path = directory / FUSION_FILE
-        meta = read_json_object(path, "experts")
-        if meta.get("format") != FUSION_FORMAT:
-            raise ValueError(f"{path}: fusion format {meta.get('format')!r}, but this version reads {FUSION_FORMAT}; "
-                             "use the emosent version that wrote it")
+        if not (directory / CONFIG_FILE).is_file() and (directory / LEGACY_FUSION_FILE).is_file():
+            return from_legacy_folder(directory)
+        path = directory / CONFIG_FILE
+        config = FusionConfig.from_dict(read_config(directory, cls.model_type, "fusion")["fusion"], path)
+        experts = {}
+        for name, spec in config.experts.items():
+            folder = directory / spec.folder
+            model_type, _ = model_type_of(folder)
+            experts[name] = MODEL_TYPES[model_type].from_pretrained(folder)
         try:
-            config = FusionConfig({k: Expert(**v) for k, v in meta["experts"].items()}, meta["sentiment_given_emotion"],
-                                  meta.get("rule", "mean"), meta.get("card", {}))
-        except TypeError as err:
-            raise ValueError(f"{path}: an expert entry has unknown fields ({err}); restore the file") from None
+            return cls(experts, config).eval()
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-        unknown = set(config.experts) - {"text", "audio", "face"}
-        if unknown or not config.experts:
-            raise ValueError(f"{path}: experts must be among text, audio, face; got {sorted(config.experts)}")
-        face = meta.get("face_source")
-        if "face" in config.experts and (not face or face.get("sha256") != sha256_of(FER_WEIGHTS)):
-            raise ValueError(f"{path}: its face expert is the FER2013 network with sha256 {(face or {}).get('sha256', '?')[:12]}, "
-                             f"but this installation's ({FER_WEIGHTS}) differs; use the emosent version that wrote it")
-        experts = {name: EmotionSentimentModel.from_pretrained(directory / e.folder)
-                   for name, e in config.experts.items() if name != "face"}
-        for name, model in experts.items():
-            if model.config.modalities != (name,):
-                raise ValueError(f"{directory / config.experts[name].folder}: the {name} expert must be a {name}-only model, "
-                                 f"got modalities {model.config.modalities}")
-        return cls(experts, config).eval()
 
+
+def from_legacy_folder(directory: Path) -> LateFusionModel:
+    """emosent 0.1's late fusion (fusion.json, a text/ and an audio/ folder, the face expert
+    inline), read as today's model; `emosent export` writes it in today's format."""
+    path = directory / LEGACY_FUSION_FILE
+    meta = read_json_object(path, "experts")
+    if meta.get("format") != 1:
+        raise ValueError(f"{path}: fusion format {meta.get('format')!r} is not one this version reads; "
+                         "use the emosent version that wrote it")
+    experts, specs = {}, {}
+    for name, entry in meta["experts"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: experts.{name} must be an object")
+        folder = entry.get("folder") or name
+        specs[name] = {"folder": folder, **{k: entry[k] for k in ("weight", "temperature") if k in entry}}
+        if name != "face":
+            experts[name] = MODEL_TYPES["multimodal"].from_pretrained(directory / folder)
+    config = FusionConfig.from_dict({"experts": specs, "rule": meta.get("rule", "mean"), "card": meta.get("card", {})}, path)
+    if "face" in specs:
+        check_fer_source(meta.get("face_source"), path)
+        settings = next(iter(experts.values())).processor.config if experts else ProcessorConfig()
+        experts["face"] = FaceExpressionModel(check_table(meta.get("sentiment_given_emotion"), path), settings)
+    try:
+        return LateFusionModel(experts, config).eval()
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

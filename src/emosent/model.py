@@ -41,6 +41,7 @@ from emosent.data.faces import FACE_SIZE
 from emosent.fer_network import FER_CLASSES, MiniXception, load_fer_network
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.pretrained import CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE, PretrainedModel, check_finite
 from emosent.processor import PROCESSOR_FILE, TOKENIZER_DIR, Processor, load_tokenizer, read_processor_config
 
 AUDIO_CONV_FEATURES = 128
@@ -48,9 +49,6 @@ FACE_PENULTIMATE = 128  # width of the FER2013 network's last block
 FER_CHUNK = 32  # face crops per pass of the FER2013 network: its activations then stay in the CPU's cache (2x faster than 256)
 FACE_SOURCE = "fer2013-mini-xception"  # how config.json names the packaged face-expression network
 WHISPER_WIDTH = 512  # Whisper-base's encoder width
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FOLDER_FORMAT = 2  # 1 (no "format" key): every weight in WEIGHTS_FILE, n_mels in model_config, no processor.json
 
 
 class TextEncoder(nn.Module):
@@ -375,11 +373,13 @@ def classifier(in_dim: int, hidden: int, n_classes: int, dropout: float) -> nn.S
 @dataclass
 class EmotionSentimentOutput:
     """emotion_logits: (B, 7) in `emosent.labels.EMOTIONS` order; sentiment_logits: (B, 3) in SENTIMENTS order.
-    experts (late fusion only): expert -> (emotion (B, 7), sentiment (B, 3) log-probabilities, present (B,) bool)."""
+    experts (late fusion only): every expert -> (emotion (B, 7), sentiment (B, 3) calibrated
+    log-probabilities, present (B,) bool); an expert that abstained on a row has present False."""
 
     emotion_logits: torch.Tensor
     sentiment_logits: torch.Tensor
     experts: dict | None = None
+    present: torch.Tensor | None = None  # (B,) bool: False where the model abstained (it lacked its input)
 
 
 # Keyword arguments of `forward` per modality: raw inputs (video: those of the model's video
@@ -388,8 +388,13 @@ RAW_INPUTS = {"text": ("input_ids", "attention_mask"), "video": ("video", "faces
 FEATURE_INPUTS = {"text": "text_features", "video": "video_features", "audio": "audio_features"}
 # token_type_ids: text with dialogue context (0 the utterance, 1 its context); audio_lengths: the
 # real frames of each clip's log-mel, for masked audio pooling
-OPTIONAL_INPUTS = ("token_type_ids", "audio_lengths")
+# video_present / audio_present: whether each clip has the stream at all (the processor's masks)
+OPTIONAL_INPUTS = ("token_type_ids", "audio_lengths", "video_present", "audio_present")
 INPUT_NAMES = (*(n for names in RAW_INPUTS.values() for n in names), *OPTIONAL_INPUTS, *FEATURE_INPUTS.values())
+# every input of one modality, raw, cached and its mask: what a late fusion hands the expert of that modality
+MODALITY_INPUTS = {"text": ("input_ids", "attention_mask", "token_type_ids", "text_features"),
+                   "video": ("video", "faces", "face_mask", "video_features", "video_present"),
+                   "audio": ("audio", "audio_lengths", "audio_features", "audio_present")}
 
 
 def model_inputs(batch: dict) -> dict:
@@ -397,10 +402,15 @@ def model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in INPUT_NAMES if k in batch}
 
 
-class EmotionSentimentModel(nn.Module):
+class EmotionSentimentModel(PretrainedModel):
     """Text, video and audio encoders -> concat (B, 128 * modalities) -> fusion (B, 256) -> two heads.
 
-    `self.processor` turns utterances into this model's inputs (see `emosent.processor`)."""
+    `self.processor` turns utterances into this model's inputs (see `emosent.processor`). A model
+    of one media modality (an expert: audio only, say) abstains where its stream is absent
+    (`EmotionSentimentOutput.present`); a model over several reads missing audio as silence and
+    needs a video stream where it reads video."""
+
+    model_type = "multimodal"
 
     def __init__(self, config: ModelConfig, processor_config: ProcessorConfig = ProcessorConfig(), *,
                  pretrained: bool | tuple[str, ...] = True, text_source: str | Path | None = None, tokenizer=None):
@@ -491,6 +501,8 @@ class EmotionSentimentModel(nn.Module):
             if modality == "audio":
                 raw["lengths"] = out["audio_lengths"] = audio_lengths(batch, self.processor.audio_shape[-1])
             out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(**raw)
+            if batch.get(f"{modality}_present") is not None:  # kept with the features: abstention is decided from it
+                out[f"{modality}_present"] = batch[f"{modality}_present"]
         return out
 
     def forward(
@@ -507,6 +519,8 @@ class EmotionSentimentModel(nn.Module):
         text_features: torch.Tensor | None = None,
         video_features: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
+        video_present: torch.Tensor | None = None,
+        audio_present: torch.Tensor | None = None,
     ) -> EmotionSentimentOutput:
         """Each modality of the config takes either its raw inputs or its cached frozen features:
         input_ids, attention_mask (B, L) long, token_type_ids (B, L) with context | text_features
@@ -514,7 +528,8 @@ class EmotionSentimentModel(nn.Module):
         video (B, T, 3, S, S) float and/or faces (B, T, 1, 64, 64) float with face_mask (B, T) bool,
         as the video encoder takes them | video_features (B, 512 and/or 136);
         audio (B, 1, M, F) float | audio_features (B, 128), or the log-mel (B, 1, M, F) when the audio
-        convolutions train; audio_lengths (B,) long, each clip's real frames (needed by masked pooling)."""
+        convolutions train; audio_lengths (B,) long, each clip's real frames (needed by masked pooling);
+        video_present, audio_present (B,) bool: whether each clip has the stream (see `present_mask`)."""
         given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, video=video, faces=faces,
                      face_mask=face_mask, audio=audio, audio_lengths=audio_lengths, text_features=text_features,
                      video_features=video_features, audio_features=audio_features)
@@ -525,7 +540,30 @@ class EmotionSentimentModel(nn.Module):
             extra = {"text": (attention_mask, token_type_ids), "audio": (features.get("audio_lengths", audio_lengths),)}.get(modality, ())
             parts.append(encoder.head(features[FEATURE_INPUTS[modality]], *extra))  # (B, feature_dim)
         fused = self.fusion(torch.cat(parts, dim=1))  # (B, feature_dim * modalities) -> (B, fusion_dim)
-        return EmotionSentimentOutput(self.emotion_head(fused), self.sentiment_head(fused))
+        emotion = self.emotion_head(fused)
+        present = self.present_mask(len(emotion), emotion.device, video_present=video_present, audio_present=audio_present)
+        return EmotionSentimentOutput(emotion, self.sentiment_head(fused), present=present)
+
+    def present_mask(self, b: int, device, **streams: torch.Tensor | None) -> torch.Tensor:
+        """(B,) bool: where this model has what it reads. A model of one media stream (an audio
+        expert) abstains without it; text is always there (empty text is skipped earlier); a
+        model of several modalities cannot leave one out, so it always answers."""
+        present = torch.ones(b, dtype=torch.bool, device=device)
+        media = [m for m in self.config.modalities if m != "text"]
+        if self.config.modalities == tuple(media[:1]) and streams.get(f"{media[0]}_present") is not None:
+            present = streams[f"{media[0]}_present"].to(device=device, dtype=torch.bool)
+        return present
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities
+
+    def frozen_spec(self) -> dict:
+        """What, besides the processor and the frozen weights, changes the frozen outputs (the
+        feature cache's key)."""
+        c = self.config
+        return {"pooling": c.pooling if "text" in c.modalities else None,
+                **({"audio": [c.audio_encoder, c.audio_pooling, c.train_audio_conv]} if "audio" in c.modalities else {})}
 
     def by_name(self) -> dict[str, dict]:
         """The frozen encoders that can be rebuilt from their name wherever the model is loaded
@@ -561,8 +599,8 @@ class EmotionSentimentModel(nn.Module):
             ref["in_folder"] = include_frozen and key != "audio"  # Whisper-base is not a torch module: always by name
         # the named encoders' frozen parts; layers that training changed (--finetune-text-layers) stay in
         left_out = set() if include_frozen else state_keys(self, [p for key in refs for p in self.named_parts(key)])
-        meta = {"format": FOLDER_FORMAT, "model_config": self.config.to_dict(), "emotions": list(EMOTIONS),
-                "sentiments": list(SENTIMENTS), "frozen_encoders": refs}
+        meta = {"format": FOLDER_FORMAT, "model_type": self.model_type, "model_config": self.config.to_dict(),
+                "emotions": list(EMOTIONS), "sentiments": list(SENTIMENTS), "frozen_encoders": refs}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         self.processor.save_pretrained(directory)
         if "text" in self.config.modalities:
@@ -605,6 +643,7 @@ class EmotionSentimentModel(nn.Module):
         except RuntimeError as err:  # other shapes than config.json says
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({str(err).splitlines()[0][:200]}); "
                              "the two files come from different models") from None
+        check_finite(model.state_dict(), weights)
         missing = set(missing) - state_keys(model, [p for key in by_name for p in model.named_parts(key)])
         if missing or unexpected:
             example = sorted(missing or unexpected)[0]
@@ -668,7 +707,7 @@ def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
     fields = dict(meta["model_config"])
     if "format" not in meta:
         fields.pop("n_mels", None)  # format 1 kept it here; it is a processor setting now
-    elif meta["format"] != FOLDER_FORMAT:
+    elif meta["format"] not in (2, FOLDER_FORMAT):
         raise ValueError(f"{config_path}: folder format {meta['format']!r}, but this version reads {FOLDER_FORMAT}; "
                          "use the emosent version that wrote it")
     if not (directory / PROCESSOR_FILE).is_file() and "format" in meta:

@@ -364,7 +364,7 @@ def predict(
     net = model if isinstance(model, torch.nn.Module) else load_model(model_dir)  # None: the built-in model
     existed = shards_dir.exists()
     try:
-        rows = list_rows(data, split, "text" in net.config.modalities, asr_model, shards_dir / "asr")
+        rows = list_rows(data, split, "text" in net.modalities, asr_model, shards_dir / "asr")
     except BaseException:
         if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
             shutil.rmtree(shards_dir, ignore_errors=True)

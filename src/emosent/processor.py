@@ -35,16 +35,16 @@ class Processor:
     """
 
     def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None, video_encoder: str = "r3d18",
-                 audio_encoder: str = "cnn", faces_optional: bool = False):
+                 audio_encoder: str = "cnn", video_optional: bool = False):
         if not modalities:
             raise ValueError("modalities must be a non-empty subset of ('text', 'video', 'audio')")
         if "text" in modalities and tokenizer is None:
             raise ValueError("a processor for text needs the text encoder's tokenizer")
         self.config, self.modalities, self.tokenizer = config, tuple(modalities), tokenizer
         self.video_encoder, self.audio_encoder = video_encoder, audio_encoder
-        # a model whose face reader abstains without faces (late fusion) reads a file without a
-        # video stream (a call recording) as one in which no face was seen
-        self.faces_optional = faces_optional and video_encoder == "face"
+        # a model whose video reader abstains without a video stream (late fusion) reads a file
+        # without one (a call recording) with video_present False; any other skips it
+        self.video_optional = video_optional
         if audio_encoder == "whisper-base" and "audio" in modalities and config.sample_rate_hz != 16_000:
             raise ValueError(f"--audio-encoder whisper-base reads 16 kHz audio: leave --sample-rate-hz at 16000, "
                              f"not {config.sample_rate_hz}")
@@ -73,28 +73,35 @@ class Processor:
             except MediaError as err:
                 return {"index": index, "skip": err.reason, "error": f"{u.source}: {err}"}
             item.update({m: getattr(clip, m) for m in self.media if m not in ("frames", "whisper")})
+            # one rule for a missing stream: every input is there, with a mask saying what the file held
+            if "video" in self.modalities:
+                item["video_present"] = clip.video is not None or clip.frames is not None
+                if "video" in self.media and clip.video is None:
+                    item["video"] = torch.zeros(self.config.num_frames, 3, self.config.frame_size, self.config.frame_size)
             if clip.frames is not None:
                 item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
-            elif "frames" in self.media:  # no video stream, and faces are optional: no face seen
+            elif "frames" in self.media:  # no video stream: no face seen
                 item["faces"], item["face_mask"] = no_faces(self.config.num_frames)
             if "audio" in self.media:
                 item["audio_length"] = clip.audio_frames
+                item["audio_present"] = clip.has_audio
         return item
 
     def load(self, u: Utterance):
         try:
             return load_clip(u.path, u.start, u.end, modalities=self.media, settings=self.config)
         except MediaError as err:
-            if not (self.faces_optional and err.reason == "no video stream"):
+            if not (self.video_optional and err.reason == "no video stream"):
                 raise
-        return load_clip(u.path, u.start, u.end, modalities=tuple(m for m in self.media if m != "frames"), settings=self.config)
+        return load_clip(u.path, u.start, u.end, modalities=tuple(m for m in self.media if m not in ("video", "frames")),
+                         settings=self.config)
 
     def collate(self, items: list[dict]) -> dict:
         """Items -> a batch: input_ids and attention_mask (B, L) padded to the batch's longest (at
         most max_tokens), video (B, T, 3, S, S), faces (B, T, 1, 64, 64) and face_mask (B, T), audio
         (B, 1, M, F) with audio_lengths (B,) long (its frames that hold real audio, the rest being
-        padding), emotion and sentiment (B,)
-        when every item has labels, index (B,), and the dropped items' (index, reason, error)
+        padding), video_present and audio_present (B,) bool (the file had the stream), emotion and
+        sentiment (B,) when every item has labels, index (B,), and the dropped items' (index, reason, error)
         under "skipped"."""
         good = [it for it in items if "skip" not in it]
         batch: dict = {"skipped": [(it["index"], it["skip"], it["error"]) for it in items if "skip" in it]}
@@ -122,6 +129,9 @@ class Processor:
                 batch[m] = torch.stack([it[m] for it in good])
         if "audio" in good[0]:
             batch["audio_lengths"] = torch.tensor([it["audio_length"] for it in good], dtype=torch.long)
+        for stream in ("video_present", "audio_present"):
+            if stream in good[0]:
+                batch[stream] = torch.tensor([it[stream] for it in good], dtype=torch.bool)
         return batch
 
     @property

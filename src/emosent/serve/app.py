@@ -21,7 +21,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from emosent.analyze import model_for
 from emosent.config import ServeConfig
 from emosent.data import MediaError, probe
 from emosent.plots import EMOTION_COLOURS, SENTIMENT_COLOURS, timeline_png
@@ -202,10 +201,10 @@ def check_inputs(upload: Upload, model, asr_available: bool) -> str:
         info = probe(video)
     except MediaError as err:
         raise UploadError(415, f"video {upload.public(str(err))}; send a video file (mp4, mkv, webm, mov, ...)") from None
-    try:  # analyze's own rule: a late-fusion model reads sound alone (its face expert abstains)
-        model_for(model, info, Path(name))
-    except MediaError:
-        raise UploadError(422, f"video {name}: no video stream; this model reads frames: send a video file") from None
+    try:  # analyze's own rule: the model says what it can do without (a late fusion's expert abstains)
+        model.stream_warnings(name, info.has_video, info.has_audio)
+    except MediaError as err:
+        raise UploadError(422, f"video {err}: send a file this model can read") from None
     for field in ("subtitles", "transcript"):
         if field in upload.files:
             try:
