@@ -377,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
         import lightning.pytorch  # noqa: F401  (sets up the logging handler that quiet_libraries filters)
     if args.command != "make-sample":
         quiet_libraries()
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     stop_on_signals()
     try:
         return args.run(args)
@@ -388,11 +386,19 @@ def main(argv: list[str] | None = None) -> int:
         if (signum := received()) is not None:
             print(f"emosent {args.command}: stopped by {signal.Signals(signum).name}; {after_interrupt(args)}", file=sys.stderr)
             return 128 + signum
-        if isinstance(err, (ValueError, OSError, ImportError, WeightsUnavailableError, LockedError, MisconfigurationException)):
+        if isinstance(err, user_errors()):
             # errors meant for the user (bad argument, bad file, offline weights, a missing package): one line, no traceback
             print(f"emosent {args.command}: error: {one_line(err)}", file=sys.stderr)
             return 2
         raise
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors meant for the user. Lightning's MisconfigurationException only where Lightning
+    was loaded (none can arise otherwise): make-sample never waits for it to import."""
+    errors = (ValueError, OSError, ImportError, WeightsUnavailableError, LockedError)
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return errors if lightning is None else (*errors, lightning.MisconfigurationException)
 
 
 def one_line(err: BaseException) -> str:

