@@ -61,7 +61,7 @@ def test_argument_errors_load_no_heavy_library(args, needle):
 
 def test_the_package_is_light_and_its_exports_load_on_use():
     probe = ("import json, sys, emosent; heavy = [m for m in json.loads(sys.argv[1]) if m in sys.modules]; "
-             "import emosent.analyze, emosent.train; "  # submodules named like an export must not replace it
+             "import emosent.analyze, emosent.train, emosent.export; "  # submodules named like an export must not replace it
              "kinds = {name: type(getattr(emosent, name)).__name__ for name in emosent.__all__}; "
              "print(json.dumps({'heavy': heavy, 'kinds': kinds}))")
     done = subprocess.run([sys.executable, "-c", probe, json.dumps(HEAVY)], capture_output=True, text=True, timeout=300)
@@ -70,4 +70,6 @@ def test_the_package_is_light_and_its_exports_load_on_use():
     assert result["heavy"] == []
     assert result["kinds"] == {"EMOTIONS": "tuple", "SENTIMENTS": "tuple", "EmotionSentimentModel": "type",
                                "EmotionSentimentOutput": "type", "ModelConfig": "type", "load_model": "function",
-                               "analyze": "function", "predict": "function", "train": "function", "evaluate": "function"}
+                               "analyze": "function", "predict": "function", "train": "function", "evaluate": "function",
+                               "extract": "function", "export": "function", "fuse": "function", "adapt": "function",
+                               "PretrainedModel": "type", "LateFusionModel": "type"}

@@ -24,6 +24,12 @@ LAZY = {
     "predict": "emosent.predict:predict",
     "train": "emosent.train:train",
     "evaluate": "emosent.evaluate:evaluate",
+    "extract": "emosent.features:extract",
+    "export": "emosent.export:export",
+    "fuse": "emosent.fit:fuse",
+    "adapt": "emosent.fit:adapt",
+    "PretrainedModel": "emosent.pretrained:PretrainedModel",
+    "LateFusionModel": "emosent.fusion:LateFusionModel",
 }
 
 __all__ = ["EMOTIONS", "SENTIMENTS", *LAZY]
