@@ -1,27 +1,25 @@
 """Rebuild the built-in model (src/emosent/builtin) from ../shared/data, with its figures.
 
 One command: .venv/bin/python tools/build_builtin.py [--work runs/builtin] [--out src/emosent/builtin]
+[--experts FOLDER]
 
 1. The text expert: `emosent train` on MELD text (all-MiniLM-L6-v2, its top 2 layers fine-tuned,
    sqrt class weights, 4 epochs, seed 0: BENCHMARKS.md's recommended MELD row).
 2. The voice expert: `emosent train` on RAVDESS actors 01-14 (audio only, the frozen Whisper-base
    encoder, 60 epochs, seed 0: BENCHMARKS.md's best RAVDESS row), validated on actors 15-18.
-3. The face expert: the packaged FER2013 network, as it is.
-4. Each expert's dev predictions (MELD dev, RAVDESS 15-18, the 190 face photos) with baselines in
-   the same run: majority class; logistic regression on the same frozen features (frozen MiniLM,
-   Whisper-base); a centre crop without face detection.
-5. Calibration: one temperature per expert, fitted on its own dev predictions (negative
-   log-likelihood); P(sentiment | emotion) for the face expert, counted on MELD train.
-6. The fusion rule, measured on label-paired dev triples (each MELD dev utterance with a RAVDESS
-   dev clip and a face photo of the same emotion, drawn with seeds 0-2): no real example has all
-   three modalities, so this is the only joint measurement possible here, and it flatters the
-   voice and face experts (each is as good as on its own data). Rules compared: text alone, the
-   mean of the calibrated experts' probabilities with equal weights (chosen, see fusion.py: an
-   expert confidently wrong outside its domain cannot veto the others), their product (sharper
-   when all are in their domain, as here), and voice/face weights 0.5 for sensitivity.
-7. The fused model on RAVDESS 15-18 through the whole pipeline (voice + its spoken sentence).
-8. The folder: fusion.json, text/ and audio/ model folders, MODEL_CARD.md with the figures.
-
+   (--experts FOLDER: take text/ and audio/ from an existing built-in folder instead of 1-2.)
+3. The face expert: the packaged FER2013 network (a face_expression model), its sentiment through
+   P(sentiment | emotion) counted on MELD train.
+4. The fusion, by the package's own `emosent.fit.fuse`: each expert's temperature fitted on its
+   own dev data (MELD dev, RAVDESS 15-18; the face expert's on the 190 face photos, which are not
+   a manifest, with the same `emosent.fit.fit_temperature`), equal weights, the mean rule.
+5. Figures, each expert's dev predictions with baselines in the same run: majority class;
+   logistic regression on the same frozen features (frozen MiniLM, Whisper-base); a centre crop
+   without face detection; the fusion rules on label-paired dev triples (each MELD dev utterance
+   with a RAVDESS dev clip and a face photo of the same emotion, seeds 0-2: no real example has
+   all three modalities, so this is the only joint measurement possible here, and it flatters
+   the voice and face experts); the fused model on RAVDESS 15-18 through analyze's path.
+6. The folder (config.json, text/, audio/, face/) and MODEL_CARD.md with the figures.
 Steps 1-2 are kept in --work and skipped when their model exists (delete it to retrain).
 Needs scikit-learn for the baselines: pip install -e '.[bench]'.
 """
@@ -31,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -50,9 +49,11 @@ from emosent.data import read_manifest  # noqa: E402
 from emosent.data.faces import crop_faces  # noqa: E402
 from emosent.evaluate import predict_features  # noqa: E402
 from emosent.features import FeatureDataset, extract_features  # noqa: E402
-from emosent.fusion import Expert, FusionConfig, LateFusionModel  # noqa: E402
+from emosent.fit import fit_temperature, fuse  # noqa: E402
+from emosent.fusion import FaceExpressionModel, LateFusionModel  # noqa: E402
 from emosent.labels import EMOTIONS, SENTIMENTS  # noqa: E402
 from emosent.model import EmotionSentimentModel  # noqa: E402
+from emosent.pretrained import load_pretrained  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 RAVDESS, FACES = DATA / "ravdess16k", DATA / "faces"
@@ -80,43 +81,26 @@ def dev_predictions(model: EmotionSentimentModel, data: Path, work: Path):
     return ({t: probs[t].clamp(min=1e-12).log() for t in TASKS}, {t: features.tensors[t] for t in TASKS}, features)
 
 
-def face_predictions(model: LateFusionModel):
-    """Log-probs of the face expert on the photos (a centre crop where no face is found, as
+def face_predictions(face: FaceExpressionModel):
+    """Logits of the face expert on the photos (a centre crop where no face is found, as
     bench/faces.py), their labels, and the centre-crop baseline's emotion predictions."""
-    rows = read_labels(FACES)
-    emotion, sentiment, centre = [], [], []
     from PIL import Image
 
+    rows = read_labels(FACES)
+    emotion, sentiment, centre = [], [], []
+    settings = face.processor.config
+    one = torch.ones(1, 1, dtype=torch.bool)
     with torch.no_grad():
         for path, _ in rows:
             image = Image.open(path)
-            faces, found = crop_faces(as_frame(image)[None], model.processor.config.face_margin,
-                                      model.processor.config.face_detect_size)
-            crop = faces if found[0] else centre_crop(image)[None]
-            features = model.face.face(crop[None], torch.ones(1, 1, dtype=torch.bool))
-            out = model.face(features)
-            emotion.append(out.emotion_logits[0].log_softmax(-1))
+            faces, found = crop_faces(as_frame(image)[None], settings.face_margin, settings.face_detect_size)
+            out = face(faces=(faces if found[0] else centre_crop(image)[None])[None], face_mask=one)
+            emotion.append(out.emotion_logits[0])
             sentiment.append(out.sentiment_logits[0])
-            centre_features = model.face.face(centre_crop(image)[None, None], torch.ones(1, 1, dtype=torch.bool))
-            centre.append(int(model.face(centre_features).emotion_logits.argmax()))
+            centre.append(int(face(faces=centre_crop(image)[None, None], face_mask=one).emotion_logits.argmax()))
     labels = {"emotion": torch.tensor([EMOTIONS.index(e) for _, e in rows]),
               "sentiment": torch.tensor([SENTIMENTS.index(SENTIMENT_OF[e]) for _, e in rows])}
     return {"emotion": torch.stack(emotion), "sentiment": torch.stack(sentiment)}, labels, centre
-
-
-def fit_temperature(log_probs: dict, labels: dict) -> float:
-    """The temperature minimising the summed negative log-likelihood of both tasks."""
-    log_t = torch.zeros(1, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def loss():
-        optimiser.zero_grad()
-        value = sum(torch.nn.functional.cross_entropy(log_probs[t] / log_t.exp(), labels[t]) for t in TASKS)
-        value.backward()
-        return value
-
-    optimiser.step(loss)
-    return round(float(log_t.detach().exp()), 4)
 
 
 def metrics(log_probs: dict, labels: dict) -> dict:
@@ -161,14 +145,13 @@ def paired(experts: dict, rules: dict) -> dict:
 def ravdess_end_to_end(model: LateFusionModel, data: Path) -> dict:
     """The fused model on RAVDESS 15-18 (audio files: the face expert abstains, as analyze has it)
     through analyze's own path: processor -> encode -> forward."""
-    model = model.without("face")
     records = read_manifest(data, "dev")
     out = {t: [] for t in TASKS}
     with torch.no_grad():
         for first in range(0, len(records), 16):
             batch = model.processor.collate([model.processor(r, i) for i, r in enumerate(records[first:first + 16])])
             features = model.encode(batch)
-            result = model(**features, attention_mask=batch["attention_mask"])
+            result = model(**features, attention_mask=batch["attention_mask"])  # the face expert abstains (no video stream)
             out["emotion"].append(result.emotion_logits)
             out["sentiment"].append(result.sentiment_logits)
     labels = {"emotion": torch.tensor([EMOTIONS.index(r.emotion) for r in records]),
@@ -184,31 +167,48 @@ HEADER = ("| | emotion acc | emotion w-F1 | emotion macro-F1 | sentiment acc | s
           "|---|---|---|---|---|---|---|")
 
 
+CARD = {
+    "summary": "late fusion of a MELD text expert, a RAVDESS voice expert and the FER2013 face network; English",
+    "experts": ["text: all-MiniLM-L6-v2, top 2 layers fine-tuned on MELD train (TV dialogue)",
+                "voice: frozen Whisper-base encoder + a trained head, RAVDESS actors 01-14 (acted speech)",
+                "face: the FER2013 mini-XCEPTION network (emosent/weights), MTCNN face detection"],
+    "licence": ["non-commercial use only: text/ GPL-3.0 (from MELD), audio/ CC BY-NC-SA 4.0 (from RAVDESS), "
+                "face network MIT; see MODEL_CARD.md"],
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "builtin", help="run folders, logs and the feature cache")
     parser.add_argument("--out", type=Path, default=REPO / "src" / "emosent" / "builtin", help="the built-in model folder to write")
+    parser.add_argument("--experts", type=Path, default=None,
+                        help="take the text and voice experts from this built-in folder instead of training them")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"machine: {machine.describe()}")
     ravdess_csvs = write_ravdess_csvs(RAVDESS, args.work / "ravdess")
-    text_dir = train_expert("text", MELD, TEXT, args.work)
-    audio_dir = train_expert("audio", ravdess_csvs, AUDIO, args.work)
-
-    text, audio = EmotionSentimentModel.from_pretrained(text_dir), EmotionSentimentModel.from_pretrained(audio_dir)
-    config = FusionConfig({"text": Expert(folder="text"), "audio": Expert(folder="audio"), "face": Expert()},
-                          sentiment_given_emotion(read_manifest(MELD, "train")))
-    fused = LateFusionModel({"text": text, "audio": audio}, config).eval()
-
+    if args.experts:
+        text_dir, audio_dir = args.experts / "text", args.experts / "audio"
+    else:
+        text_dir = train_expert("text", MELD, TEXT, args.work)
+        audio_dir = train_expert("audio", ravdess_csvs, AUDIO, args.work)
+    text, audio = load_pretrained(text_dir), load_pretrained(audio_dir)
+    face = FaceExpressionModel(sentiment_given_emotion(read_manifest(MELD, "train")), text.processor.config)
+    face_logits, face_y, centre = face_predictions(face)
+    every = torch.ones(len(centre), dtype=torch.bool)
+    face_t = fit_temperature((face_logits["emotion"], face_logits["sentiment"], every), face_y)
+    staging = args.work / "fused"  # fuse writes a new folder; it is copied to --out with the card below
+    if staging.exists():
+        shutil.rmtree(staging)
+    fused = fuse({"text": text, "audio": audio, "face": face}, staging, rule="mean", card=CARD, cache_dir=args.work / "cache",
+                 calibrate={"text": (MELD, "dev"), "audio": (ravdess_csvs, "dev")}, temperatures={"face": face_t})
+    temperature = {name: spec.temperature for name, spec in fused.config.experts.items()}
     text_lp, text_y, _ = dev_predictions(text, MELD, args.work)
     audio_lp, audio_y, audio_features = dev_predictions(audio, ravdess_csvs, args.work)
-    face_lp, face_y, centre = face_predictions(fused)
+    face_lp = {t: face_logits[t].log_softmax(-1) for t in TASKS}
     experts = {"text": (text_lp, text_y), "audio": (audio_lp, audio_y), "face": (face_lp, face_y)}
-    for name, (lp, y) in experts.items():
-        config.experts[name].temperature = fit_temperature(lp, y)
-    calibrated = {name: ({t: (lp[t] / config.experts[name].temperature).log_softmax(-1) for t in TASKS}, y)
+    calibrated = {name: ({t: (lp[t] / temperature[name]).log_softmax(-1) for t in TASKS}, y)
                   for name, (lp, y) in experts.items()}
-
     tables = []
     meld_rows = baselines(MELD, args.work / "cache")
     tables.append(("MELD dev (text; the built-in model's text expert)",
@@ -236,17 +236,9 @@ def main() -> int:
     tables.append(("Label-paired dev triples (MELD dev x RAVDESS 15-18 x photos of the same emotion; seeds 0-2)",
                    [row(name, m) for name, m in paired(calibrated, rules).items()]))
 
-    fused.fusion_config.card = {
-        "summary": "late fusion of a MELD text expert, a RAVDESS voice expert and the FER2013 face network; English",
-        "experts": ["text: all-MiniLM-L6-v2, top 2 layers fine-tuned on MELD train (TV dialogue)",
-                    "voice: frozen Whisper-base encoder + a trained head, RAVDESS actors 01-14 (acted speech)",
-                    "face: the FER2013 mini-XCEPTION network (emosent/weights), MTCNN face detection"],
-        "licence": ["non-commercial use only: text/ GPL-3.0 (from MELD), audio/ CC BY-NC-SA 4.0 (from RAVDESS), "
-                    "face network MIT; see MODEL_CARD.md"],
-    }
     fused.save_pretrained(args.out)
     report = "\n\n".join(f"#### {title}\n\n{HEADER}\n" + "\n".join(lines) for title, lines in tables)
-    temperatures = ", ".join(f"{k} {e.temperature}" for k, e in config.experts.items())
+    temperatures = ", ".join(f"{k} {t}" for k, t in temperature.items())
     card = (REPO / "tools" / "model_card.md").read_text()
     (args.out / "MODEL_CARD.md").write_text(card.replace("{figures}", report).replace("{temperatures}", temperatures))
     print(report)
