@@ -36,7 +36,7 @@ from emosent.config import ProcessorConfig
 from emosent.data import Utterance
 from emosent.data.faces import crop_faces, face_affine
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, load_fer_network
-from emosent.model import FaceExpressions
+from emosent.encoders.video import FaceExpressions
 from emosent.labels import EMOTIONS
 from emosent.synthetic import write_clip
 

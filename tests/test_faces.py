@@ -14,7 +14,7 @@ from conftest import run_cli, solid_frames
 from emosent import EmotionSentimentModel, ModelConfig
 from emosent.data import Utterance
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT
-from emosent.model import FACE_PENULTIMATE, R3D_FEATURES
+from emosent.encoders.video import FACE_PENULTIMATE, R3D_FEATURES
 from emosent.synthetic import write_clip
 
 T = 16

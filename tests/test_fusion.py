@@ -17,7 +17,7 @@ from emosent.analyze import analyze
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT
 from emosent.fusion import FER_ORDER, ExpertSpec, FaceExpressionModel, FusionConfig, LateFusionModel
 from emosent.pretrained import load_pretrained
-from emosent.model import FACE_PENULTIMATE
+from emosent.encoders.video import FACE_PENULTIMATE
 from emosent.synthetic import write_clip
 
 # P(sentiment | emotion): joy positive, neutral neutral, the rest negative (a hand-made table)

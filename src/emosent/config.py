@@ -16,16 +16,16 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-MODALITIES = ("text", "video", "audio")
+from emosent.registry import MODALITIES, Names, encoder_spec, help_text
+
 POOLINGS = ("pooler", "mean")
-VIDEO_ENCODERS = ("r3d18", "face", "r3d18+face")
-AUDIO_ENCODERS = ("cnn", "whisper-base")
+VIDEO_ENCODERS, AUDIO_ENCODERS = Names("video"), Names("audio")  # live: an encoder registered later is a choice too
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
 AUDIO_POOLINGS = ("all", "masked")
 MONITORS = ("val/loss", *(f"val/{task}/{m}" for task in ("emotion", "sentiment") for m in ("weighted_f1", "macro_f1", "accuracy")))
 # The design's Adam groups. "text": None takes the text encoder's default from its registry entry
-# (emosent.encoders.TEXT_ENCODERS: 8e-6 for bert-base-uncased, the design's); "audio": None takes
-# DESIGN_LR_AUDIO, or TRAIN_CONV_LR_AUDIO when the audio convolutions train (see audio_lr).
+# (emosent.registry: 8e-6 for bert-base-uncased, the design's); "audio": None takes DESIGN_LR_AUDIO,
+# TRAIN_CONV_LR_AUDIO when the audio convolutions train, or the audio encoder's own (see audio_lr).
 DEFAULT_LR = {"text": None, "video": 8e-5, "audio": None, "fusion": 5e-4, "heads": 5e-4}
 DESIGN_LR_AUDIO = 8e-5  # the design's: only the projection trains
 TRAIN_CONV_LR_AUDIO = 1e-3  # --train-audio-conv: convolutions trained from random initialisation, Adam's usual rate
@@ -99,7 +99,7 @@ def default_of(f) -> Any:
 class ModelConfig:
     """The network of ../shared/design/model-design.md; defaults are the design's.
 
-    text_encoder: a name from `emosent.encoders.TEXT_ENCODERS` or a local Hugging Face model directory.
+    text_encoder: a text encoder's name in `emosent.registry` or a local Hugging Face model directory.
     video_weights: "kinetics400" (torchvision R3D_18_Weights.KINETICS400_V1), "none" (random),
         or a path to a local R3D-18 state-dict file (.pth or .safetensors).
     modalities: any non-empty subset of MODALITIES; the fusion input is feature_dim per modality.
@@ -120,9 +120,7 @@ class ModelConfig:
         choices=POOLINGS))
     video_weights: Annotated[str, Field(min_length=1, strict=True)] = field(default="kinetics400", metadata=option(
         "kinetics400 (the design; needs internet once), none (random), or a local R3D-18 state-dict file"))
-    video_encoder: str = field(default="r3d18", metadata=option(
-        "r3d18 (the design: R3D-18 over whole frames, weights per --video-weights), face (the main face of each frame "
-        "through the FER2013 expression network, offline), or r3d18+face (both)", choices=VIDEO_ENCODERS))
+    video_encoder: str = field(default="r3d18", metadata=option(help_text("video"), choices=VIDEO_ENCODERS))
     modalities: tuple[str, ...] = field(default=MODALITIES, metadata=option("comma-separated subset of text,video,audio"))
     feature_dim: Width = 128
     fusion_dim: Width = 256
@@ -136,10 +134,7 @@ class ModelConfig:
     train_audio_conv: Annotated[bool, Field(strict=True)] = field(default=False, metadata=option(
         "train the audio convolutions (the design freezes them); the log-mel is cached and the convolutions run "
         "each epoch, at --lr-audio (default then 1e-3)"))
-    audio_encoder: str = field(default="cnn", metadata=option(
-        "cnn (the design: 1D convolutions over the 64-band log-mel) or whisper-base (the frozen Whisper-base encoder "
-        "over Whisper's own log-mel, each clip's real audio only, mean and std over time; offline from PyPI)",
-        choices=AUDIO_ENCODERS))
+    audio_encoder: str = field(default="cnn", metadata=option(help_text("audio"), choices=AUDIO_ENCODERS))
     audio_pooling: str = field(default="all", metadata=option(
         "audio pooling over time: all frames, padding included (the design), or masked: the clip's real frames only",
         choices=AUDIO_POOLINGS))
@@ -155,6 +150,10 @@ class ModelConfig:
         # JSON gives lists back; keep the canonical order so equal configs compare equal.
         self.modalities = tuple(m for m in MODALITIES if m in self.modalities)
         check_fields(self)
+
+    def encoder(self, modality: str) -> str:
+        """The name of the encoder of `modality` (a text encoder may be a folder)."""
+        return {"text": self.text_encoder, "video": self.video_encoder, "audio": self.audio_encoder}[modality]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -284,10 +283,12 @@ class TrainConfig:
 
 
 def audio_lr(config: ModelConfig) -> float:
-    """The audio learning rate when the user gives none: the design's for its frozen convolutions,
-    TRAIN_CONV_LR_AUDIO when they train or when the audio encoder is whisper-base (a fresh
-    projection from pretrained features: the usual rate of a linear probe, not tuned on our data)."""
-    return TRAIN_CONV_LR_AUDIO if config.train_audio_conv or config.audio_encoder == "whisper-base" else DESIGN_LR_AUDIO
+    """The audio learning rate when the user gives none: TRAIN_CONV_LR_AUDIO when the audio
+    convolutions train, else the audio encoder's own default (whisper-base's: a linear probe's),
+    else the design's for its frozen convolutions."""
+    if config.train_audio_conv:
+        return TRAIN_CONV_LR_AUDIO
+    return encoder_spec("audio", config.audio_encoder).defaults.get("lr_audio", DESIGN_LR_AUDIO)
 
 
 def devices(text: str) -> int | str:

