@@ -244,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         if default is not None:
             shown = f"{default:g}"
         elif name == "audio":
-            shown = f"{DESIGN_LR_AUDIO:g}, the design's; {TRAIN_CONV_LR_AUDIO:g} with --train-audio-conv or --audio-encoder whisper-base"
+            from emosent.registry import ENCODERS
+
+            shown = f"{DESIGN_LR_AUDIO:g}, the design's; {TRAIN_CONV_LR_AUDIO:g} with --train-audio-conv" + "".join(
+                f"; {spec.defaults['lr_audio']:g} with --audio-encoder {name}" for name, spec in ENCODERS["audio"].items()
+                if "lr_audio" in spec.defaults)
         else:
             shown = "the text encoder's: " + ", ".join(f"{spec.defaults['lr_text']:g} for {name}" for name, spec in TEXT_ENCODERS.items()) \
                 + f", {FINETUNE_LR_TEXT:g} with --finetune-text-layers"

@@ -18,8 +18,9 @@ import torch
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
 from emosent.data.faces import crop_faces, no_faces
-from emosent.data.media import MEDIA_MODALITIES, WHISPER_MELS, MediaError, load_clip, whisper_frames
+from emosent.data.media import AUDIO_INPUTS, MEDIA_MODALITIES, MediaError, load_clip
 from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.registry import encoder_spec
 
 PROCESSOR_FILE = "processor.json"
 TOKENIZER_DIR = "text_encoder"  # the tokenizer's files (and the text backbone's config)
@@ -45,14 +46,19 @@ class Processor:
         # a model whose video reader abstains without a video stream (late fusion) reads a file
         # without one (a call recording) with video_present False; any other skips it
         self.video_optional = video_optional
-        if audio_encoder == "whisper-base" and "audio" in modalities and config.sample_rate_hz != 16_000:
-            raise ValueError(f"--audio-encoder whisper-base reads 16 kHz audio: leave --sample-rate-hz at 16000, "
+        # what load_clip reads, as the encoders' registry entries say: whole frames for R3D-18, the
+        # decoded frames for face crops, the audio input of the audio encoder (see AUDIO_INPUTS)
+        inputs = encoder_spec("audio", audio_encoder).inputs
+        if len(audio_inputs := [i for i in inputs if i in AUDIO_INPUTS]) != 1:
+            raise ValueError(f"audio encoder {audio_encoder!r}: its registry entry must read one audio input of "
+                             f"{tuple(AUDIO_INPUTS)}, not {inputs}")
+        self.audio_input = audio_inputs[0]
+        self.media = (*(encoder_spec("video", video_encoder).inputs if "video" in modalities else ()),
+                      *((self.audio_input,) if "audio" in modalities else ()))
+        rate = AUDIO_INPUTS[self.audio_input].sample_rate_hz
+        if "audio" in modalities and rate is not None and config.sample_rate_hz != rate:
+            raise ValueError(f"--audio-encoder {audio_encoder} reads {rate // 1000} kHz audio: leave --sample-rate-hz at {rate}, "
                              f"not {config.sample_rate_hz}")
-        parts = video_encoder.split("+") if "video" in modalities else []
-        # what load_clip reads: whole frames for R3D-18, the decoded frames for face crops
-        self.media = (*(["video"] if "r3d18" in parts else []), *(["frames"] if "face" in parts else []),
-                      *(["audio"] if "audio" in modalities else []),
-                      *(["whisper"] if "audio" in modalities and audio_encoder == "whisper-base" else []))
 
     def __call__(self, utterance: Utterance, index: int = 0) -> dict:
         u = utterance
@@ -72,18 +78,18 @@ class Processor:
                 clip = self.load(u)
             except MediaError as err:
                 return {"index": index, "skip": err.reason, "error": f"{u.source}: {err}"}
-            item.update({m: getattr(clip, m) for m in self.media if m not in ("frames", "whisper")})
             # one rule for a missing stream: every input is there, with a mask saying what the file held
             if "video" in self.modalities:
                 item["video_present"] = clip.video is not None or clip.frames is not None
-                if "video" in self.media and clip.video is None:
-                    item["video"] = torch.zeros(self.config.num_frames, 3, self.config.frame_size, self.config.frame_size)
+            if "video" in self.media:
+                item["video"] = clip.video if clip.video is not None else torch.zeros(
+                    self.config.num_frames, 3, self.config.frame_size, self.config.frame_size)
             if clip.frames is not None:
                 item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
             elif "frames" in self.media:  # no video stream: no face seen
                 item["faces"], item["face_mask"] = no_faces(self.config.num_frames)
-            if "audio" in self.media:
-                item["audio_length"] = clip.audio_frames
+            if "audio" in self.modalities:
+                item["audio"], item["audio_length"] = clip.audio, clip.audio_frames
                 item["audio_present"] = clip.has_audio
         return item
 
@@ -137,9 +143,7 @@ class Processor:
     @property
     def audio_shape(self) -> tuple[int, int, int]:
         """(1, M, F) of one clip's audio input: the log-mel of the settings, or Whisper's own."""
-        if self.audio_encoder == "whisper-base":
-            return 1, WHISPER_MELS, whisper_frames(self.config)
-        return 1, self.config.n_mels, self.config.mel_frames
+        return 1, *AUDIO_INPUTS[self.audio_input].shape(self.config)
 
     def context_of(self, utterance: Utterance) -> str:
         """The last `context` utterances before this one in its dialogue, most recent first, each

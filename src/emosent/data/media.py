@@ -24,6 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import av
 import librosa
@@ -70,7 +71,8 @@ def load_clip(
     settings: ProcessorConfig = DEFAULT,
 ) -> Clip:
     """Read the inputs of `modalities` ("video", "audio"; "frames": the video's sampled frames as
-    decoded) for [start, end] seconds of `path`, preprocessed as `settings` say.
+    decoded; "whisper": Whisper's log-mel as the audio, see AUDIO_INPUTS) for [start, end] seconds
+    of `path`, preprocessed as `settings` say.
 
     Raises MediaError naming the file when it is missing, unreadable, or lacks a requested video
     stream. A missing audio stream is not an error: audio is silence and has_audio is False.
@@ -97,13 +99,10 @@ def load_clip(
                 stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads: the same frames, decoded on every core
                 frames = read_frames(container, stream, start, end, settings.num_frames, path)
                 video = transform_frames(frames, settings) if "video" in modalities else None
-            if "audio" in modalities:
+            if audio_input := next((m for m in modalities if m in AUDIO_INPUTS), None):
                 samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)
                 has_audio = samples.size > 0
-                if "whisper" in modalities:
-                    audio, audio_frames = whisper_mel(samples, settings)
-                else:
-                    audio, audio_frames = log_mel(samples, settings), mel_length(samples, settings)
+                audio, audio_frames = AUDIO_INPUTS[audio_input].compute(samples, settings)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
     return Clip(video=video, audio=audio, has_audio=has_audio, duration_s=duration_s,
@@ -370,6 +369,7 @@ def mel_length(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> int:
 
 WHISPER_HOP = 160  # Whisper's log-mel: 80 bands every 10 ms at 16 kHz (its feature extractor's fixed settings)
 WHISPER_MELS = 80
+WHISPER_RATE_HZ = 16_000
 
 
 @functools.lru_cache(maxsize=1)
@@ -381,7 +381,7 @@ def whisper_features():
 
 def whisper_frames(settings: ProcessorConfig) -> int:
     """F for the whisper-base audio encoder: the audio window in Whisper's 10 ms frames (960 for 9.6 s)."""
-    return round(settings.audio_window_s * 16_000 / WHISPER_HOP)
+    return round(settings.audio_window_s * WHISPER_RATE_HZ / WHISPER_HOP)
 
 
 def whisper_mel(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> tuple[torch.Tensor, int]:
@@ -394,3 +394,21 @@ def whisper_mel(samples: np.ndarray, settings: ProcessorConfig = DEFAULT) -> tup
         mel = whisper_features()(samples[: real * WHISPER_HOP])  # (80, frames)
         out[0, :, :real] = torch.from_numpy(np.ascontiguousarray(mel[:, :real]))
     return out, real
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """One kind of audio input an encoder reads (its registry entry's `inputs`): samples at the
+    settings' rate -> (1, M, F) and how many of the F frames hold real audio; its (M, F); the
+    sample rate it needs, where fixed."""
+
+    compute: Callable[[np.ndarray, ProcessorConfig], tuple[torch.Tensor, int]]
+    shape: Callable[[ProcessorConfig], tuple[int, int]]
+    sample_rate_hz: int | None = None
+
+
+AUDIO_INPUTS = {
+    "audio": AudioInput(lambda samples, settings: (log_mel(samples, settings), mel_length(samples, settings)),
+                        lambda settings: (settings.n_mels, settings.mel_frames)),
+    "whisper": AudioInput(whisper_mel, lambda settings: (WHISPER_MELS, whisper_frames(settings)), WHISPER_RATE_HZ),
+}
