@@ -20,15 +20,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
 from torch import nn
 
-from emosent.config import ModelConfig, ProcessorConfig, read_json_object
+from emosent.config import ModelConfig, ProcessorConfig
 from emosent.data.faces import FACE_SIZE
 from emosent.encoders.base import NamedWeights
-from emosent.encoders.weights import WeightsUnavailableError, weights_digest
+from emosent.encoders.weights import weights_digest
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.pretrained import CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE, PretrainedModel, check_finite
-from emosent.processor import PROCESSOR_FILE, TOKENIZER_DIR, Processor, load_tokenizer, read_processor_config
-from emosent.registry import encoder_spec, how_to_get, text_defaults
+from emosent.pretrained import (
+    CONFIG_FILE,
+    FOLDER_FORMAT,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    PretrainedModel,
+    check_finite,
+    load_named_encoder,
+    read_model_config,
+    state_keys,
+)
+from emosent.processor import Processor, load_tokenizer, read_processor_config
+from emosent.registry import encoder_spec, text_defaults
 
 
 def classifier(in_dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
@@ -296,51 +306,6 @@ class EmotionSentimentModel(PretrainedModel):
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected, e.g. {example}); the two files come from different models")
         return model.eval()
-
-
-def load_named_encoder(model: EmotionSentimentModel, key: str, ref: dict, config_path: Path) -> None:
-    """Load the frozen encoder a model folder names (a key of its frozen_encoders) into the model,
-    and check the sha256 of its frozen parts."""
-    source, expected = ref["source"], ref["sha256"]
-    what = f"{config_path} names the {key} encoder {source!r} (sha256 {expected[:12]})"
-    named = model.named_weights().get(key)
-    if named is None:
-        raise ValueError(f"{what}, but its model_config has no encoder whose weights go by that name; "
-                         "the file was edited or comes from another version: restore the folder written by emosent")
-    remedy = f"{how_to_get(key, source)}, or use a self-contained copy of the model (emosent export --self-contained, made where it is at hand)"
-    try:
-        named.load(source)
-    except (WeightsUnavailableError, ValueError, OSError, RuntimeError) as err:
-        raise ValueError(f"{what}, which cannot be loaded here ({' '.join(str(err).split())[:240]}); {remedy}") from None
-    found = named.sha256 or weights_digest(named.modules)  # a fixed sha256 is checked as the weights load
-    if found != expected:
-        raise ValueError(f"{what}, but the one found here differs (sha256 {found[:12]}); {remedy}")
-
-
-def state_keys(model: nn.Module, modules: list[nn.Module]) -> set[str]:
-    """The state_dict keys of `modules`, submodules of `model`."""
-    prefixes = {id(m): name for name, m in model.named_modules()}
-    return {f"{prefixes[id(m)]}.{k}" for m in modules for k in m.state_dict()}
-
-
-def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
-    """The checked ModelConfig of a model folder's config.json, and the file's whole content."""
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        hint = f"; did you mean {directory / 'model'}?" if (directory / "model" / CONFIG_FILE).is_file() else ""
-        raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train{hint}")
-    meta = read_json_object(config_path, "model_config")
-    if meta.get("emotions") != list(EMOTIONS) or meta.get("sentiments") != list(SENTIMENTS):
-        raise ValueError(f"{config_path}: label names differ from this version's {EMOTIONS} / {SENTIMENTS}")
-    fields = dict(meta["model_config"])
-    if "format" not in meta:
-        fields.pop("n_mels", None)  # format 1 kept it here; it is a processor setting now
-    elif meta["format"] not in (2, FOLDER_FORMAT):
-        raise ValueError(f"{config_path}: folder format {meta['format']!r}, but this version reads {FOLDER_FORMAT}; "
-                         "use the emosent version that wrote it")
-    if not (directory / PROCESSOR_FILE).is_file() and "format" in meta:
-        raise FileNotFoundError(f"{directory / PROCESSOR_FILE} not found: the model folder is incomplete; copy the whole folder")
-    return ModelConfig.from_dict(fields, f"{config_path}: model_config"), meta
 
 
 def check_raw_input(modality: str, tensors: dict[str, torch.Tensor], processor: Processor) -> None:

@@ -28,12 +28,16 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from emosent.config import read_json_object
+from emosent.config import ModelConfig, read_json_object
+from emosent.encoders.weights import WeightsUnavailableError, weights_digest
 from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.registry import how_to_get
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PROCESSOR_FILE = "processor.json"  # the processor's settings (see emosent.processor)
+TOKENIZER_DIR = "text_encoder"  # the tokenizer's files (and the text backbone's config)
 FOLDER_FORMAT = 3  # 3: "model_type" in config.json; 2: processor.json beside it; 1: everything in one file
 LEGACY_FUSION_FILE = "fusion.json"  # emosent 0.1's late-fusion folder
 MODEL_TYPES: dict[str, type[PretrainedModel]] = {}
@@ -127,6 +131,52 @@ def write_config(directory: Path, model_type: str, body: dict) -> None:
     meta = {"format": FOLDER_FORMAT, "model_type": model_type, "emotions": list(EMOTIONS), "sentiments": list(SENTIMENTS), **body}
     text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
     write_atomically(directory / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+
+
+def load_named_encoder(model: nn.Module, key: str, ref: dict, config_path: Path) -> None:
+    """Load the frozen encoder a model folder names (a key of its frozen_encoders) into the model
+    (one with `named_weights()`, see `emosent.encoders.base.NamedWeights`), and check the sha256
+    of its frozen parts."""
+    source, expected = ref["source"], ref["sha256"]
+    what = f"{config_path} names the {key} encoder {source!r} (sha256 {expected[:12]})"
+    named = model.named_weights().get(key)
+    if named is None:
+        raise ValueError(f"{what}, but its model_config has no encoder whose weights go by that name; "
+                         "the file was edited or comes from another version: restore the folder written by emosent")
+    remedy = f"{how_to_get(key, source)}, or use a self-contained copy of the model (emosent export --self-contained, made where it is at hand)"
+    try:
+        named.load(source)
+    except (WeightsUnavailableError, ValueError, OSError, RuntimeError) as err:
+        raise ValueError(f"{what}, which cannot be loaded here ({' '.join(str(err).split())[:240]}); {remedy}") from None
+    found = named.sha256 or weights_digest(named.modules)  # a fixed sha256 is checked as the weights load
+    if found != expected:
+        raise ValueError(f"{what}, but the one found here differs (sha256 {found[:12]}); {remedy}")
+
+
+def state_keys(model: nn.Module, modules: list[nn.Module]) -> set[str]:
+    """The state_dict keys of `modules`, submodules of `model`."""
+    prefixes = {id(m): name for name, m in model.named_modules()}
+    return {f"{prefixes[id(m)]}.{k}" for m in modules for k in m.state_dict()}
+
+
+def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
+    """The checked ModelConfig of a model folder's config.json, and the file's whole content."""
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        hint = f"; did you mean {directory / 'model'}?" if (directory / "model" / CONFIG_FILE).is_file() else ""
+        raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train{hint}")
+    meta = read_json_object(config_path, "model_config")
+    if meta.get("emotions") != list(EMOTIONS) or meta.get("sentiments") != list(SENTIMENTS):
+        raise ValueError(f"{config_path}: label names differ from this version's {EMOTIONS} / {SENTIMENTS}")
+    fields = dict(meta["model_config"])
+    if "format" not in meta:
+        fields.pop("n_mels", None)  # format 1 kept it here; it is a processor setting now
+    elif meta["format"] not in (2, FOLDER_FORMAT):
+        raise ValueError(f"{config_path}: folder format {meta['format']!r}, but this version reads {FOLDER_FORMAT}; "
+                         "use the emosent version that wrote it")
+    if not (directory / PROCESSOR_FILE).is_file() and "format" in meta:
+        raise FileNotFoundError(f"{directory / PROCESSOR_FILE} not found: the model folder is incomplete; copy the whole folder")
+    return ModelConfig.from_dict(fields, f"{config_path}: model_config"), meta
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:

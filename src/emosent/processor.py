@@ -20,10 +20,8 @@ from emosent.data.manifest import Utterance
 from emosent.data.faces import crop_faces, no_faces
 from emosent.data.media import AUDIO_INPUTS, MEDIA_MODALITIES, MediaError, load_clip
 from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.pretrained import PROCESSOR_FILE, TOKENIZER_DIR
 from emosent.registry import encoder_spec
-
-PROCESSOR_FILE = "processor.json"
-TOKENIZER_DIR = "text_encoder"  # the tokenizer's files (and the text backbone's config)
 
 
 class Processor:
