@@ -149,6 +149,8 @@ class ModelConfig:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(self.modalities)}")
         # JSON gives lists back; keep the canonical order so equal configs compare equal.
         self.modalities = tuple(m for m in MODALITIES if m in self.modalities)
+        for modality in ("video", "audio"):  # first: an unknown name says how to register one
+            encoder_spec(modality, self.encoder(modality))
         check_fields(self)
 
     def encoder(self, modality: str) -> str:
