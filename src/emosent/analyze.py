@@ -198,7 +198,7 @@ def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer,
     # the text head needs the token masks when its top layers run on the boundary states
     masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
     out = timer.run("heads", model, **features, **masks)
-    sees_faces = "video" in model.modalities and "face" in model.processor.video_encoder
+    sees_faces = "video" in model.modalities and "frames" in model.processor.media  # its video encoder reads face crops
     for j, index in enumerate(batch["index"].tolist()):
         result = {"emotions": top_k(out.emotion_logits[j].softmax(-1).cpu(), EMOTIONS),
                   "sentiments": top_k(out.sentiment_logits[j].softmax(-1).cpu(), SENTIMENTS)}

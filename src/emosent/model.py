@@ -21,7 +21,6 @@ from safetensors.torch import load_model, save_file
 from torch import nn
 
 from emosent.config import ModelConfig, ProcessorConfig
-from emosent.data.faces import FACE_SIZE
 from emosent.encoders.base import NamedWeights
 from emosent.encoders.weights import weights_digest
 from emosent.files import write_atomically
@@ -160,11 +159,11 @@ class EmotionSentimentModel(PretrainedModel):
             raw = {name: batch.get(name) for name in names}
             if any(x is None for x in raw.values()):
                 raise ValueError(f"the model uses {modality}: pass {' and '.join(names)} or {FEATURE_INPUTS[modality]}")
-            check_raw_input(modality, raw, self.processor)
+            self.processor.check_inputs(modality, raw)
             if modality == "text":
                 raw["token_type_ids"] = batch.get("token_type_ids")
             if modality == "audio":
-                raw["lengths"] = out["audio_lengths"] = audio_lengths(batch, self.processor.audio_shape[-1])
+                raw["lengths"] = out["audio_lengths"] = self.processor.audio_lengths(batch)
             out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(**raw)
             if batch.get(f"{modality}_present") is not None:  # kept with the features: abstention is decided from it
                 out[f"{modality}_present"] = batch[f"{modality}_present"]
@@ -306,37 +305,3 @@ class EmotionSentimentModel(PretrainedModel):
             raise ValueError(f"{weights}: its tensors do not match {directory / CONFIG_FILE} ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected, e.g. {example}); the two files come from different models")
         return model.eval()
-
-
-def check_raw_input(modality: str, tensors: dict[str, torch.Tensor], processor: Processor) -> None:
-    """Clear errors at the public boundary instead of a shape error deep inside a backbone, and
-    inputs that another preprocessing made (train/serve skew) refused."""
-    settings = processor.config
-    if modality == "text":
-        ids, mask = tensors["input_ids"], tensors["attention_mask"]
-        if ids.dim() != 2 or mask.shape != ids.shape:
-            raise ValueError(f"input_ids and attention_mask must both be (B, L), got {tuple(ids.shape)} and {tuple(mask.shape)}")
-    t, s = settings.num_frames, settings.frame_size
-    x = tensors.get("video")
-    if x is not None and (x.dim() != 5 or tuple(x.shape[1:]) != (t, 3, s, s)):
-        raise ValueError(f"video must be (B, {t}, 3, {s}, {s}) as this model's processor makes it, got {tuple(x.shape)}")
-    faces, mask = tensors.get("faces"), tensors.get("face_mask")
-    if faces is not None and (faces.dim() != 5 or tuple(faces.shape[1:]) != (t, 1, FACE_SIZE, FACE_SIZE)
-                              or tuple(mask.shape) != tuple(faces.shape[:2])):
-        raise ValueError(f"faces must be (B, {t}, 1, {FACE_SIZE}, {FACE_SIZE}) and face_mask (B, {t}) as this model's "
-                         f"processor makes them, got {tuple(faces.shape)} and {tuple(mask.shape)}")
-    _, m, f = processor.audio_shape
-    x = tensors.get("audio")
-    if modality == "audio" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, m, f)):
-        raise ValueError(f"audio must be (B, 1, {m}, {f}) as this model's processor makes it, got {tuple(x.shape)}")
-
-
-def audio_lengths(batch: dict, f: int) -> torch.Tensor | None:
-    """A batch's audio_lengths, checked: (B,) whole numbers in 0..F; None when it has none."""
-    lengths, audio = batch.get("audio_lengths"), batch["audio"]
-    if lengths is None:
-        return None
-    if lengths.shape != audio.shape[:1] or lengths.is_floating_point() or lengths.min() < 0 or lengths.max() > f:
-        raise ValueError(f"audio_lengths must be ({len(audio)},) whole numbers of real frames in 0..{f}, "
-                         f"got {tuple(lengths.shape)} {lengths.dtype}")
-    return lengths

@@ -17,7 +17,7 @@ import torch
 
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
-from emosent.data.faces import crop_faces, no_faces
+from emosent.data.faces import FACE_SIZE, crop_faces, no_faces
 from emosent.data.media import AUDIO_INPUTS, MEDIA_MODALITIES, MediaError, load_clip
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.pretrained import PROCESSOR_FILE, TOKENIZER_DIR
@@ -142,6 +142,37 @@ class Processor:
     def audio_shape(self) -> tuple[int, int, int]:
         """(1, M, F) of one clip's audio input: the log-mel of the settings, or Whisper's own."""
         return 1, *AUDIO_INPUTS[self.audio_input].shape(self.config)
+
+    def check_inputs(self, modality: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Clear errors at the model's public boundary instead of a shape error deep inside a
+        backbone, and inputs that another preprocessing made (train/serve skew) refused."""
+        if modality == "text":
+            ids, mask = tensors["input_ids"], tensors["attention_mask"]
+            if ids.dim() != 2 or mask.shape != ids.shape:
+                raise ValueError(f"input_ids and attention_mask must both be (B, L), got {tuple(ids.shape)} and {tuple(mask.shape)}")
+        t, s = self.config.num_frames, self.config.frame_size
+        x = tensors.get("video")
+        if x is not None and (x.dim() != 5 or tuple(x.shape[1:]) != (t, 3, s, s)):
+            raise ValueError(f"video must be (B, {t}, 3, {s}, {s}) as this model's processor makes it, got {tuple(x.shape)}")
+        faces, mask = tensors.get("faces"), tensors.get("face_mask")
+        if faces is not None and (faces.dim() != 5 or tuple(faces.shape[1:]) != (t, 1, FACE_SIZE, FACE_SIZE)
+                                  or tuple(mask.shape) != tuple(faces.shape[:2])):
+            raise ValueError(f"faces must be (B, {t}, 1, {FACE_SIZE}, {FACE_SIZE}) and face_mask (B, {t}) as this model's "
+                             f"processor makes them, got {tuple(faces.shape)} and {tuple(mask.shape)}")
+        _, m, f = self.audio_shape
+        x = tensors.get("audio")
+        if modality == "audio" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, m, f)):
+            raise ValueError(f"audio must be (B, 1, {m}, {f}) as this model's processor makes it, got {tuple(x.shape)}")
+
+    def audio_lengths(self, batch: dict) -> torch.Tensor | None:
+        """A batch's audio_lengths, checked: (B,) whole numbers in 0..F; None when it has none."""
+        lengths, audio, f = batch.get("audio_lengths"), batch["audio"], self.audio_shape[-1]
+        if lengths is None:
+            return None
+        if lengths.shape != audio.shape[:1] or lengths.is_floating_point() or lengths.min() < 0 or lengths.max() > f:
+            raise ValueError(f"audio_lengths must be ({len(audio)},) whole numbers of real frames in 0..{f}, "
+                             f"got {tuple(lengths.shape)} {lengths.dtype}")
+        return lengths
 
     def context_of(self, utterance: Utterance) -> str:
         """The last `context` utterances before this one in its dialogue, most recent first, each
