@@ -11,7 +11,6 @@ Letters: B batch, T frames, L tokens, M mel bins, F spectrogram frames, H text h
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from emosent.files import write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.pretrained import (
     CONFIG_FILE,
-    FOLDER_FORMAT,
     TOKENIZER_DIR,
     WEIGHTS_FILE,
     PretrainedModel,
@@ -35,6 +33,7 @@ from emosent.pretrained import (
     load_named_encoder,
     read_model_config,
     state_keys,
+    write_config,
 )
 from emosent.processor import Processor, load_tokenizer, read_processor_config
 from emosent.registry import encoder_spec, text_defaults
@@ -253,9 +252,7 @@ class EmotionSentimentModel(PretrainedModel):
             ref["in_folder"] = include_frozen and bool(named[key].modules)  # Whisper-base is not a torch module: always by name
         # the named encoders' frozen parts; layers that training changed (--finetune-text-layers) stay in
         left_out = set() if include_frozen else state_keys(self, [p for ref in named.values() for p in ref.modules])
-        meta = {"format": FOLDER_FORMAT, "model_type": self.model_type, "model_config": self.config.to_dict(),
-                "emotions": list(EMOTIONS), "sentiments": list(SENTIMENTS), "frozen_encoders": refs}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_config(directory, self.model_type, {"model_config": self.config.to_dict(), "frozen_encoders": refs})
         self.processor.save_pretrained(directory)
         if "text" in self.config.modalities:
             self.text.backbone.config.save_pretrained(directory / TOKENIZER_DIR)

@@ -165,9 +165,7 @@ def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
     if not config_path.is_file():
         hint = f"; did you mean {directory / 'model'}?" if (directory / "model" / CONFIG_FILE).is_file() else ""
         raise FileNotFoundError(f"{config_path} not found: expected a model directory written by emosent train{hint}")
-    meta = read_json_object(config_path, "model_config")
-    if meta.get("emotions") != list(EMOTIONS) or meta.get("sentiments") != list(SENTIMENTS):
-        raise ValueError(f"{config_path}: label names differ from this version's {EMOTIONS} / {SENTIMENTS}")
+    meta = read_config(directory, "multimodal", "model_config")
     fields = dict(meta["model_config"])
     if "format" not in meta:
         fields.pop("n_mels", None)  # format 1 kept it here; it is a processor setting now
