@@ -39,9 +39,9 @@ class EncoderSpec:
     `Encoder` (pretrained=False: the architecture only, weights to come from a model folder;
     source: text only, the folder holding its backbone's config and tokenizer). `inputs`: what the
     processor reads for it ("text"; "video": normalised frames, "frames": frames for face crops;
-    "audio": the 64-band log-mel of the settings, "whisper": Whisper's 80-band log-mel: see
+    "audio": the log-mel of the settings (64 bands), "whisper": Whisper's 80-band log-mel: see
     `emosent.data.media.AUDIO_INPUTS`). `width`: D, None where it depends on the settings.
-    `load` (text): () -> (backbone, tokenizer). `defaults`: training defaults where the user gives
+    `load` (text): (name) -> (backbone, tokenizer). `defaults`: training defaults where the user gives
     none ("pooling", "lr_text", "lr_audio")."""
 
     name: str
@@ -181,6 +181,7 @@ register(EncoderSpec("face", "video", VIDEO, ("frames",), 128 + 7 + 1,
                      "the main face of each frame through the FER2013 expression network, offline", (FER,)))
 register(EncoderSpec("r3d18+face", "video", VIDEO, ("video", "frames"), 512 + 128 + 7 + 1, "both", (KINETICS, FER)))
 
+# width: the pooled convolutions'; with --train-audio-conv the frozen part is the log-mel itself
 register(EncoderSpec("cnn", "audio", "emosent.encoders.audio:build", ("audio",), 128,
                      "the design: 1D convolutions over the 64-band log-mel"))
 register(EncoderSpec("whisper-base", "audio", "emosent.encoders.whisper:build", ("whisper",), 2 * 512,
