@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import solid_frames
+from conftest import solid_frames, tone
 from emosent.data import MediaError, load_clip
 from emosent.data.media import DEFAULT, pick_frames, read_frames, video_transforms
 
@@ -235,3 +235,58 @@ def test_seek_decoding_matches_decoding_every_frame(tmp_path, monkeypatch, cores
     picks = pick_frames([key for _, key in decoded], 16)  # keyframe flags from the decoder, not the demuxer
     assert sum(decoded[p][1] for p in picks) >= 4 and sum(not decoded[p][1] for p in picks) >= 4  # both kinds of pick
     assert np.array_equal(sought, np.stack([decoded[p][0] for p in picks]))
+
+
+# ---------------------------------------------------------------------------------------------
+# What is read: one audio or video file in a container of READ_FORMATS, never what a list names
+
+def hls_playlist(path, entry: str):
+    path.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{entry}\n#EXT-X-ENDLIST\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lists(tmp_path_factory) -> dict[str, tuple]:
+    """Files that have FFmpeg open other files, each naming a real mp4 elsewhere on the disk, as an
+    upload could name a file of the server's: name -> (file, the demuxer FFmpeg alone reads it with)."""
+    from PIL import Image
+
+    from emosent.synthetic import write_clip
+
+    folder = tmp_path_factory.mktemp("lists")
+    (folder / "private").mkdir()
+    private = write_clip(folder / "private" / "secret.mp4", duration_s=1.0, width=160, height=120,
+                         frame_fn=solid_frames(160, 120), audio_fn=tone())
+    uploads = folder / "uploads"
+    uploads.mkdir()
+    (folder / "list.ffconcat").write_text("ffconcat version 1.0\nfile 'private/secret.mp4'\n")  # no "..": safe mode
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(uploads / "frame.png")
+    return {
+        "m3u8 absolute": (hls_playlist(uploads / "abs.m3u8", str(private)), "hls"),
+        "m3u8 relative": (hls_playlist(uploads / "rel.m3u8", "../private/secret.mp4"), "hls"),
+        "ffconcat": (folder / "list.ffconcat", "concat"),
+        "png": (uploads / "frame.png", "png_pipe"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["m3u8 absolute", "m3u8 relative", "ffconcat", "png"])
+def test_playlists_lists_and_images_are_refused_before_anything_is_read(lists, kind):
+    from emosent.data import probe
+
+    path, demuxer = lists[kind]
+    with av.open(str(path)) as container:  # what FFmpeg alone does: the playlist's entry is read
+        assert container.format.name == demuxer and (demuxer == "png_pipe" or container.streams.audio)
+    for read in (probe, load_clip):
+        with pytest.raises(MediaError) as err:
+            read(path)
+        assert err.value.reason == "a playlist or a format that is not read", err.value
+        assert str(err.value).startswith(f"{path}: ") and "never the files a playlist" in str(err.value)
+
+
+def test_analyze_refuses_a_playlist_before_loading_a_model(lists, tmp_path):
+    from emosent.analyze import analyze
+
+    srt = tmp_path / "talk.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,900\nhello\n")
+    with pytest.raises(MediaError, match="a playlist or a format that is not read"):
+        analyze(lists["m3u8 absolute"][0], model="no-such-model-folder", subtitles=srt)

@@ -13,6 +13,9 @@ own transforms.
 Audio: decoded and resampled to mono at the processor's rate by PyAV (any container or codec
 FFmpeg reads), then a log-mel spectrogram, normalised per clip, padded or cut to a fixed width.
 
+Files are opened by `open_media` alone: one audio or video file in one of READ_FORMATS, never a
+playlist or a list that would have FFmpeg open the files it names.
+
 Every setting (frames, frame size, rate, bands, window, hop, ...) comes in as a
 `emosent.config.ProcessorConfig`; this module holds no preprocessing constants of its own.
 """
@@ -36,6 +39,36 @@ from emosent.encoders import VIDEO_TRANSFORM_WEIGHTS
 INDEX_CACHE_FILES = 4  # frame indexes kept per process (about 8 MB per hour of 25 fps video each)
 MEDIA_MODALITIES = ("video", "audio")
 DEFAULT = ProcessorConfig()
+
+# The demuxers media is read with, as FFmpeg names them (`container.format.name`): each reads one
+# file and opens nothing else. Not here, on purpose: playlists and manifests (hls, dash), file
+# lists (concat), image sequences (image2), tee, and every other demuxer that opens further files
+# or URLs: an uploaded playlist naming a file on the server's disk would have that file read.
+READ_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",  # .mp4 .mov .m4a
+    "matroska,webm",  # .mkv .webm
+    "avi",
+    "flv",
+    "asf",  # .wmv .wma
+    "mpeg",  # MPEG program stream: .mpg .vob
+    "mpegts",  # .ts .m2ts
+    "ogg",  # .ogg .opus
+    "wav",
+    "w64",
+    "aiff",
+    "mp3",
+    "aac",  # ADTS
+    "flac",
+)
+OPEN_OPTIONS = {
+    # FFmpeg refuses any other demuxer right after probing the file's first bytes, before it reads
+    # the header: a playlist's entries are never opened
+    "format_whitelist": ",".join(READ_FORMATS),
+    # and nothing but a local file is opened, whatever a demuxer asks for
+    "protocol_whitelist": "file",
+}
+NOT_READ_HINT = ("emosent reads one audio or video file (mp4, mov, mkv, webm, avi, flv, mpg, ts, ogg, wav, mp3, "
+                 "aac, flac, ...), never the files a playlist (.m3u8, .mpd) or list names: join them into one file first")
 
 
 class MediaError(ValueError):
@@ -61,6 +94,17 @@ class Clip:
     audio_frames: int = 0
 
 
+def open_media(path: str | Path) -> av.container.InputContainer:
+    """`path` opened for reading as one audio or video file in one of READ_FORMATS: the only way
+    media is opened here. MediaError naming the file for any other format (a playlist, a list of
+    files, an image, ...), before anything but its first bytes is read."""
+    try:
+        # an absolute path always means the file protocol: "concat:a|b" or "http:x" names a file
+        return av.open(os.path.abspath(path), metadata_errors="ignore", container_options=OPEN_OPTIONS)
+    except av.ArgumentError:  # FFmpeg's answer to a demuxer off the list: EINVAL
+        raise MediaError(path, "a playlist or a format that is not read", NOT_READ_HINT) from None
+
+
 def load_clip(
     path: str | Path,
     start: float | None = None,
@@ -81,7 +125,7 @@ def load_clip(
     if start is not None and end is not None and end <= start:
         raise MediaError(path, f"empty time range: end {end} <= start {start}")
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_media(path) as container:
             duration_s = container_duration(container)
             if duration_s > 0 and ((start is not None and start >= duration_s) or (end is not None and end <= 0)):
                 # else the video would give its last frame and the audio silence: a wrong prediction, not a skip
@@ -125,7 +169,7 @@ def probe(path: str | Path) -> MediaInfo:
     if not path.is_file():
         raise MediaError(path, "file not found", "check the path")
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_media(path) as container:
             return MediaInfo(container_duration(container), bool(container.streams.video), bool(container.streams.audio))
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
@@ -197,7 +241,7 @@ def demux_index(path: str, size: int, mtime_ns: int) -> tuple[tuple[int, bool], 
     """frame_index, cached by path, size and mtime (a rewritten file is demuxed again): `analyze`
     reads many segments of one video, and demuxing the whole file for each would make it
     quadratic in the video's length."""
-    with av.open(path, metadata_errors="ignore") as container:
+    with open_media(path) as container:
         stream = container.streams.video[0]
         return tuple(sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size))
 
@@ -248,7 +292,7 @@ def decode_groups(container, stream, groups: list[tuple[int, list[int]]], wanted
 
 
 def decode_share(path: str, groups: list[tuple[int, list[int]]], wanted: set[int]) -> dict[int, np.ndarray]:
-    with av.open(path, metadata_errors="ignore") as container:
+    with open_media(path) as container:
         stream = container.streams.video[0]
         return decode_groups(container, stream, groups, wanted)
 
