@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import solid_frames
+from conftest import solid_frames, tone
 from emosent.data import MediaError, load_clip
 from emosent.data.media import DEFAULT, pick_frames, read_frames, video_transforms
 
@@ -87,17 +87,16 @@ def test_segments_of_one_file_demux_it_once_until_it_changes(tmp_path):
     assert demux_index.cache_info().misses == 2 and abs(later[0] - (8 * 38) % 256) <= 3, later
 
 
-def test_nearest_frames_fallback_finds_the_closest_decoded_frame(tmp_path):
-    # the fallback for streams whose packets decode to other timestamps than the index says
-    from emosent.data.media import frame_index, nearest_frames
+def test_plain_frames_fallback_finds_the_closest_decoded_frame(tmp_path):
+    # the fallback for frames seeking does not reach, or packets that decode to other timestamps
+    from emosent.data.media import frame_index, plain_frames
     from emosent.synthetic import write_clip
 
     path = write_clip(tmp_path / "talk.mp4", duration_s=2.0, width=160, height=120, frame_fn=solid_frames(160, 120))
     pts = [p for p, _ in frame_index(path)]
     step = pts[1] - pts[0]
     wanted = {pts[10] + step // 3: 10, pts[30] - step // 3: 30, pts[-1] + 5 * step: len(pts) - 1}
-    with av.open(str(path)) as container:
-        frames = nearest_frames(container, container.streams.video[0], set(wanted))
+    frames = plain_frames(path, set(wanted))
     assert frames.keys() == wanted.keys()
     for w, source in wanted.items():
         assert abs(float(frames[w].mean()) - (8 * source) % 256) <= 3, (source, float(frames[w].mean()))
@@ -217,7 +216,7 @@ def test_seek_decoding_matches_decoding_every_frame(tmp_path, monkeypatch, cores
     def no_fallback(*args):
         raise AssertionError("a wanted frame was not decoded where seeking put it (skipped?)")
 
-    monkeypatch.setattr(media, "nearest_frames", no_fallback)
+    monkeypatch.setattr(media, "plain_frames", no_fallback)
 
     # x264's default preset writes B-frames (unwanted ones are skipped); a short GOP, so that
     # seeking, and decoding GOPs on several decoders, are exercised
@@ -235,3 +234,178 @@ def test_seek_decoding_matches_decoding_every_frame(tmp_path, monkeypatch, cores
     picks = pick_frames([key for _, key in decoded], 16)  # keyframe flags from the decoder, not the demuxer
     assert sum(decoded[p][1] for p in picks) >= 4 and sum(not decoded[p][1] for p in picks) >= 4  # both kinds of pick
     assert np.array_equal(sought, np.stack([decoded[p][0] for p in picks]))
+
+
+# ---------------------------------------------------------------------------------------------
+# What is read: one audio or video file in a container of READ_FORMATS, never what a list names
+
+def write_media(path, muxer: str, video_codec: str | None, audio_codec: str | None, seconds: float = 1.0,
+                fps: int = 25, gop: int = 6):
+    """A file written by PyAV's own muxer and encoders: frame i a flat grey (8 * i) % 256 with a
+    small moving patch of noise (which makes P- and B-frames), a chirp for sound."""
+    from fractions import Fraction
+
+    width, height = 160, 120
+    noise = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    with av.open(str(path), "w", format=muxer) as out:
+        video = audio = None
+        if video_codec:
+            video = out.add_stream(video_codec, rate=fps)
+            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            video.codec_context.gop_size = gop
+            if video_codec in ("mpeg1video", "mpeg2video", "mpeg4"):
+                video.codec_context.max_b_frames = 2
+            if video_codec == "libvpx":
+                video.codec_context.options = {"deadline": "realtime", "cpu-used": "8"}
+        if audio_codec:
+            rate = 48_000 if audio_codec == "libopus" else 44_100
+            audio = out.add_stream(audio_codec, rate=rate, layout="mono")
+        out.start_encoding()
+        for i in range(round(seconds * fps) if video else 0):
+            rgb = np.full((height, width, 3), (8 * i) % 256, np.uint8)
+            rgb[40:64, 4 * i % 130:4 * i % 130 + 24] = noise
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(video.encode(frame))
+        if video:
+            out.mux(video.encode(None))
+        if audio:
+            fmt, size = audio.codec_context.format.name, audio.codec_context.frame_size or 1024
+            dtype = {"s16": np.int16, "s32": np.int32, "flt": np.float32}[fmt.rstrip("p")]
+            t = np.arange(round(seconds * rate)) / rate
+            pcm = 0.3 * np.sin(2 * np.pi * (200 * t + 150 * t * t)) * (np.iinfo(dtype).max if dtype != np.float32 else 1)
+            for k in range(0, len(pcm) - size + 1, size):
+                frame = av.AudioFrame.from_ndarray(pcm[None, k:k + size].astype(dtype), format=fmt, layout="mono")
+                frame.sample_rate, frame.pts = rate, k
+                out.mux(audio.encode(frame))
+            out.mux(audio.encode(None))
+    return path
+
+
+CONTAINERS = [  # file, PyAV's muxer, video and audio encoders, the demuxer FFmpeg reads it with
+    ("clip.mp4", "mp4", "libx264", "aac", "mov,mp4,m4a,3gp,3g2,mj2"),
+    ("clip.mkv", "matroska", "mpeg4", "libmp3lame", "matroska,webm"),
+    ("clip.webm", "webm", "libvpx", "libopus", "matroska,webm"),
+    ("clip.avi", "avi", "mpeg4", "mp2", "avi"),
+    ("clip.flv", "flv", "flv", "libmp3lame", "flv"),
+    ("clip.mpg", "mpeg", "mpeg1video", "mp2", "mpeg"),  # a program stream, as GRID's clips
+    ("clip.ts", "mpegts", "mpeg2video", "mp2", "mpegts"),
+    ("speech.wav", "wav", None, "pcm_s16le", "wav"),
+    ("speech.mp3", "mp3", None, "libmp3lame", "mp3"),
+    ("speech.ogg", "ogg", None, "libopus", "ogg"),
+    ("speech.flac", "flac", None, "flac", "flac"),
+    ("speech.aac", "adts", None, "aac", "aac"),
+]
+
+
+@pytest.mark.parametrize("name, muxer, video_codec, audio_codec, demuxer", CONTAINERS, ids=[c[0] for c in CONTAINERS])
+def test_every_container_read_gives_what_a_plain_decode_gives(tmp_path, monkeypatch, name, muxer, video_codec,
+                                                              audio_codec, demuxer):
+    from emosent.data import media
+
+    monkeypatch.setattr(media, "usable_cores", lambda: 3)  # GOPs shared out over decoders, as on a server
+    path = write_media(tmp_path / name, muxer, video_codec, audio_codec)
+    with media.open_media(path) as container:
+        assert container.format.name == demuxer and demuxer in media.READ_FORMATS
+        if video_codec:
+            time_base = float(container.streams.video[0].time_base)
+            video_start = container.streams.video[0].start_time * time_base  # 0.5 s or so in a program stream
+    info = media.probe(path)
+    assert (info.has_video, info.has_audio) == (video_codec is not None, True)
+    assert info.duration_s == pytest.approx(1.0, abs=0.1)
+    if video_codec is None:
+        clip = load_clip(path, modalities=("audio",))
+        assert clip.has_audio and clip.audio_frames >= 30  # 1 s at a hop of 32 ms
+        return
+    with av.open(str(path)) as container:  # the plain loop: every frame, in order
+        plain = {f.pts: f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
+    index = media.frame_index(path)
+    times = np.array([pts for pts, _ in index]) * time_base
+    for start, end in [(None, None), (video_start + 0.3, video_start + 0.9)]:
+        clip = load_clip(path, start, end, modalities=("frames", "audio"))
+        inside = np.flatnonzero((times >= (start or -np.inf)) & (times < (end or np.inf)))
+        picks = inside[pick_frames([index[i][1] for i in inside], DEFAULT.num_frames)]
+        assert np.array_equal(clip.frames, np.stack([plain[index[i][0]] for i in picks])), (name, start)
+        assert clip.has_audio and clip.audio_frames >= (30 if start is None else 15)
+
+
+def hls_playlist(path, entry: str):
+    path.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{entry}\n#EXT-X-ENDLIST\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lists(tmp_path_factory) -> dict[str, tuple]:
+    """Files that have FFmpeg open other files, each naming a real mp4 elsewhere on the disk, as an
+    upload could name a file of the server's: name -> (file, the demuxer FFmpeg alone reads it with)."""
+    from PIL import Image
+
+    from emosent.synthetic import write_clip
+
+    folder = tmp_path_factory.mktemp("lists")
+    (folder / "private").mkdir()
+    private = write_clip(folder / "private" / "secret.mp4", duration_s=1.0, width=160, height=120,
+                         frame_fn=solid_frames(160, 120), audio_fn=tone())
+    uploads = folder / "uploads"
+    uploads.mkdir()
+    (folder / "list.ffconcat").write_text("ffconcat version 1.0\nfile 'private/secret.mp4'\n")  # no "..": safe mode
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(uploads / "frame.png")
+    return {
+        "m3u8 absolute": (hls_playlist(uploads / "abs.m3u8", str(private)), "hls"),
+        "m3u8 relative": (hls_playlist(uploads / "rel.m3u8", "../private/secret.mp4"), "hls"),
+        "ffconcat": (folder / "list.ffconcat", "concat"),
+        "png": (uploads / "frame.png", "png_pipe"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["m3u8 absolute", "m3u8 relative", "ffconcat", "png"])
+def test_playlists_lists_and_images_are_refused_before_anything_is_read(lists, kind):
+    from emosent.data import probe
+
+    path, demuxer = lists[kind]
+    with av.open(str(path)) as container:  # what FFmpeg alone does: the playlist's entry is read
+        assert container.format.name == demuxer and (demuxer == "png_pipe" or container.streams.audio)
+    for read in (probe, load_clip):
+        with pytest.raises(MediaError) as err:
+            read(path)
+        assert err.value.reason == "a playlist or a format that is not read", err.value
+        assert str(err.value).startswith(f"{path}: ") and "never the files a playlist" in str(err.value)
+
+
+def test_analyze_refuses_a_playlist_before_loading_a_model(lists, tmp_path):
+    from emosent.analyze import analyze
+
+    srt = tmp_path / "talk.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,900\nhello\n")
+    with pytest.raises(MediaError, match="a playlist or a format that is not read"):
+        analyze(lists["m3u8 absolute"][0], model="no-such-model-folder", subtitles=srt)
+
+
+def test_a_window_of_an_mpeg_program_stream_reads_its_sound(tmp_path):
+    # GRID's clips (MPEG-1 and MP2 in a program stream): a seek landed inside an audio packet that
+    # the decoder refused, and every segment of `analyze` was skipped as not a readable media file
+    from emosent.data import media
+
+    path = write_media(tmp_path / "talk.mpg", "mpeg", "mpeg1video", "mp2", seconds=2.0)
+    with media.open_media(path) as container:
+        whole = media.read_audio(container, None, None)
+        stream = container.streams.audio[0]
+        first = float(stream.start_time * stream.time_base)  # a program stream starts at 0.5 s or so
+    with media.open_media(path) as container:
+        window = media.read_audio(container, first + 0.5, first + 1.5)
+    skip = round(0.5 * DEFAULT.sample_rate_hz)
+    assert len(window) == DEFAULT.sample_rate_hz and np.array_equal(window, whole[skip:skip + len(window)])
+
+
+def test_a_transport_stream_seeks_again_from_the_keyframe_before(tmp_path, monkeypatch):
+    # it seeks by decoding timestamps, so a seek to a keyframe's presentation timestamp lands on the
+    # packet after it; from the keyframe before, only the first group is left to a plain decode
+    from emosent.data import media
+
+    asked = []
+    plain_frames = media.plain_frames
+    monkeypatch.setattr(media, "plain_frames", lambda path, wanted: asked.append(wanted) or plain_frames(path, wanted))
+    path = write_media(tmp_path / "talk.ts", "mpegts", "mpeg2video", None, seconds=2.0)
+    load_clip(path, modalities=("frames",))
+    keyframes = [pts for pts, key in media.frame_index(path) if key]
+    assert len(keyframes) >= 8 and asked and all(pts < keyframes[1] for pts in set().union(*asked)), (keyframes, asked)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +125,20 @@ def test_bad_uploads_are_named_and_leave_nothing(server, client, clip, tmp_path)
     assert answer.status_code == 202 and answer.json()["video"] == "escape.mp4"
     assert wait_for(client, answer.json()["id"])["status"] == "done"
     assert not list(server.data_dir.parent.rglob("escape.mp4")) and server.leftovers() == []
+
+
+def test_a_playlist_naming_a_file_on_the_server_is_refused(server, client, clip, tmp_path):
+    # issue 28: an uploaded .m3u8 whose entry names a media file on the server's disk had FFmpeg's
+    # HLS demuxer read that file, and the job's result held its transcript
+    video, _ = clip
+    beside_upload = os.path.relpath(video, server.data_dir / "uploads" / "a-job")  # uploads/JOB_ID/video.m3u8
+    for entry in (str(video), beside_upload):
+        playlist = tmp_path / "list.m3u8"
+        playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{entry}\n#EXT-X-ENDLIST\n")
+        answer = client.post("/v1/analyses", files=files(playlist))  # no subtitles: speech recognition's path
+        detail = answer.json()["detail"]
+        assert answer.status_code == 415 and detail.startswith("video list.m3u8: a playlist or a format that is not read"), detail
+        assert str(server.data_dir) not in answer.text and server.leftovers() == []
 
 
 def raw_post(port: int, length: int | None, chunked: bool = False) -> socket.socket:

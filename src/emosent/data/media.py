@@ -7,11 +7,16 @@ learn every frame's timestamp and where the keyframes are. A bin's frame is a ke
 bin holds one, else its centre frame (its first frame when it is the last pick of its group of
 pictures: see `pick_frames`); then only the groups of pictures that hold a wanted frame are
 decoded, each from its keyframe up to its last wanted frame, on every core, skipping the
-non-reference frames (B-frames) that are not wanted. The frames go through the R3D-18 weights'
-own transforms.
+non-reference frames (B-frames) that are not wanted. Frames that seeking does not reach from their
+keyframe (an MPEG transport stream's first group), and every frame of an MPEG program stream (see
+LINEAR_FORMATS), come from a plain decode from the file's start: the same frames either way. The
+frames go through the R3D-18 weights' own transforms.
 
-Audio: decoded and resampled to mono at the processor's rate by PyAV (any container or codec
-FFmpeg reads), then a log-mel spectrogram, normalised per clip, padded or cut to a fixed width.
+Audio: decoded and resampled to mono at the processor's rate by PyAV (any codec FFmpeg decodes, in
+READ_FORMATS), then a log-mel spectrogram, normalised per clip, padded or cut to a fixed width.
+
+Files are opened by `open_media` alone: one audio or video file in one of READ_FORMATS, never a
+playlist or a list that would have FFmpeg open the files it names.
 
 Every setting (frames, frame size, rate, bands, window, hop, ...) comes in as a
 `emosent.config.ProcessorConfig`; this module holds no preprocessing constants of its own.
@@ -37,6 +42,44 @@ from emosent.encoders import video_transform_weights
 INDEX_CACHE_FILES = 4  # frame indexes kept per process (about 8 MB per hour of 25 fps video each)
 MEDIA_MODALITIES = ("video", "audio")
 DEFAULT = ProcessorConfig()
+# Audio decoded before a window's start and dropped: after a seek, a transform codec's first frame
+# lacks the one before it (AAC, MP3 and Vorbis frames overlap by up to 46 ms).
+AUDIO_PREROLL_S = 0.2
+
+# The demuxers media is read with, as FFmpeg names them (`container.format.name`): each reads one
+# file and opens nothing else. Not here, on purpose: playlists and manifests (hls, dash), file
+# lists (concat), image sequences (image2), tee, and every other demuxer that opens further files
+# or URLs: an uploaded playlist naming a file on the server's disk would have that file read.
+READ_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",  # .mp4 .mov .m4a
+    "matroska,webm",  # .mkv .webm
+    "avi",
+    "flv",
+    "asf",  # .wmv .wma
+    "mpeg",  # MPEG program stream: .mpg .vob
+    "mpegts",  # .ts .m2ts
+    "ogg",  # .ogg .opus
+    "wav",
+    "w64",
+    "aiff",
+    "mp3",
+    "aac",  # ADTS
+    "flac",
+)
+# Of READ_FORMATS, those whose seeks do not land on a packet's start: an MPEG program stream seeks
+# by searching its bytes for timestamps, and after a seek its parser hands out garbled packets and
+# frames labelled with a neighbour's timestamp (PES packets holding several frames). It is decoded
+# from its start, as a plain loop does: the same frames, at a cost that grows with the file.
+LINEAR_FORMATS = ("mpeg",)
+OPEN_OPTIONS = {
+    # FFmpeg refuses any other demuxer right after probing the file's first bytes, before it reads
+    # the header: a playlist's entries are never opened
+    "format_whitelist": ",".join(READ_FORMATS),
+    # and nothing but a local file is opened, whatever a demuxer asks for
+    "protocol_whitelist": "file",
+}
+NOT_READ_HINT = ("emosent reads one audio or video file (mp4, mov, mkv, webm, avi, flv, mpg, ts, ogg, wav, mp3, "
+                 "aac, flac, ...), never the files a playlist (.m3u8, .mpd) or list names: join them into one file first")
 
 
 class MediaError(ValueError):
@@ -62,6 +105,17 @@ class Clip:
     audio_frames: int = 0
 
 
+def open_media(path: str | Path) -> av.container.InputContainer:
+    """`path` opened for reading as one audio or video file in one of READ_FORMATS: the only way
+    media is opened here. MediaError naming the file for any other format (a playlist, a list of
+    files, an image, ...), before anything but its first bytes is read."""
+    try:
+        # an absolute path always means the file protocol: "concat:a|b" or "http:x" names a file
+        return av.open(os.path.abspath(path), metadata_errors="ignore", container_options=OPEN_OPTIONS)
+    except av.ArgumentError:  # FFmpeg's answer to a demuxer off the list: EINVAL
+        raise MediaError(path, "a playlist or a format that is not read", NOT_READ_HINT) from None
+
+
 def load_clip(
     path: str | Path,
     start: float | None = None,
@@ -83,7 +137,7 @@ def load_clip(
     if start is not None and end is not None and end <= start:
         raise MediaError(path, f"empty time range: end {end} <= start {start}")
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_media(path) as container:
             duration_s = container_duration(container)
             if duration_s > 0 and ((start is not None and start >= duration_s) or (end is not None and end <= 0)):
                 # else the video would give its last frame and the audio silence: a wrong prediction, not a skip
@@ -124,7 +178,7 @@ def probe(path: str | Path) -> MediaInfo:
     if not path.is_file():
         raise MediaError(path, "file not found", "check the path")
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_media(path) as container:
             return MediaInfo(container_duration(container), bool(container.streams.video), bool(container.streams.audio))
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
@@ -151,7 +205,10 @@ def read_frames(container, stream, start: float | None, end: float | None, n: in
         raise MediaError(path, "no video frames", "a 0-second clip, or a time range outside the video")
     picks = in_range[pick_frames([index[i][1] for i in in_range], n)]
     wanted_pts = {index[i][0] for i in picks}
-    decoded = decode_pts(container, stream, index, wanted_pts)
+    if container.format.name in LINEAR_FORMATS:
+        decoded = plain_frames(path, wanted_pts)
+    else:
+        decoded = decode_pts(container, stream, index, wanted_pts, path)
     return np.stack([decoded[index[i][0]] for i in picks])
 
 
@@ -196,60 +253,83 @@ def demux_index(path: str, size: int, mtime_ns: int) -> tuple[tuple[int, bool], 
     """frame_index, cached by path, size and mtime (a rewritten file is demuxed again): `analyze`
     reads many segments of one video, and demuxing the whole file for each would make it
     quadratic in the video's length."""
-    with av.open(path, metadata_errors="ignore") as container:
+    with open_media(path) as container:
         stream = container.streams.video[0]
         return tuple(sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size))
 
 
-def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: set[int]) -> dict[int, np.ndarray]:
+def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: set[int], path: Path) -> dict[int, np.ndarray]:
     """Decode just the groups of pictures that hold `wanted` frames: seek to each one's keyframe,
     decode up to its last wanted frame. Groups are independent, so with several of them each core
     decodes its share on a decoder of its own (opened on the same file); the frames are the same
-    as one decoder's, whose frame threads keep the cores less busy (bench/decode.py)."""
+    as one decoder's, whose frame threads keep the cores less busy (bench/decode.py). Frames that
+    seeking does not reach come from a plain decode of the file from its start (plain_frames)."""
     keyframes = np.array([pts for pts, key in index if key] or [index[0][0]])
     groups = gop_groups(keyframes, wanted)
     shares = balanced_shares(groups, min(len(groups), usable_cores()))
     frames: dict[int, np.ndarray] = {}
     if len(shares) == 1:
-        frames.update(decode_groups(container, stream, shares[0], wanted))
+        frames.update(decode_groups(container, stream, shares[0], wanted, keyframes))
     else:
         stream.thread_type = "NONE"  # one core per decoder: threads within would only contend
         with ThreadPoolExecutor(len(shares) - 1) as pool:  # PyAV releases the GIL while decoding
-            others = [pool.submit(decode_share, container.name, share, wanted) for share in shares[1:]]
-            frames.update(decode_groups(container, stream, shares[0], wanted))
+            others = [pool.submit(decode_share, path, share, wanted, keyframes) for share in shares[1:]]
+            frames.update(decode_groups(container, stream, shares[0], wanted, keyframes))
             for other in others:
                 frames.update(other.result())
     missing = wanted - frames.keys()
-    if missing:  # a stream whose packets decode to other timestamps: fall back to nearest frames
-        frames.update(nearest_frames(container, stream, missing))
+    if missing:  # a group no seek reaches from its keyframe, or packets that decode to other timestamps
+        frames.update(plain_frames(path, missing))
     return frames
 
 
-def decode_groups(container, stream, groups: list[tuple[int, list[int]]], wanted: set[int]) -> dict[int, np.ndarray]:
-    """The wanted frames of `groups` ((keyframe pts, its wanted pts ascending), in file order)."""
+def decode_groups(container, stream, groups: list[tuple[int, list[int]]], wanted: set[int],
+                  keyframes: np.ndarray) -> dict[int, np.ndarray]:
+    """The wanted frames of `groups` ((keyframe pts, its wanted pts ascending), in file order). A
+    seek that lands past a group's keyframe is tried again from the keyframe before it; a group
+    that neither reaches is left out."""
     frames: dict[int, np.ndarray] = {}
-    codec = stream.codec_context
     for key, group in groups:
-        container.seek(key, stream=stream)
-        for packet in container.demux(stream):
-            # An unwanted non-reference frame (a B-frame no other frame is predicted from) is not
-            # decoded: the wanted frames come out the same. FFmpeg reads this per packet, threads too.
-            codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-            done = False
-            for frame in packet.decode():
-                if frame.pts in wanted and frame.pts not in frames:
-                    frames[frame.pts] = frame.to_ndarray(format="rgb24")
-                done = done or (frame.pts is not None and frame.pts >= group[-1])
-            if done:
+        for target in (key, *keyframes[keyframes < key][-1:]):
+            container.seek(int(target), stream=stream)
+            decoded = decode_group(container, stream, key, group[-1], wanted)
+            if decoded is not None:
+                frames.update(decoded)
                 break
-    codec.skip_frame = "DEFAULT"
+    stream.codec_context.skip_frame = "DEFAULT"
     return frames
 
 
-def decode_share(path: str, groups: list[tuple[int, list[int]]], wanted: set[int]) -> dict[int, np.ndarray]:
-    with av.open(path, metadata_errors="ignore") as container:
+def decode_group(container, stream, key: int, last: int, wanted: set[int]) -> dict[int, np.ndarray] | None:
+    """The wanted frames from keyframe `key` up to pts `last`, demuxed from where the last seek put
+    the file; None when that is past the keyframe. An MPEG transport stream seeks by decoding
+    timestamps, so a seek to a keyframe's presentation timestamp can land on the packet after it,
+    and what follows cannot be decoded without it."""
+    codec = stream.codec_context
+    frames: dict[int, np.ndarray] = {}
+    reached = False
+    for packet in container.demux(stream):
+        if not reached and packet.pts is not None:
+            if packet.pts > key:
+                return None
+            reached = packet.pts == key
+        # An unwanted non-reference frame (a B-frame no other frame is predicted from) is not
+        # decoded: the wanted frames come out the same. FFmpeg reads this per packet, threads too.
+        codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+        done = False
+        for frame in packet.decode():
+            if frame.pts in wanted and frame.pts not in frames:
+                frames[frame.pts] = frame.to_ndarray(format="rgb24")
+            done = done or (frame.pts is not None and frame.pts >= last)
+        if done:
+            break
+    return frames
+
+
+def decode_share(path: Path, groups: list[tuple[int, list[int]]], wanted: set[int], keyframes: np.ndarray) -> dict[int, np.ndarray]:
+    with open_media(path) as container:
         stream = container.streams.video[0]
-        return decode_groups(container, stream, groups, wanted)
+        return decode_groups(container, stream, groups, wanted, keyframes)
 
 
 def balanced_shares(groups: dict[int, list[int]], n: int) -> list[list[tuple[int, list[int]]]]:
@@ -284,21 +364,27 @@ def gop_groups(keyframes: np.ndarray, positions) -> dict[int, list[int]]:
     return groups
 
 
-def nearest_frames(container, stream, wanted: set[int]) -> dict[int, np.ndarray]:
-    """For each wanted pts, the decoded frame nearest to it (the earlier one on a tie), in one pass
-    from the start that keeps only the best frame so far for each: memory for len(wanted) frames,
-    not for the whole stream."""
-    container.seek(0, stream=stream)
+def plain_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
+    """For each wanted pts, the decoded frame nearest to it (the earlier one on a tie), as a plain
+    decoding loop gives them: the file opened afresh and decoded from its start without seeking,
+    up to the last wanted frame, keeping only the best frame so far for each (memory for
+    len(wanted) frames, not for the whole stream)."""
+    last = max(wanted)
     best: dict[int, tuple[int, np.ndarray]] = {}  # wanted pts -> (distance, frame)
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            continue
-        closer = [w for w in wanted if w not in best or abs(frame.pts - w) < best[w][0]]
-        if closer:
-            rgb = frame.to_ndarray(format="rgb24")
-            best.update({w: (abs(frame.pts - w), rgb) for w in closer})
+    with open_media(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            closer = [w for w in wanted if w not in best or abs(frame.pts - w) < best[w][0]]
+            if closer:
+                rgb = frame.to_ndarray(format="rgb24")
+                best.update({w: (abs(frame.pts - w), rgb) for w in closer})
+            if frame.pts >= last:  # frames come in presentation order: later ones are farther
+                break
     if not best:
-        raise av.InvalidDataError(0, "no decodable video frames")
+        raise MediaError(path, "not a readable media file", "no video frame decodes")
     return {w: rgb for w, (_, rgb) in best.items()}
 
 
@@ -319,14 +405,22 @@ def transform_frames(frames: np.ndarray, settings: ProcessorConfig = DEFAULT) ->
 def read_audio(container, start: float | None, end: float | None, settings: ProcessorConfig = DEFAULT) -> np.ndarray:
     """Mono float32 samples at the processor's rate for [start, min(end, start + window)]; audio
     after the window is never used, so it is not decoded."""
-    stream = container.streams.audio[0]
     rate, window = settings.sample_rate_hz, settings.mel_frames * settings.hop_length / settings.sample_rate_hz
     start = start or 0.0
     stop = start + window if end is None else min(end, start + window)
+    if container.format.name in LINEAR_FORMATS:
+        with open_media(container.name) as fresh:  # from its start, unread: no seek
+            return audio_window(fresh, start, stop, rate)
+    stream = container.streams.audio[0]
+    container.seek(int(max(0.0, start - AUDIO_PREROLL_S) / float(stream.time_base)), stream=stream)
+    return audio_window(container, start, stop, rate)
+
+
+def audio_window(container, start: float, stop: float, rate: int) -> np.ndarray:
+    """The samples of [start, stop) seconds, decoded from where the container is (at or before `start`)."""
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-    container.seek(int(start / float(stream.time_base)), stream=stream)
     chunks, first_time = [], None
-    for frame in container.decode(stream):
+    for frame in container.decode(container.streams.audio[0]):
         if frame.time is not None and frame.time >= stop:
             break
         if first_time is None:
@@ -336,7 +430,7 @@ def read_audio(container, start: float | None, end: float | None, settings: Proc
     if not chunks:
         return np.zeros(0, np.float32)
     samples = np.concatenate(chunks)
-    skip = max(0, round((start - (first_time or 0.0)) * rate))  # seeking lands before `start`
+    skip = max(0, round((start - (first_time or 0.0)) * rate))  # decoding starts before `start`
     return samples[skip : skip + round((stop - start) * rate)]
 
 

