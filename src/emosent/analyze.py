@@ -7,11 +7,10 @@ model's own processor (no cutting, no re-encoding, no temporary files) and go th
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,14 +18,14 @@ import torch
 
 from emosent.builtin import load_model
 from emosent.data import MediaError, MediaInfo, Utterance, probe
-from emosent.files import write_atomically
+from emosent.files import write_json  # noqa: F401  (the CLI writes analyze's result with it)
 from emosent.fusion import LateFusionModel
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
-from emosent.segments import PACKAGED_ASR_MODEL, Segment, read_segments, transcribe
+from emosent.runtime import pick_device
+from emosent.segments import PACKAGED_ASR_MODEL, Segment, check_segments, read_segments, subtitles_beside, transcribe
 
 TOP_K = 3
-SUBTITLE_SUFFIXES = (".srt", ".vtt")  # looked for beside the video when no segments are given
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
 STAGES = ("decode", "text", "video", "audio", "heads")
 
@@ -120,48 +119,6 @@ def model_for(model, info: MediaInfo, video: Path):
     return model, []
 
 
-def subtitles_beside(video: Path) -> Path | None:
-    """VIDEO.srt or VIDEO.vtt (or .SRT, .VTT) next to the video, if there is one."""
-    candidates = (video.with_suffix(s) for suffix in SUBTITLE_SUFFIXES for s in (suffix, suffix.upper()))
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def pick_device(name: str) -> torch.device:
-    """"auto" (a GPU when there is one), or a torch device name that exists here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} found); use auto or cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported; use auto, cpu or cuda:N")
-    return device
-
-
-def check_segments(segments: list[Segment], duration: float, needs_text: bool, warnings: list[str]):
-    """Clip segments to the video, skip the ones outside it or without text; note overlaps."""
-    kept, skipped = [], []
-    for s in sorted(segments, key=lambda s: (s.start, s.end)):
-        start, end = max(s.start, 0.0), min(s.end, duration)
-        if end <= start:
-            reason = "outside the video" if s.start >= duration or s.end <= 0 else "ends before it starts"
-            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": reason})
-            continue
-        if needs_text and not s.text:
-            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": "empty text"})
-            continue
-        if (start, end) != (s.start, s.end):
-            warnings.append(f"segment {s.start:.3f}-{s.end:.3f} s clipped to the video: {start:.3f}-{end:.3f} s")
-        if kept and start < kept[-1].end:
-            warnings.append(f"segments {kept[-1].start:.3f}-{kept[-1].end:.3f} s and {start:.3f}-{end:.3f} s overlap; "
-                            "each is analysed on its own")
-        kept.append(replace(s, start=start, end=end))
-    return kept, skipped
-
-
 @torch.inference_mode()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
                      progress: Callable[[int, int], None] | None = None) -> list[dict | None]:
@@ -230,9 +187,3 @@ def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer,
 def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict]:
     values, indices = p.topk(k)
     return [{"label": labels[i], "confidence": round(float(v), 4)} for v, i in zip(values.tolist(), indices.tolist())]
-
-
-def write_json(result: dict, path: str | Path) -> Path:
-    """Write atomically: a failure leaves no partial file behind. NaN is refused, not written."""
-    text = json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -13,7 +13,6 @@ Finished shards survive an interruption and are not redone.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -31,9 +29,10 @@ from torch.utils.data import DataLoader, Subset
 
 from emosent.data import SkipCounter, Utterance, UtteranceDataset
 from emosent.encoders import weights_digest
-from emosent.files import default_cache_dir, exclusive
+from emosent.files import default_cache_dir
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
+from emosent.runtime import log, rank_zero_exclusive
 from emosent.signals import raise_if_interrupted
 
 FORMAT_VERSION = 4  # bump when the stored layout or the preprocessing code changes meaning
@@ -46,12 +45,6 @@ SEQUENCES = ("text_features", "token_type_ids")
 
 def is_sequence(name: str, row: torch.Tensor) -> bool:
     return name == "token_type_ids" or (name in SEQUENCES and row.dim() == 2)
-
-
-@rank_zero_only
-def log(message: str) -> None:
-    """Progress for the user, once per job (not once per DDP rank)."""
-    print(message, flush=True)
 
 
 def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights: str | None = None) -> str:
@@ -170,17 +163,6 @@ def extract_features(
         log(f"{split}: a face in {100 * share.mean():.1f}% of the sampled frames; {int((share == 0).sum())} of "
             f"{len(share)} clips without any face (they get the video encoder's learned no-face input)")
     return features
-
-
-@contextlib.contextmanager
-def rank_zero_exclusive(lock_path: Path, *, wait: bool, holder: str):
-    """`emosent.files.exclusive`, taken by global rank 0 only: the DDP ranks of one job (started
-    by its rank 0) share rank 0's lock."""
-    if rank_zero_only.rank != 0:
-        yield
-        return
-    with exclusive(lock_path, wait=wait, holder=holder):
-        yield
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,16 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from emosent.analyze import check_segments, subtitles_beside
 from emosent.builtin import load_model
 from emosent.encoders import weights_digest
 from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
 from emosent.data.manifest import SPLITS
 from emosent import features
-from emosent.features import log, rank_zero_exclusive
+from emosent.runtime import log, rank_zero_exclusive
 from emosent.files import exclusive, write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel, model_inputs
-from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, read_segments, transcribe
+from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe
 from emosent.signals import raise_if_interrupted
 
 FORMAT_VERSION = 2  # bump when a row's fields or their meaning change: older parts are then refused
