@@ -12,7 +12,7 @@ run again with the same arguments, only the missing shards are predicted; the ou
 assembled from the shards in order, atomically, once all are there, and the parts folder is
 removed. Prediction is a Lightning predict loop: under `--devices N --strategy ddp`, torchrun or
 SLURM each rank takes every N-th pending shard (the list is broadcast from rank 0), so no row is
-lost or predicted twice.
+lost or predicted twice. The loop is `emosent.sharded`'s, which feature extraction runs too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +27,18 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from emosent.builtin import load_model
 from emosent.encoders import weights_digest
 from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
 from emosent.data.manifest import SPLITS
-from emosent import features
-from emosent.runtime import log, rank_zero_exclusive
 from emosent.files import exclusive, write_atomically
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel, model_inputs
+from emosent.runtime import log, rank_zero_exclusive
 from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe
-from emosent.signals import raise_if_interrupted
+from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
 FORMAT_VERSION = 2  # bump when a row's fields or their meaning change: older parts are then refused
 SHARD_ROWS = 64
@@ -51,7 +48,6 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 # recordings without video (calls, interviews): the built-in model's face expert abstains on them;
 # a model that reads frames skips their rows ("no video stream")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus", ".aac")
-META_FILE = "meta.json"
 LOCK_FILE = "lock"
 DECIMALS = 6  # probabilities are written rounded: the JSON stays short, and equal runs give equal text
 
@@ -153,24 +149,8 @@ def fingerprint(model: EmotionSentimentModel, rows: list[Row], shard_rows: int) 
     h.update(weights_digest([model]).encode())
     for row in rows:
         u = row.utterance
-        stat = u.path.stat() if u.path is not None and u.path.is_file() else None
-        h.update(json.dumps([u.text, row.file, u.start, u.end, u.history, u.source, row.skip,
-                             stat and [stat.st_size, stat.st_mtime_ns]]).encode())
+        h.update(json.dumps([u.text, row.file, u.start, u.end, u.history, u.source, row.skip, file_stamp(u.path)]).encode())
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Shards(features.Shards):
-    """Rows 0..total-1 cut into consecutive shards of `size` rows (as the feature cache cuts
-    them), each committed as JSON Lines in `directory`."""
-
-    directory: Path = Path()
-
-    def file(self, k: int) -> Path:
-        return self.directory / f"shard-{k:05d}.jsonl"
-
-    def pending(self) -> list[int]:
-        return [k for k in range(self.count) if not self.file(k).is_file()]
 
 
 def parts_dir(out: Path) -> Path:
@@ -199,25 +179,6 @@ def check_out(out: Path, data: Path, model_dir: Path | None) -> None:
                          "or remove it")
 
 
-def start_parts(shards: Shards, key: str, out: Path) -> None:
-    """Create the parts folder, or check that the one there belongs to this same run; remove what
-    a killed process left half-written (its temporary files)."""
-    meta_path = shards.directory / META_FILE
-    meta = {"format": FORMAT_VERSION, "fingerprint": key, "rows": shards.total, "shard_rows": shards.size}
-    if meta_path.is_file():
-        try:
-            found = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            found = None
-        if found != meta:
-            raise ValueError(f"--out {out}: {shards.directory} holds a run with other data, model or --shard-rows; "
-                             "re-run with that run's arguments to finish it, or remove the folder to start anew")
-    else:
-        write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-    for stale in [*shards.directory.glob(".*.tmp"), *out.parent.glob(f".{out.name}.*.tmp")]:
-        stale.unlink(missing_ok=True)  # write_atomically's names: a commit that a kill interrupted
-
-
 # --- the Lightning loop ---------------------------------------------------------------------
 
 
@@ -237,39 +198,6 @@ class RowDataset(Dataset):
         return self.processor(row.utterance, i)
 
 
-class ShardBatches(torch.utils.data.Sampler):
-    """Batches of at most `batch_size` rows that never cross a shard: a row is computed with the
-    same neighbours whichever rank or run takes its shard."""
-
-    def __init__(self, shards: Shards, mine: list[int], batch_size: int):
-        self.batches = [list(rows[i:i + batch_size]) for k in mine for rows in [shards.rows(k)]
-                        for i in range(0, len(rows), batch_size)]
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class PredictData(L.LightningDataModule):
-    """Each rank reads the rows of every world_size-th pending shard; the pending list is rank 0's."""
-
-    def __init__(self, dataset: RowDataset, shards: Shards, pending: list[int], collate, batch_size: int, num_workers: int):
-        super().__init__()
-        self.dataset, self.shards, self.pending, self.collate = dataset, shards, pending, collate
-        self.batch_size, self.num_workers = batch_size, num_workers
-
-    def predict_dataloader(self) -> DataLoader:
-        # A rank started later may find shards that rank 0 has since written: all follow rank 0's list.
-        pending = self.trainer.strategy.broadcast(self.pending, src=0)
-        mine = pending[self.trainer.global_rank :: self.trainer.world_size]
-        if not mine:  # more ranks than pending shards: one empty batch, since DDP forbids an empty loader
-            return DataLoader([[]], batch_size=None, collate_fn=self.collate)
-        return DataLoader(self.dataset, batch_sampler=ShardBatches(self.shards, mine, self.batch_size),
-                          collate_fn=self.collate, num_workers=self.num_workers)
-
-
 class Predictor(L.LightningModule):
     """predict_step: a batch -> emotion (B, 7) and sentiment (B, 3) probabilities."""
 
@@ -286,29 +214,21 @@ class Predictor(L.LightningModule):
         return out
 
 
-class JsonlShardWriter(BasePredictionWriter):
-    """Gathers predicted rows per shard; a complete shard is committed atomically as JSON Lines."""
+class JsonlShardWriter(ShardWriter):
+    """A shard of predicted rows as JSON Lines, in row order."""
 
     def __init__(self, shards: Shards, rows: list[Row]):
-        super().__init__(write_interval="batch")
-        self.shards, self.rows = shards, rows
-        self.open: dict[int, dict[int, dict]] = {}
-        self.written = 0
+        super().__init__(shards, "predict")
+        self.rows = rows
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        raise_if_interrupted()
+    def batch_rows(self, prediction: dict):
         for j, i in enumerate(prediction["index"]):
-            self.add(i, self.record(i, prediction["emotion"][j], prediction["sentiment"][j]))
+            yield i, self.record(i, prediction["emotion"][j], prediction["sentiment"][j])
         for i, reason, error in prediction["skipped"]:
-            self.add(i, self.record(i, None, None, reason, error))
-        for k in [k for k, got in self.open.items() if len(got) == len(self.shards.rows(k))]:
-            got = self.open.pop(k)
-            text = "".join(json.dumps(got[i], ensure_ascii=False, allow_nan=False) + "\n" for i in self.shards.rows(k))
-            write_atomically(self.shards.file(k), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-            self.written += 1
+            yield i, self.record(i, None, None, reason, error)
 
-    def add(self, i: int, record: dict) -> None:
-        self.open.setdefault(i // self.shards.size, {})[i] = record
+    def save(self, k: int, rows: list, path: Path) -> None:
+        path.write_text("".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows), encoding="utf-8")
 
     def record(self, i: int, emotion, sentiment, skip: str | None = None, error: str | None = None) -> dict:
         row, u = self.rows[i], self.rows[i].utterance
@@ -368,12 +288,15 @@ def predict(
         if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
             shutil.rmtree(shards_dir, ignore_errors=True)
         raise
-    shards = Shards(len(rows), shard_rows, shards_dir)
+    shards = Shards(len(rows), shard_rows, shards_dir, ".jsonl")
     key = fingerprint(net, rows, shard_rows)
     with rank_zero_exclusive(shards_dir / LOCK_FILE, wait=False, holder=f"--out {out}"):
         if rank_zero_only.rank == 0:
-            shards_dir.mkdir(exist_ok=True)
-            start_parts(shards, key, out)
+            open_shards(shards, format_version=FORMAT_VERSION, fingerprint=key,
+                        mismatch=f"--out {out}: {shards_dir} holds a run with other data, model or --shard-rows; re-run "
+                                 "with that run's arguments to finish it, or remove the folder to start anew")
+            for stale in out.parent.glob(f".{out.name}.*.tmp"):  # an output whose commit a kill interrupted
+                stale.unlink(missing_ok=True)
         pending = shards.pending()
         done_before = shards.count - len(pending)
         if pending:
@@ -400,13 +323,8 @@ def predict(
 
 
 def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> L.Trainer:
-    data = PredictData(RowDataset(rows, net.processor), shards, pending, net.processor.collate, batch_size, num_workers)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False,
-                        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
-                        callbacks=[JsonlShardWriter(shards, rows)], **trainer_kwargs)
-    trainer.predict(Predictor(net.eval()), datamodule=data, return_predictions=False)
-    trainer.strategy.barrier()  # every rank's shards are on disk before rank 0 assembles
-    return trainer
+    data = ShardData(RowDataset(rows, net.processor), shards, pending, net.processor.collate, batch_size, num_workers)
+    return run_shards(Predictor(net.eval()), data, JsonlShardWriter(shards, rows), trainer_kwargs)
 
 
 def write_output(parts: list[Path], target: Path, *, parquet: bool) -> None:
