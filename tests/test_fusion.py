@@ -165,7 +165,9 @@ def test_an_audio_file_is_analysed_without_the_face_expert(tmp_path):
     result = analyze(voice, model, transcript=transcript)
     assert result["model"] == "my-fusion"  # the name survives leaving the face expert out
     assert any("no video stream: the face expert abstains" in w for w in result["warnings"])
-    assert set(result["utterances"][0]["experts"]) == {"text", "audio"} and "face_frames" not in result["utterances"][0]
+    (u,) = result["utterances"]  # every expert of the model has its entry: the face one abstains, with no frames to read
+    assert set(u["experts"]) == {"text", "audio", "face"} and u["experts"]["face"] is None and u["face_frames"] is None
+    assert u["experts"]["text"]["emotion"]["label"] in EMOTIONS
 
 
 def test_predict_runs_a_fused_model_on_raw_inputs(tmp_path, smiling_clip):

@@ -20,12 +20,11 @@ from emosent.builtin import load_model
 from emosent.data import MediaError, MediaInfo, Utterance, probe
 from emosent.files import write_json  # noqa: F401  (the CLI writes analyze's result with it)
 from emosent.fusion import LateFusionModel
-from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
+from emosent.records import Recorder
 from emosent.runtime import pick_device
 from emosent.segments import PACKAGED_ASR_MODEL, Segment, check_segments, read_segments, subtitles_beside, transcribe
 
-TOP_K = 3
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
 STAGES = ("decode", "text", "video", "audio", "heads")
 
@@ -81,6 +80,7 @@ def analyze(
         model = load_model(model)
     model = model.to(device).eval()
     name = getattr(model, "name_or_path", model.config.text_encoder)  # how the result names the model
+    recorder = Recorder.of(model)  # before model_for: an expert it leaves out is written as abstaining
     model, said = model_for(model, info, video)
     warnings += said
     duration = info.duration_s
@@ -93,7 +93,7 @@ def analyze(
     kept, skipped = check_segments(segments, duration, "text" in model.config.modalities, warnings)
 
     timer = Timer()
-    results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
+    results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder)
     utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
     return {
@@ -121,10 +121,10 @@ def model_for(model, info: MediaInfo, video: Path):
 
 @torch.inference_mode()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
-                     progress: Callable[[int, int], None] | None = None) -> list[dict | None]:
-    """Per segment: {"emotions", "sentiments"} top-k, "face_frames" (the share of sampled frames
-    with a face) when the model reads faces, and each expert's top labels for a late-fusion model;
-    None for a segment that could not be read (listed in `skipped`)."""
+                     progress: Callable[[int, int], None] | None = None, recorder: Recorder | None = None) -> list[dict | None]:
+    """Per segment: its record (see `emosent.records`; `recorder`, by default the model's, writes
+    it); None for a segment that could not be read (listed in `skipped`)."""
+    recorder = recorder or Recorder.of(model)
     # The video is one dialogue: with context, a segment's text is read after the segments before it.
     k = model.processor.config.context
     records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
@@ -138,7 +138,7 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
         for first in range(0, len(records), batch_size):
             # "decode" is the time spent waiting for read items: reading overlaps the model
             items = timer.run("decode", lambda: [next(read) for _ in range(first, min(first + batch_size, len(records)))])
-            run_batch(model, processor.collate(items), segments, device, timer, skipped, results)
+            run_batch(model, processor.collate(items), segments, device, timer, skipped, results, recorder, video)
             if progress is not None:
                 progress(min(first + batch_size, len(records)), len(records))
     return results
@@ -156,9 +156,9 @@ def read_ahead(pool: ThreadPoolExecutor, processor, records: list[Utterance], wi
         yield ahead.popleft().result()
 
 
-def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer, skipped: list, results: list) -> None:
-    """One batch through the model: its results (see `predict_segments`) into `results`, its
-    unreadable items into `skipped`."""
+def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer, skipped: list, results: list,
+              recorder: Recorder, video: Path) -> None:
+    """One batch through the model: its records into `results`, its unreadable items into `skipped`."""
     for index, reason, error in batch["skipped"]:
         skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
                         "text": segments[index].text, "reason": reason, "error": error})
@@ -171,19 +171,7 @@ def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer,
     # the text head needs the token masks when its top layers run on the boundary states
     masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
     out = timer.run("heads", model, **features, **masks)
-    sees_faces = "video" in model.config.modalities and "face" in model.processor.video_encoder
-    for j, index in enumerate(batch["index"].tolist()):
-        result = {"emotions": top_k(out.emotion_logits[j].softmax(-1).cpu(), EMOTIONS),
-                  "sentiments": top_k(out.sentiment_logits[j].softmax(-1).cpu(), SENTIMENTS)}
-        if sees_faces:
-            result["face_frames"] = round(float(features["video_features"][j, -1]), 3)
-        if out.experts:  # why: each expert's own top emotion and sentiment (null where it abstained)
-            result["experts"] = {name: {"emotion": top_k(e[j].exp().cpu(), EMOTIONS, 1)[0],
-                                        "sentiment": top_k(s[j].exp().cpu(), SENTIMENTS, 1)[0]} if present[j] else None
-                                 for name, (e, s, present) in out.experts.items()}
-        results[index] = result
-
-
-def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict]:
-    values, indices = p.topk(k)
-    return [{"label": labels[i], "confidence": round(float(v), 4)} for v, i in zip(values.tolist(), indices.tolist())]
+    indices = batch["index"].tolist()
+    sources = [f"{video}: segment {segments[i].start:.3f}-{segments[i].end:.3f} s" for i in indices]
+    for index, record in zip(indices, recorder(out, sources, features)):
+        results[index] = record

@@ -34,13 +34,13 @@ from emosent.encoders import weights_digest
 from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
 from emosent.data.manifest import SPLITS
 from emosent.files import exclusive, write_atomically
-from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import EmotionSentimentModel, model_inputs
+from emosent.model import EmotionSentimentModel
+from emosent.records import Recorder, utterance_row
 from emosent.runtime import log, rank_zero_exclusive
 from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe
 from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
-FORMAT_VERSION = 2  # bump when a row's fields or their meaning change: older parts are then refused
+FORMAT_VERSION = 3  # bump when a row's fields or their meaning change: older parts are then refused
 SHARD_ROWS = 64
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 PARQUET_HINT = "pip install pyarrow==26.0.1 (or: pip install 'emosent[parquet]')"
@@ -49,7 +49,6 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 # a model that reads frames skips their rows ("no video stream")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus", ".aac")
 LOCK_FILE = "lock"
-DECIMALS = 6  # probabilities are written rounded: the JSON stays short, and equal runs give equal text
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ class RowDataset(Dataset):
 
 
 class Predictor(L.LightningModule):
-    """predict_step: a batch -> emotion (B, 7) and sentiment (B, 3) probabilities."""
+    """predict_step: a batch -> the model's output and its encoders' features (see `emosent.records`)."""
 
     def __init__(self, model: EmotionSentimentModel):
         super().__init__()
@@ -207,43 +206,30 @@ class Predictor(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = {"index": batch["index"].tolist(), "skipped": batch["skipped"]}
-        if batch["index"].numel():
-            logits = self.model(**model_inputs(batch))
-            out["emotion"] = logits.emotion_logits.float().softmax(-1).cpu()
-            out["sentiment"] = logits.sentiment_logits.float().softmax(-1).cpu()
+        if batch["index"].numel():  # as analyze runs a batch: the encoders, then the heads on their features
+            features = self.model.encode(batch)
+            masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+            out.update(output=self.model(**features, **masks), features=features)
         return out
 
 
 class JsonlShardWriter(ShardWriter):
-    """A shard of predicted rows as JSON Lines, in row order."""
+    """A shard of rows (`emosent.records.utterance_row`) as JSON Lines, in row order."""
 
-    def __init__(self, shards: Shards, rows: list[Row]):
+    def __init__(self, shards: Shards, rows: list[Row], recorder: Recorder):
         super().__init__(shards, "predict")
-        self.rows = rows
+        self.rows, self.recorder = rows, recorder
 
     def batch_rows(self, prediction: dict):
-        for j, i in enumerate(prediction["index"]):
-            yield i, self.record(i, prediction["emotion"][j], prediction["sentiment"][j])
+        if prediction["index"]:
+            sources = [self.rows[i].utterance.source for i in prediction["index"]]
+            for i, record in zip(prediction["index"], self.recorder(prediction["output"], sources, prediction["features"])):
+                yield i, utterance_row(self.rows[i].utterance, self.rows[i].file, record)
         for i, reason, error in prediction["skipped"]:
-            yield i, self.record(i, None, None, reason, error)
+            yield i, utterance_row(self.rows[i].utterance, self.rows[i].file, self.recorder.blank(), reason, error)
 
     def save(self, k: int, rows: list, path: Path) -> None:
         path.write_text("".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows), encoding="utf-8")
-
-    def record(self, i: int, emotion, sentiment, skip: str | None = None, error: str | None = None) -> dict:
-        row, u = self.rows[i], self.rows[i].utterance
-        out = {"file": row.file, "source": u.source, "start": u.start, "end": u.end, "text": u.text}
-        if u.emotion is not None or u.sentiment is not None:
-            out.update(label_emotion=u.emotion, label_sentiment=u.sentiment)
-        if emotion is None:
-            return out | {"emotion": None, "sentiment": None, "emotion_probs": None, "sentiment_probs": None,
-                          "skip": skip, "error": error}
-        e, s = emotion.tolist(), sentiment.tolist()
-        return out | {"emotion": EMOTIONS[max(range(len(e)), key=e.__getitem__)],
-                      "sentiment": SENTIMENTS[max(range(len(s)), key=s.__getitem__)],
-                      "emotion_probs": {label: round(p, DECIMALS) for label, p in zip(EMOTIONS, e)},
-                      "sentiment_probs": {label: round(p, DECIMALS) for label, p in zip(SENTIMENTS, s)},
-                      "skip": None, "error": None}
 
 
 # --- the public function --------------------------------------------------------------------
@@ -324,17 +310,15 @@ def predict(
 
 def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> L.Trainer:
     data = ShardData(RowDataset(rows, net.processor), shards, pending, net.processor.collate, batch_size, num_workers)
-    return run_shards(Predictor(net.eval()), data, JsonlShardWriter(shards, rows), trainer_kwargs)
+    return run_shards(Predictor(net.eval()), data, JsonlShardWriter(shards, rows, Recorder.of(net)), trainer_kwargs)
 
 
 def write_output(parts: list[Path], target: Path, *, parquet: bool) -> None:
-    """The shards' rows in order: their JSON Lines concatenated, or one Parquet table (the
-    probabilities as struct columns)."""
+    """The shards' rows in order: their JSON Lines concatenated, or one Parquet table (see `table`)."""
     if parquet:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist([row for part in parts for row in read_predictions(part)]), target)
+        pq.write_table(table(parts), target)
         return
     with open(target, "wb") as f:
         for path in parts:
@@ -342,10 +326,21 @@ def write_output(parts: list[Path], target: Path, *, parquet: bool) -> None:
                 shutil.copyfileobj(part, f)
 
 
+def table(parts: list[Path]):
+    """The shards' rows as one pyarrow table: a column per field any row has (labels only some rows
+    carry are null in the others), the probabilities and experts as struct columns, the top 3 as
+    lists of structs."""
+    import pyarrow as pa
+
+    rows = [row for part in parts for row in read_predictions(part)]
+    names = dict.fromkeys(name for row in rows for name in row)  # pyarrow's from_pylist keeps the first row's only
+    return pa.table({name: [row.get(name) for row in rows] for name in names})
+
+
 def same_rows(path: Path, parts: list[Path]) -> bool:
     """Whether `path` holds exactly the shards' rows (an output assembled before a stop)."""
     if path.suffix.lower() == ".parquet":
-        return read_predictions(path) == [row for part in parts for row in read_predictions(part)]
+        return read_predictions(path) == table(parts).to_pylist()
     if path.stat().st_size != sum(p.stat().st_size for p in parts):
         return False
     with open(path, "rb") as f:
