@@ -44,6 +44,9 @@ def check_utterance(u: dict) -> None:
         assert len(top) == 3 and all(t["label"] in labels for t in top)
         confidences = [t["confidence"] for t in top]
         assert all(0 <= c <= 1 for c in confidences) and confidences == sorted(confidences, reverse=True)
+        probs = u[f"{key[:-1]}_probs"]  # the whole distribution, in label order, as predict writes it
+        assert list(probs) == list(labels) and sum(probs.values()) == pytest.approx(1, abs=1e-4)
+        assert u[key[:-1]] == top[0]["label"] and probs[top[0]["label"]] == pytest.approx(top[0]["confidence"], abs=1e-4)
 
 
 def test_cli_on_a_sample_clip_with_an_srt(model_dir, clip, tmp_path):
@@ -162,6 +165,19 @@ def test_video_without_audio_and_paths_that_are_not_videos(model_dir, tmp_path):
     audio_only = write_clip(tmp_path / "voice.mp4", duration_s=1.0, audio_fn=tone())
     result = run_cli("analyze", audio_only, "--model", model_dir, "--transcript", transcript)
     assert result.returncode == 2 and "voice.mp4: no video stream" in result.stderr
+
+
+def test_a_model_that_outputs_nan_is_refused_by_name(clip, tmp_path):
+    torch.manual_seed(0)
+    model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("text",)))
+    with torch.no_grad():
+        model.emotion_head[-1].bias[2] = float("nan")
+    model_dir = model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out.json"
+    transcript = write_json(tmp_path / "t.json", [{"start": 0.2, "end": 0.8, "text": "hello"}])
+    result = run_cli("analyze", clip, "--model", model_dir, "--transcript", transcript, "--out", out)
+    assert result.returncode == 2 and not out.exists(), result.stderr[-3000:]
+    assert f"model {model_dir} produced NaN/inf for {clip}: segment 0.200-0.800 s" in result.stderr
 
 
 def test_asr_without_faster_whisper_fails_at_once(model_dir, clip, tmp_path):

@@ -115,7 +115,7 @@ def test_cached_log_mel_gives_the_logits_of_raw_inputs(sample_dir, tmp_path):
     assert features.tensors["audio_features"].shape[1:] == (1, 64, 300)
     cached = collate_features([FeatureDataset(features)[i] for i in range(4)])
     raw = model.processor.collate([UtteranceDataset(records, model.processor)[i] for i in range(4)])
-    assert set(model_inputs(cached)) == {"audio_features", "audio_lengths"}
+    assert set(model_inputs(cached)) == {"audio_features", "audio_lengths", "audio_present"}  # the mask is kept with the features
     assert torch.equal(cached["audio_lengths"], raw["audio_lengths"])
     with torch.no_grad():
         from_raw, from_cache = model(**model_inputs(raw)), model(**model_inputs(cached))

@@ -76,3 +76,9 @@ def test_predict_reads_a_call_recording_as_analyze_does(tmp_path):
         for top in utterance[task]:
             assert top["label"] in labels
             assert abs(row[f"{task[:-1]}_probs"][top["label"]] - top["confidence"]) < 2e-4, (task, top, row)
+    # one record: every expert of the built-in model, the face null (no video: it abstains, or analyze leaves it out)
+    assert row["experts"]["face"] is None and utterance["experts"]["face"] is None and row["face_frames"] == 0.0
+    for name in ("text", "audio"):
+        mine, theirs = row["experts"][name], utterance["experts"][name]
+        assert mine["emotion"]["label"] == theirs["emotion"]["label"] and mine["sentiment"]["label"] == theirs["sentiment"]["label"]
+        assert max(abs(mine["emotion_probs"][k] - theirs["emotion_probs"][k]) for k in EMOTIONS) < 2e-4

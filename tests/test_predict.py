@@ -69,6 +69,7 @@ def test_folder_of_videos_gives_one_row_per_utterance_in_order(reference, videos
     assert [r["file"] for r in rows] == [str(videos / "broken.mp4")] + [str(videos / f"talk{v}.mp4") for v in range(VIDEOS)
                                                                        for _ in range(SEGMENTS)]
     assert rows[0]["skip"] == "not a readable media file" and rows[0]["emotion_probs"] is None
+    assert list(rows[0]) == list(rows[1])  # a skipped row has every field of a predicted one (one Parquet schema)
     for v in range(VIDEOS):
         mine = rows[1 + v * SEGMENTS:1 + (v + 1) * SEGMENTS]
         assert [r["text"] for r in mine] == [f"video {v} line {k}" for k in range(SEGMENTS - 1)] + ["after the end"]
@@ -78,7 +79,10 @@ def test_folder_of_videos_gives_one_row_per_utterance_in_order(reference, videos
             assert r["skip"] is None
             assert list(r["emotion_probs"]) == list(EMOTIONS) and list(r["sentiment_probs"]) == list(SENTIMENTS)
             assert sum(r["emotion_probs"].values()) == pytest.approx(1, abs=1e-4)
-            assert r["emotion"] == max(r["emotion_probs"], key=r["emotion_probs"].get)
+            assert r["emotion"] == max(r["emotion_probs"], key=r["emotion_probs"].get) == r["emotions"][0]["label"]
+            assert r["sentiments"][0]["label"] == r["sentiment"] and len(r["sentiments"]) == 3
+            assert r["sentiments"][0]["confidence"] == pytest.approx(r["sentiment_probs"][r["sentiment"]], abs=1e-4)
+            assert "experts" not in r and "face_frames" not in r  # a model without experts, reading whole frames
     # the tone differs per video, so the audio branch gives each video its own numbers
     assert rows[1]["emotion_probs"] != rows[1 + SEGMENTS]["emotion_probs"]
 
@@ -164,6 +168,24 @@ def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     assert rows[2]["skip"] == "file not found" and "missing.mp4" in rows[2]["error"]
     assert rows[3]["skip"] == "time range outside the file" and "3.00 s long" in rows[3]["error"]
     assert result.skipped.summary("rows").startswith("skipped 2 of 4 rows: 1 file not found, 1 time range outside the file")
+    predict(manifest, tmp_path / "out.parquet", model_dir, num_workers=0, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    table = read_predictions(tmp_path / "out.parquet")  # the labels of row 2 kept, though row 1 has none
+    assert [(r["label_emotion"], r["label_sentiment"]) for r in table] == [(None, None), ("joy", "positive"), (None, None), (None, None)]
+
+
+def test_a_model_that_outputs_nan_is_refused_by_name(videos, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"), ProcessorConfig(num_frames=8))
+    with torch.no_grad():
+        model.sentiment_head[-1].weight[0, 0] = float("inf")
+    model_dir = model.save_pretrained(tmp_path / "model")
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(f"path,text,start,end\n{videos}/talk0.mp4,hello there,0.1,0.9\n")
+    code = main(["predict", "--data", str(manifest), "--out", str(tmp_path / "out.jsonl"), "--model", str(model_dir),
+                 "--accelerator", "cpu", "--devices", "1", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"model {model_dir} produced NaN/inf for {manifest}:2 " in err, err
+    assert not (tmp_path / "out.jsonl").exists() and not list((tmp_path / "out.jsonl.parts").glob("shard-*"))
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -201,11 +223,24 @@ def assert_same_rows(rows: list[dict], expected: list[dict], *, exact: bool) -> 
     for got, want in zip(rows, expected):
         if exact or want["skip"] is not None:
             assert got == want
-            continue
-        assert {k: v for k, v in got.items() if not k.endswith("_probs")} == {k: v for k, v in want.items() if not k.endswith("_probs")}
-        for key in ("emotion_probs", "sentiment_probs"):
-            assert list(got[key]) == list(want[key])
-            assert list(got[key].values()) == pytest.approx(list(want[key].values()), abs=1e-5)
+        else:
+            assert_close(got, want, where=want["source"])
+
+
+def assert_close(got, want, where: str) -> None:
+    """The same structure, labels and keys in the same order; numbers within 2e-4."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), where
+        for key in want:
+            assert_close(got[key], want[key], f"{where}: {key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=2e-4), where  # a 4-decimal confidence may round the other way
+    else:
+        assert got == want, where
 
 
 def test_the_faster_face_path_matches_the_reference_path():

@@ -7,25 +7,23 @@ model's own processor (no cutting, no re-encoding, no temporary files) and go th
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
 from emosent.builtin import load_model
-from emosent.data import MediaError, Utterance, probe
-from emosent.files import write_atomically
-from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.data import Utterance, probe
+from emosent.files import write_json  # noqa: F401  (the CLI writes analyze's result with it)
 from emosent.pretrained import PretrainedModel
-from emosent.segments import PACKAGED_ASR_MODEL, Segment, read_segments, transcribe
+from emosent.records import Recorder
+from emosent.runtime import pick_device
+from emosent.segments import PACKAGED_ASR_MODEL, Segment, check_segments, read_segments, subtitles_beside, transcribe
 
-TOP_K = 3
-SUBTITLE_SUFFIXES = (".srt", ".vtt")  # looked for beside the video when no segments are given
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
 STAGES = ("decode", "text", "video", "audio", "heads")
 
@@ -80,6 +78,7 @@ def analyze(
     model = load_model(model).to(device).eval()
     name = model.name_or_path or type(model).__name__  # how the result names the model
     warnings += model.stream_warnings(video, info.has_video, info.has_audio)
+    recorder = Recorder.of(model)
     duration = info.duration_s
     if segments is None:
         segments = transcribe(video, asr_model)
@@ -88,7 +87,7 @@ def analyze(
     kept, skipped = check_segments(segments, duration, "text" in model.modalities, warnings)
 
     timer = Timer()
-    results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress)
+    results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder)
     utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
     return {
@@ -104,54 +103,14 @@ def analyze(
     }
 
 
-def subtitles_beside(video: Path) -> Path | None:
-    """VIDEO.srt or VIDEO.vtt (or .SRT, .VTT) next to the video, if there is one."""
-    candidates = (video.with_suffix(s) for suffix in SUBTITLE_SUFFIXES for s in (suffix, suffix.upper()))
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def pick_device(name: str) -> torch.device:
-    """"auto" (a GPU when there is one), or a torch device name that exists here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} found); use auto or cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported; use auto, cpu or cuda:N")
-    return device
-
-
-def check_segments(segments: list[Segment], duration: float, needs_text: bool, warnings: list[str]):
-    """Clip segments to the video, skip the ones outside it or without text; note overlaps."""
-    kept, skipped = [], []
-    for s in sorted(segments, key=lambda s: (s.start, s.end)):
-        start, end = max(s.start, 0.0), min(s.end, duration)
-        if end <= start:
-            reason = "outside the video" if s.start >= duration or s.end <= 0 else "ends before it starts"
-            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": reason})
-            continue
-        if needs_text and not s.text:
-            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": "empty text"})
-            continue
-        if (start, end) != (s.start, s.end):
-            warnings.append(f"segment {s.start:.3f}-{s.end:.3f} s clipped to the video: {start:.3f}-{end:.3f} s")
-        if kept and start < kept[-1].end:
-            warnings.append(f"segments {kept[-1].start:.3f}-{kept[-1].end:.3f} s and {start:.3f}-{end:.3f} s overlap; "
-                            "each is analysed on its own")
-        kept.append(replace(s, start=start, end=end))
-    return kept, skipped
 
 
 @torch.inference_mode()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
-                     progress: Callable[[int, int], None] | None = None) -> list[dict | None]:
-    """Per segment: {"emotions", "sentiments"} top-k, "face_frames" (the share of sampled frames
-    with a face) when the model reads faces, and each expert's top labels for a late-fusion model;
-    None for a segment that could not be read (listed in `skipped`)."""
+                     progress: Callable[[int, int], None] | None = None, recorder: Recorder | None = None) -> list[dict | None]:
+    """Per segment: its record (see `emosent.records`; `recorder`, by default the model's, writes
+    it); None for a segment that could not be read (listed in `skipped`)."""
+    recorder = recorder or Recorder.of(model)
     # The video is one dialogue: with context, a segment's text is read after the segments before it.
     k = model.processor.config.context
     records = [Utterance(text=s.text, emotion=None, sentiment=None, path=video, start=s.start, end=s.end,
@@ -165,7 +124,7 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
         for first in range(0, len(records), batch_size):
             # "decode" is the time spent waiting for read items: reading overlaps the model
             items = timer.run("decode", lambda: [next(read) for _ in range(first, min(first + batch_size, len(records)))])
-            run_batch(model, processor.collate(items), segments, device, timer, skipped, results)
+            run_batch(model, processor.collate(items), segments, device, timer, skipped, results, recorder, video)
             if progress is not None:
                 progress(min(first + batch_size, len(records)), len(records))
     return results
@@ -183,9 +142,9 @@ def read_ahead(pool: ThreadPoolExecutor, processor, records: list[Utterance], wi
         yield ahead.popleft().result()
 
 
-def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer, skipped: list, results: list) -> None:
-    """One batch through the model: its results (see `predict_segments`) into `results`, its
-    unreadable items into `skipped`."""
+def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer, skipped: list, results: list,
+              recorder: Recorder, video: Path) -> None:
+    """One batch through the model: its records into `results`, its unreadable items into `skipped`."""
     for index, reason, error in batch["skipped"]:
         skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
                         "text": segments[index].text, "reason": reason, "error": error})
@@ -198,25 +157,7 @@ def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer,
     # the text head needs the token masks when its top layers run on the boundary states
     masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
     out = timer.run("heads", model, **features, **masks)
-    sees_faces = "video" in model.modalities and "frames" in model.processor.media  # its video encoder reads face crops
-    for j, index in enumerate(batch["index"].tolist()):
-        result = {"emotions": top_k(out.emotion_logits[j].softmax(-1).cpu(), EMOTIONS),
-                  "sentiments": top_k(out.sentiment_logits[j].softmax(-1).cpu(), SENTIMENTS)}
-        if sees_faces:
-            result["face_frames"] = round(float(features["video_features"][j, -1]), 3)
-        if out.experts:  # why: each expert's own top emotion and sentiment (null where it abstained)
-            result["experts"] = {name: {"emotion": top_k(e[j].exp().cpu(), EMOTIONS, 1)[0],
-                                        "sentiment": top_k(s[j].exp().cpu(), SENTIMENTS, 1)[0]} if present[j] else None
-                                 for name, (e, s, present) in out.experts.items()}
-        results[index] = result
-
-
-def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict]:
-    values, indices = p.topk(k)
-    return [{"label": labels[i], "confidence": round(float(v), 4)} for v, i in zip(values.tolist(), indices.tolist())]
-
-
-def write_json(result: dict, path: str | Path) -> Path:
-    """Write atomically: a failure leaves no partial file behind. NaN is refused, not written."""
-    text = json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    indices = batch["index"].tolist()
+    sources = [f"{video}: segment {segments[i].start:.3f}-{segments[i].end:.3f} s" for i in indices]
+    for index, record in zip(indices, recorder(out, sources, features)):
+        results[index] = record

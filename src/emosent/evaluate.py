@@ -1,36 +1,45 @@
-"""Evaluate a trained model on a split: metrics JSON, confusion-matrix PNGs, a table on stdout."""
+"""Evaluate a trained model on a split: metrics JSON, each utterance's prediction (JSON Lines, the
+rows `emosent predict` writes), confusion-matrix PNGs, a table on stdout."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-from emosent.data import read_manifest
-from emosent.features import FeatureDataset, collate_features, extract_features
+from emosent.data import Utterance, read_manifest
+from emosent.features import FeatureDataset, Features, collate_features, extract_features
 from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.builtin import BUILTIN_NAME, load_model
-from emosent.model import model_inputs
+from emosent.model import EmotionSentimentOutput, model_inputs
 from emosent.pretrained import PretrainedModel
 from emosent.plots import confusion_png
+from emosent.records import Recorder, utterance_row
 
 METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
 
 
 @torch.no_grad()
+def outputs(model: PretrainedModel, dataset: FeatureDataset, batch_size: int = 256) -> Iterator[tuple[dict, EmotionSentimentOutput]]:
+    """(batch, the model's output) over cached frozen features, in the dataset's order."""
+    model.eval()
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_features):
+        yield batch, model(**model_inputs(batch))
+
+
 def predict_features(model: PretrainedModel, dataset: FeatureDataset, batch_size: int = 256) -> dict:
     """Softmax probabilities per task from cached frozen features: emotion (N, 7), sentiment (N, 3),
     and for a late fusion "experts": expert -> {"emotion", "sentiment" (N, k) probabilities,
     "present" (N,) bool}."""
-    model.eval()
     chunks: dict = {task: [] for task in TASKS}
     experts: dict = {}
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_features):
-        out = model(**model_inputs(batch))
+    for _, out in outputs(model, dataset, batch_size):
         chunks["emotion"].append(out.emotion_logits.softmax(-1))
         chunks["sentiment"].append(out.sentiment_logits.softmax(-1))
         for name, (emotion, sentiment, present) in (out.experts or {}).items():
@@ -40,6 +49,16 @@ def predict_features(model: PretrainedModel, dataset: FeatureDataset, batch_size
     if experts:
         result["experts"] = {name: {k: torch.cat(v) for k, v in parts.items()} for name, parts in experts.items()}
     return result
+
+
+def predictions(model: PretrainedModel, features: Features, records: list[Utterance], recorder: Recorder) -> list[dict]:
+    """Each example's row (`emosent.records.utterance_row`), in manifest order."""
+    rows = []
+    for batch, out in outputs(model, FeatureDataset(features)):
+        utterances = [records[i] for i in batch["index"].tolist()]
+        rows += [utterance_row(u, str(u.path) if u.path else "", record)
+                 for u, record in zip(utterances, recorder(out, [u.source for u in utterances], batch))]
+    return rows
 
 
 def task_report(probs: torch.Tensor, target: torch.Tensor, classes: tuple[str, ...]) -> dict:
@@ -63,7 +82,8 @@ def evaluate(model: str | Path | PretrainedModel | None, data: str | Path, split
     """Metrics of `model` (a folder of any model type, a loaded model, or None / "builtin") on
     `split` of `data`, written to `out` as metrics.json and confusion PNGs. Default `out`: beside
     a model folder, `evaluation-{split}/`; for the built-in or a loaded model, `evaluation-{split}/`
-    here. A late fusion also gets each expert's metrics alone, on the rows where it answered."""
+    here. A late fusion also gets each expert's metrics alone, on the rows where it answered.
+    predictions.jsonl holds one row per scored example, as `emosent predict` writes them."""
     loaded = load_model(model)
     folder = None if model is None or isinstance(model, torch.nn.Module) or str(model) == BUILTIN_NAME else Path(model)
     out = Path(out) if out else (folder.parent if folder else Path.cwd()) / f"evaluation-{split}"
@@ -74,7 +94,7 @@ def evaluate(model: str | Path | PretrainedModel | None, data: str | Path, split
     if not len(features):
         raise ValueError(f"no usable {split} clip to evaluate: {features.skipped.summary()}")
     probs = predict_features(loaded, FeatureDataset(features))
-    check_finite_outputs(probs, loaded)
+    rows = predictions(loaded, features, records, Recorder.of(loaded))
     result = {"model": loaded.name_or_path or str(model), "data": str(data), "split": split, "examples": len(features),
               "skipped": dict(features.skipped.reasons)}
     out.mkdir(parents=True, exist_ok=True)
@@ -93,14 +113,10 @@ def evaluate(model: str | Path | PretrainedModel | None, data: str | Path, split
             result["experts"][name] = entry
     text = json.dumps(result, indent=2) + "\n"
     write_atomically(out / METRICS_FILE, lambda tmp: tmp.write_text(text))
+    lines = "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+    write_atomically(out / PREDICTIONS_FILE, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     result["out"] = str(out)
     return result
-
-
-def check_finite_outputs(probs: dict, model: PretrainedModel) -> None:
-    if not all(bool(torch.isfinite(probs[task]).all()) for task in TASKS):
-        raise ValueError(f"model {model.name_or_path}: its outputs hold NaN or infinite values; its weights or config are "
-                         "corrupt: copy the model folder again")
 
 
 def format_table(result: dict) -> str:

@@ -13,32 +13,29 @@ Finished shards survive an interruption and are not redone.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Subset
 
 from emosent.data import SkipCounter, Utterance, UtteranceDataset
 from emosent.encoders import weights_digest
-from emosent.files import default_cache_dir, exclusive
+from emosent.files import default_cache_dir
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentModel
-from emosent.signals import raise_if_interrupted
+from emosent.runtime import log, rank_zero_exclusive
+from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
-FORMAT_VERSION = 5  # 5: presence masks; bump when the stored layout or the preprocessing code changes meaning
+# bump when the stored layout or the preprocessing code changes meaning
+# (5: presence masks; meta.json names its format; batches no longer cross a shard)
+FORMAT_VERSION = 5
 SHARD_ROWS = 256
-META_FILE = "meta.json"
 # Outputs stored per row with their own length (concatenated, with a "<name>.lengths" tensor):
 # the text encoder's boundary hidden states (L, H) when its top layers train, and their token types (L,).
 SEQUENCES = ("text_features", "token_type_ids")
@@ -46,12 +43,6 @@ SEQUENCES = ("text_features", "token_type_ids")
 
 def is_sequence(name: str, row: torch.Tensor) -> bool:
     return name == "token_type_ids" or (name in SEQUENCES and row.dim() == 2)
-
-
-@rank_zero_only
-def log(message: str) -> None:
-    """Progress for the user, once per job (not once per DDP rank)."""
-    print(message, flush=True)
 
 
 def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights: str | None = None) -> str:
@@ -70,9 +61,8 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
     for r in records:
         row = [model.processor.text_input(r) if "text" in modalities else None]
         if media:
-            stat = r.path.stat() if r.path is not None and r.path.is_file() else None
             # resolved: `--data meld` and `--data /abs/meld` are the same rows
-            row += [str(r.path.resolve()) if r.path else None, r.start, r.end, stat and [stat.st_size, stat.st_mtime_ns]]
+            row += [str(r.path.resolve()) if r.path else None, r.start, r.end, file_stamp(r.path)]
         h.update(json.dumps(row).encode())
     return h.hexdigest()
 
@@ -141,27 +131,25 @@ def extract_features(
     if not records:
         raise ValueError(f"the {split} split has no rows")
     key = fingerprint(model, records, weights)
-    shards = Shards(len(records), shard_rows)
     directory = (cache_dir or default_cache_dir()) / "features" / f"{split}-{key[:20]}-{shard_rows}"
+    shards = Shards(len(records), shard_rows, directory, ".safetensors")
     # One extraction per feature set: a second process sharing the cache waits here, then finds
     # the shards done. Only global rank 0 locks: DDP ranks of one job share its pending list.
     lock = directory.with_name(directory.name + ".lock")
     with rank_zero_exclusive(lock, wait=True, holder=str(lock)):
-        pending = [k for k in range(shards.count) if not shards.path(directory, k).is_file()]
+        if rank_zero_only.rank == 0:
+            open_shards(shards, format_version=FORMAT_VERSION, fingerprint=key,
+                        mismatch=f"{directory}: holds other features than its name says; remove the folder to extract anew",
+                        about={"config": model.config.to_dict(), "processor_config": model.processor.config.to_dict()})
+        pending = shards.pending()
         if pending:
-            directory.mkdir(parents=True, exist_ok=True)
-            for stale in directory.glob("*.tmp"):  # a shard being written when a process was killed
-                stale.unlink(missing_ok=True)
-            (directory / META_FILE).write_text(json.dumps({"fingerprint": key, "rows": len(records), "shard_rows": shard_rows,
-                                                           "config": model.config.to_dict(),
-                                                           "processor_config": model.processor.config.to_dict()}, indent=2))
             done = shards.count - len(pending)
             log(f"extracting frozen features of {len(records)} {split} rows into {directory}"
                 + (f" ({done} of {shards.count} shards already done)" if done else ""))
-            run_extraction(model, records, directory, shards, pending, batch_size, num_workers, trainer_kwargs or {})
+            run_extraction(model, records, shards, pending, batch_size, num_workers, trainer_kwargs or {})
         else:
             log(f"reusing cached {split} features from {directory} (fingerprint matches: nothing to extract)")
-    features = load_shards(directory, shards, records, reused=not pending)
+    features = load_shards(shards, records, reused=not pending)
     log(f"{split}: {len(features)} rows with features; {features.skipped.summary('rows')}")
     if len(features) and hasattr(model, "video") and hasattr(model.video, "face"):
         share = features.tensors["video_features"][:, -1]  # the share of a clip's frames with a face
@@ -189,35 +177,6 @@ def extract(data: str | Path, split: str = "train", out: str | Path | None = Non
                             num_workers=num_workers, shard_rows=shard_rows, trainer_kwargs=trainer_kwargs)
 
 
-@contextlib.contextmanager
-def rank_zero_exclusive(lock_path: Path, *, wait: bool, holder: str):
-    """`emosent.files.exclusive`, taken by global rank 0 only: the DDP ranks of one job (started
-    by its rank 0) share rank 0's lock."""
-    if rank_zero_only.rank != 0:
-        yield
-        return
-    with exclusive(lock_path, wait=wait, holder=holder):
-        yield
-
-
-@dataclass(frozen=True)
-class Shards:
-    """Rows 0..total-1 cut into consecutive shards of `size` rows."""
-
-    total: int
-    size: int
-
-    @property
-    def count(self) -> int:
-        return (self.total + self.size - 1) // self.size
-
-    def rows(self, k: int) -> range:
-        return range(k * self.size, min((k + 1) * self.size, self.total))
-
-    def path(self, directory: Path, k: int) -> Path:
-        return directory / f"shard-{k:05d}.safetensors"
-
-
 class FrozenEncoders(L.LightningModule):
     """predict_step: a batch of raw inputs -> the frozen parts' outputs."""
 
@@ -237,95 +196,52 @@ class FrozenEncoders(L.LightningModule):
         return out
 
 
-class ExtractionData(L.LightningDataModule):
-    """Each rank reads the rows of every world_size-th pending shard, in order."""
+class FeatureWriter(ShardWriter):
+    """A shard of frozen outputs as safetensors: each output stacked over the shard's rows (zeros
+    for a skipped row, or concatenated with each row's length for sequences), a "valid" mask, and
+    the skipped rows with their reasons in the metadata."""
 
-    def __init__(self, dataset: UtteranceDataset, shards: Shards, pending: list[int], collate, batch_size: int, num_workers: int):
-        super().__init__()
-        self.dataset, self.shards, self.pending, self.collate = dataset, shards, pending, collate
-        self.batch_size, self.num_workers = batch_size, num_workers
+    def __init__(self, shards: Shards):
+        super().__init__(shards, "features")
 
-    def predict_dataloader(self) -> DataLoader:
-        mine = self.pending[self.trainer.global_rank :: self.trainer.world_size]
-        rows = [i for k in mine for i in self.shards.rows(k)]
-        if not rows:  # more ranks than pending shards: one empty batch, since DDP forbids an empty loader
-            return DataLoader([[]], batch_size=None, collate_fn=self.collate)
-        return DataLoader(Subset(self.dataset, rows), batch_size=self.batch_size, collate_fn=self.collate,
-                          num_workers=self.num_workers)
-
-
-class ShardWriter(BasePredictionWriter):
-    """Gathers predicted rows into shards; a shard is written (atomically) once all its rows are in."""
-
-    def __init__(self, directory: Path, shards: Shards):
-        super().__init__(write_interval="batch")
-        self.directory, self.shards = directory, shards
-        self.open: dict[int, dict] = {}
-
-    def buffer(self, row: int) -> tuple[dict, int]:
-        k = row // self.shards.size
-        if k not in self.open:
-            self.open[k] = {"n": 0, "rows": {}, "skipped": []}
-        return self.open[k], row % self.shards.size
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        raise_if_interrupted()
+    def batch_rows(self, prediction: dict):
         names = [k for k in prediction if k not in ("index", "skipped")]
-        for j, row in enumerate(prediction["index"].tolist()):
-            buf, r = self.buffer(row)
-            buf["rows"][r] = {name: prediction[name][j] for name in names}
-            buf["n"] += 1
-        for row, reason, error in prediction["skipped"]:
-            buf, _ = self.buffer(row)
-            buf["skipped"].append([row, reason, error])
-            buf["n"] += 1
-        for k in [k for k, buf in self.open.items() if buf["n"] == len(self.shards.rows(k))]:
-            self.write(k, self.open.pop(k), trainer.global_rank)
+        for j, i in enumerate(prediction["index"].tolist()):
+            yield i, {name: prediction[name][j] for name in names}
+        for i, reason, error in prediction["skipped"]:
+            yield i, (reason, error)
 
-    def write(self, k: int, buf: dict, rank: int) -> None:
-        path = self.shards.path(self.directory, k)
-        tmp = path.with_suffix(".tmp")  # inside the cache folder; renamed only when complete
-        n, rows = len(self.shards.rows(k)), buf["rows"]
-        tensors = {"valid": torch.tensor([int(r in rows) for r in range(n)], dtype=torch.uint8)}
-        first = next(iter(rows.values()), {})
+    def save(self, k: int, rows: list, path: Path) -> None:
+        kept = {r: row for r, row in enumerate(rows) if isinstance(row, dict)}
+        n = len(rows)
+        tensors = {"valid": torch.tensor([int(r in kept) for r in range(n)], dtype=torch.uint8)}
+        first = next(iter(kept.values()), {})
         for name, example in first.items():
             if is_sequence(name, example):  # concatenated, each row's length beside (0 for a skipped row)
-                tensors[name] = torch.cat([rows[r][name] for r in sorted(rows)]).contiguous()
-                tensors[f"{name}.lengths"] = torch.tensor([len(rows[r][name]) if r in rows else 0 for r in range(n)])
+                tensors[name] = torch.cat([kept[r][name] for r in sorted(kept)]).contiguous()
+                tensors[f"{name}.lengths"] = torch.tensor([len(kept[r][name]) if r in kept else 0 for r in range(n)])
             else:
-                tensors[name] = torch.stack([rows[r][name] if r in rows else torch.zeros(example.shape) for r in range(n)]).contiguous()
-        save_file(tensors, str(tmp), metadata={"skipped": json.dumps(buf["skipped"])})
-        os.replace(tmp, path)
-        if not sys.stderr.isatty():
-            print(f"features: rank {rank} wrote {path.name} ({n} rows)", flush=True)
+                tensors[name] = torch.stack([kept[r][name] if r in kept else torch.zeros(example.shape) for r in range(n)]).contiguous()
+        skipped = [[i, *row] for i, row in zip(self.shards.rows(k), rows) if not isinstance(row, dict)]
+        save_file(tensors, str(path), metadata={"skipped": json.dumps(skipped)})
 
 
-def run_extraction(model, records, directory, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> None:
-    dataset = UtteranceDataset(records, model.processor)
-    data = ExtractionData(dataset, shards, pending, model.processor.collate, batch_size, num_workers)
-    trainer = L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-        enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False,
-        callbacks=[ShardWriter(directory, shards)],
-        **trainer_kwargs,
-    )
+def run_extraction(model, records, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> None:
+    data = ShardData(UtteranceDataset(records, model.processor), shards, pending, model.processor.collate, batch_size,
+                     num_workers)
     was_training = model.training
     try:
-        trainer.predict(FrozenEncoders(model.eval()), datamodule=data, return_predictions=False)
+        run_shards(FrozenEncoders(model.eval()), data, FeatureWriter(shards), trainer_kwargs)
     finally:
         model.train(was_training)  # the caller may go on to train this model (see train.datasets)
-    trainer.strategy.barrier()  # every rank's shards are on disk before anyone reads them
 
 
-def load_shards(directory: Path, shards: Shards, records: list[Utterance], reused: bool) -> Features:
+def load_shards(shards: Shards, records: list[Utterance], reused: bool) -> Features:
     """Concatenate the shards, keep the valid rows, attach labels from the manifest."""
     parts: dict[str, list[torch.Tensor]] = {}
     skipped = SkipCounter()
     for k in range(shards.count):
-        with safe_open(str(shards.path(directory, k)), framework="pt") as f:
+        with safe_open(str(shards.file(k)), framework="pt") as f:
             valid = f.get_tensor("valid").bool()
             for name in f.keys():
                 if f"{name}.lengths" in f.keys():  # back into one tensor per (valid) row
@@ -341,4 +257,4 @@ def load_shards(directory: Path, shards: Shards, records: list[Utterance], reuse
     idx = tensors["index"].tolist()
     tensors["emotion"] = torch.tensor([EMOTIONS.index(records[i].emotion) for i in idx], dtype=torch.long)
     tensors["sentiment"] = torch.tensor([SENTIMENTS.index(records[i].sentiment) for i in idx], dtype=torch.long)
-    return Features(tensors, skipped, directory, reused)
+    return Features(tensors, skipped, shards.directory, reused)

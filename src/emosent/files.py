@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -69,6 +70,13 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    """Write `result` as indented JSON, atomically: a failure leaves no partial file behind. NaN
+    is refused, not written."""
+    text = json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 class LockedError(RuntimeError):

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from emosent.builtin import BUILTIN_DIR, BUILTIN_NAME, load_model
 from emosent.data import read_manifest
-from emosent.features import FeatureDataset, collate_features, extract_features, log
+from emosent.features import FeatureDataset, collate_features, extract_features
+from emosent.runtime import log
 from emosent.files import write_atomically
 from emosent.fusion import FUSION_RULES, ExpertSpec, FusionConfig, LateFusionModel
 from emosent.labels import EMOTIONS, SENTIMENTS

@@ -12,7 +12,7 @@ run again with the same arguments, only the missing shards are predicted; the ou
 assembled from the shards in order, atomically, once all are there, and the parts folder is
 removed. Prediction is a Lightning predict loop: under `--devices N --strategy ddp`, torchrun or
 SLURM each rank takes every N-th pending shard (the list is broadcast from rank 0), so no row is
-lost or predicted twice.
+lost or predicted twice. The loop is `emosent.sharded`'s, which feature extraction runs too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,23 +27,20 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from emosent.analyze import check_segments, subtitles_beside
 from emosent.builtin import load_model
 from emosent.encoders import weights_digest
 from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
 from emosent.data.manifest import SPLITS
-from emosent import features
-from emosent.features import log, rank_zero_exclusive
 from emosent.files import exclusive, write_atomically
-from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.model import EmotionSentimentModel, model_inputs
-from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, read_segments, transcribe
-from emosent.signals import raise_if_interrupted
+from emosent.model import EmotionSentimentModel
+from emosent.records import Recorder, utterance_row
+from emosent.runtime import log, rank_zero_exclusive
+from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe
+from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
-FORMAT_VERSION = 2  # bump when a row's fields or their meaning change: older parts are then refused
+FORMAT_VERSION = 3  # bump when a row's fields or their meaning change: older parts are then refused
 SHARD_ROWS = 64
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 PARQUET_HINT = "pip install pyarrow==26.0.1 (or: pip install 'emosent[parquet]')"
@@ -52,9 +48,7 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 # recordings without video (calls, interviews): the built-in model's face expert abstains on them;
 # a model that reads frames skips their rows ("no video stream")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus", ".aac")
-META_FILE = "meta.json"
 LOCK_FILE = "lock"
-DECIMALS = 6  # probabilities are written rounded: the JSON stays short, and equal runs give equal text
 
 
 @dataclass(frozen=True)
@@ -154,24 +148,8 @@ def fingerprint(model: EmotionSentimentModel, rows: list[Row], shard_rows: int) 
     h.update(weights_digest([model]).encode())
     for row in rows:
         u = row.utterance
-        stat = u.path.stat() if u.path is not None and u.path.is_file() else None
-        h.update(json.dumps([u.text, row.file, u.start, u.end, u.history, u.source, row.skip,
-                             stat and [stat.st_size, stat.st_mtime_ns]]).encode())
+        h.update(json.dumps([u.text, row.file, u.start, u.end, u.history, u.source, row.skip, file_stamp(u.path)]).encode())
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Shards(features.Shards):
-    """Rows 0..total-1 cut into consecutive shards of `size` rows (as the feature cache cuts
-    them), each committed as JSON Lines in `directory`."""
-
-    directory: Path = Path()
-
-    def file(self, k: int) -> Path:
-        return self.directory / f"shard-{k:05d}.jsonl"
-
-    def pending(self) -> list[int]:
-        return [k for k in range(self.count) if not self.file(k).is_file()]
 
 
 def parts_dir(out: Path) -> Path:
@@ -200,25 +178,6 @@ def check_out(out: Path, data: Path, model_dir: Path | None) -> None:
                          "or remove it")
 
 
-def start_parts(shards: Shards, key: str, out: Path) -> None:
-    """Create the parts folder, or check that the one there belongs to this same run; remove what
-    a killed process left half-written (its temporary files)."""
-    meta_path = shards.directory / META_FILE
-    meta = {"format": FORMAT_VERSION, "fingerprint": key, "rows": shards.total, "shard_rows": shards.size}
-    if meta_path.is_file():
-        try:
-            found = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            found = None
-        if found != meta:
-            raise ValueError(f"--out {out}: {shards.directory} holds a run with other data, model or --shard-rows; "
-                             "re-run with that run's arguments to finish it, or remove the folder to start anew")
-    else:
-        write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-    for stale in [*shards.directory.glob(".*.tmp"), *out.parent.glob(f".{out.name}.*.tmp")]:
-        stale.unlink(missing_ok=True)  # write_atomically's names: a commit that a kill interrupted
-
-
 # --- the Lightning loop ---------------------------------------------------------------------
 
 
@@ -238,41 +197,8 @@ class RowDataset(Dataset):
         return self.processor(row.utterance, i)
 
 
-class ShardBatches(torch.utils.data.Sampler):
-    """Batches of at most `batch_size` rows that never cross a shard: a row is computed with the
-    same neighbours whichever rank or run takes its shard."""
-
-    def __init__(self, shards: Shards, mine: list[int], batch_size: int):
-        self.batches = [list(rows[i:i + batch_size]) for k in mine for rows in [shards.rows(k)]
-                        for i in range(0, len(rows), batch_size)]
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class PredictData(L.LightningDataModule):
-    """Each rank reads the rows of every world_size-th pending shard; the pending list is rank 0's."""
-
-    def __init__(self, dataset: RowDataset, shards: Shards, pending: list[int], collate, batch_size: int, num_workers: int):
-        super().__init__()
-        self.dataset, self.shards, self.pending, self.collate = dataset, shards, pending, collate
-        self.batch_size, self.num_workers = batch_size, num_workers
-
-    def predict_dataloader(self) -> DataLoader:
-        # A rank started later may find shards that rank 0 has since written: all follow rank 0's list.
-        pending = self.trainer.strategy.broadcast(self.pending, src=0)
-        mine = pending[self.trainer.global_rank :: self.trainer.world_size]
-        if not mine:  # more ranks than pending shards: one empty batch, since DDP forbids an empty loader
-            return DataLoader([[]], batch_size=None, collate_fn=self.collate)
-        return DataLoader(self.dataset, batch_sampler=ShardBatches(self.shards, mine, self.batch_size),
-                          collate_fn=self.collate, num_workers=self.num_workers)
-
-
 class Predictor(L.LightningModule):
-    """predict_step: a batch -> emotion (B, 7) and sentiment (B, 3) probabilities."""
+    """predict_step: a batch -> the model's output and its encoders' features (see `emosent.records`)."""
 
     def __init__(self, model: EmotionSentimentModel):
         super().__init__()
@@ -280,51 +206,30 @@ class Predictor(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = {"index": batch["index"].tolist(), "skipped": batch["skipped"]}
-        if batch["index"].numel():
-            logits = self.model(**model_inputs(batch))
-            out["emotion"] = logits.emotion_logits.float().softmax(-1).cpu()
-            out["sentiment"] = logits.sentiment_logits.float().softmax(-1).cpu()
+        if batch["index"].numel():  # as analyze runs a batch: the encoders, then the heads on their features
+            features = self.model.encode(batch)
+            masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+            out.update(output=self.model(**features, **masks), features=features)
         return out
 
 
-class JsonlShardWriter(BasePredictionWriter):
-    """Gathers predicted rows per shard; a complete shard is committed atomically as JSON Lines."""
+class JsonlShardWriter(ShardWriter):
+    """A shard of rows (`emosent.records.utterance_row`) as JSON Lines, in row order."""
 
-    def __init__(self, shards: Shards, rows: list[Row]):
-        super().__init__(write_interval="batch")
-        self.shards, self.rows = shards, rows
-        self.open: dict[int, dict[int, dict]] = {}
-        self.written = 0
+    def __init__(self, shards: Shards, rows: list[Row], recorder: Recorder):
+        super().__init__(shards, "predict")
+        self.rows, self.recorder = rows, recorder
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        raise_if_interrupted()
-        for j, i in enumerate(prediction["index"]):
-            self.add(i, self.record(i, prediction["emotion"][j], prediction["sentiment"][j]))
+    def batch_rows(self, prediction: dict):
+        if prediction["index"]:
+            sources = [self.rows[i].utterance.source for i in prediction["index"]]
+            for i, record in zip(prediction["index"], self.recorder(prediction["output"], sources, prediction["features"])):
+                yield i, utterance_row(self.rows[i].utterance, self.rows[i].file, record)
         for i, reason, error in prediction["skipped"]:
-            self.add(i, self.record(i, None, None, reason, error))
-        for k in [k for k, got in self.open.items() if len(got) == len(self.shards.rows(k))]:
-            got = self.open.pop(k)
-            text = "".join(json.dumps(got[i], ensure_ascii=False, allow_nan=False) + "\n" for i in self.shards.rows(k))
-            write_atomically(self.shards.file(k), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-            self.written += 1
+            yield i, utterance_row(self.rows[i].utterance, self.rows[i].file, self.recorder.blank(), reason, error)
 
-    def add(self, i: int, record: dict) -> None:
-        self.open.setdefault(i // self.shards.size, {})[i] = record
-
-    def record(self, i: int, emotion, sentiment, skip: str | None = None, error: str | None = None) -> dict:
-        row, u = self.rows[i], self.rows[i].utterance
-        out = {"file": row.file, "source": u.source, "start": u.start, "end": u.end, "text": u.text}
-        if u.emotion is not None or u.sentiment is not None:
-            out.update(label_emotion=u.emotion, label_sentiment=u.sentiment)
-        if emotion is None:
-            return out | {"emotion": None, "sentiment": None, "emotion_probs": None, "sentiment_probs": None,
-                          "skip": skip, "error": error}
-        e, s = emotion.tolist(), sentiment.tolist()
-        return out | {"emotion": EMOTIONS[max(range(len(e)), key=e.__getitem__)],
-                      "sentiment": SENTIMENTS[max(range(len(s)), key=s.__getitem__)],
-                      "emotion_probs": {label: round(p, DECIMALS) for label, p in zip(EMOTIONS, e)},
-                      "sentiment_probs": {label: round(p, DECIMALS) for label, p in zip(SENTIMENTS, s)},
-                      "skip": None, "error": None}
+    def save(self, k: int, rows: list, path: Path) -> None:
+        path.write_text("".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows), encoding="utf-8")
 
 
 # --- the public function --------------------------------------------------------------------
@@ -369,12 +274,15 @@ def predict(
         if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
             shutil.rmtree(shards_dir, ignore_errors=True)
         raise
-    shards = Shards(len(rows), shard_rows, shards_dir)
+    shards = Shards(len(rows), shard_rows, shards_dir, ".jsonl")
     key = fingerprint(net, rows, shard_rows)
     with rank_zero_exclusive(shards_dir / LOCK_FILE, wait=False, holder=f"--out {out}"):
         if rank_zero_only.rank == 0:
-            shards_dir.mkdir(exist_ok=True)
-            start_parts(shards, key, out)
+            open_shards(shards, format_version=FORMAT_VERSION, fingerprint=key,
+                        mismatch=f"--out {out}: {shards_dir} holds a run with other data, model or --shard-rows; re-run "
+                                 "with that run's arguments to finish it, or remove the folder to start anew")
+            for stale in out.parent.glob(f".{out.name}.*.tmp"):  # an output whose commit a kill interrupted
+                stale.unlink(missing_ok=True)
         pending = shards.pending()
         done_before = shards.count - len(pending)
         if pending:
@@ -401,23 +309,16 @@ def predict(
 
 
 def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> L.Trainer:
-    data = PredictData(RowDataset(rows, net.processor), shards, pending, net.processor.collate, batch_size, num_workers)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False,
-                        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
-                        callbacks=[JsonlShardWriter(shards, rows)], **trainer_kwargs)
-    trainer.predict(Predictor(net.eval()), datamodule=data, return_predictions=False)
-    trainer.strategy.barrier()  # every rank's shards are on disk before rank 0 assembles
-    return trainer
+    data = ShardData(RowDataset(rows, net.processor), shards, pending, net.processor.collate, batch_size, num_workers)
+    return run_shards(Predictor(net.eval()), data, JsonlShardWriter(shards, rows, Recorder.of(net)), trainer_kwargs)
 
 
 def write_output(parts: list[Path], target: Path, *, parquet: bool) -> None:
-    """The shards' rows in order: their JSON Lines concatenated, or one Parquet table (the
-    probabilities as struct columns)."""
+    """The shards' rows in order: their JSON Lines concatenated, or one Parquet table (see `table`)."""
     if parquet:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist([row for part in parts for row in read_predictions(part)]), target)
+        pq.write_table(table(parts), target)
         return
     with open(target, "wb") as f:
         for path in parts:
@@ -425,10 +326,21 @@ def write_output(parts: list[Path], target: Path, *, parquet: bool) -> None:
                 shutil.copyfileobj(part, f)
 
 
+def table(parts: list[Path]):
+    """The shards' rows as one pyarrow table: a column per field any row has (labels only some rows
+    carry are null in the others), the probabilities and experts as struct columns, the top 3 as
+    lists of structs."""
+    import pyarrow as pa
+
+    rows = [row for part in parts for row in read_predictions(part)]
+    names = dict.fromkeys(name for row in rows for name in row)  # pyarrow's from_pylist keeps the first row's only
+    return pa.table({name: [row.get(name) for row in rows] for name in names})
+
+
 def same_rows(path: Path, parts: list[Path]) -> bool:
     """Whether `path` holds exactly the shards' rows (an output assembled before a stop)."""
     if path.suffix.lower() == ".parquet":
-        return read_predictions(path) == [row for part in parts for row in read_predictions(part)]
+        return read_predictions(path) == table(parts).to_pylist()
     if path.stat().st_size != sum(p.stat().st_size for p in parts):
         return False
     with open(path, "rb") as f:

@@ -7,7 +7,7 @@ import html
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
@@ -33,6 +33,8 @@ MAX_UTTERANCE_S = 8.0
 SENTENCE_ENDS = (".", "!", "?", "…")
 CLOSING_MARKS = "\"')]»”’"  # a sentence may end inside quotes: 'done."'
 ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "jr.", "sr.", "vs."}  # a period that ends no sentence
+
+SUBTITLE_SUFFIXES = (".srt", ".vtt")  # looked for beside a video when no segments are given
 
 Source = Literal["subtitles", "transcript", "asr"]
 
@@ -229,3 +231,30 @@ def clean(text: str) -> str:
     """One line, single spaces, no invisible format characters (a cue of only U+200B is empty)."""
     visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
     return " ".join(visible.split())
+
+
+def subtitles_beside(video: Path) -> Path | None:
+    """VIDEO.srt or VIDEO.vtt (or .SRT, .VTT) next to the video, if there is one."""
+    candidates = (video.with_suffix(s) for suffix in SUBTITLE_SUFFIXES for s in (suffix, suffix.upper()))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def check_segments(segments: list[Segment], duration: float, needs_text: bool, warnings: list[str]):
+    """Clip segments to the video, skip the ones outside it or without text; note overlaps."""
+    kept, skipped = [], []
+    for s in sorted(segments, key=lambda s: (s.start, s.end)):
+        start, end = max(s.start, 0.0), min(s.end, duration)
+        if end <= start:
+            reason = "outside the video" if s.start >= duration or s.end <= 0 else "ends before it starts"
+            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": reason})
+            continue
+        if needs_text and not s.text:
+            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": "empty text"})
+            continue
+        if (start, end) != (s.start, s.end):
+            warnings.append(f"segment {s.start:.3f}-{s.end:.3f} s clipped to the video: {start:.3f}-{end:.3f} s")
+        if kept and start < kept[-1].end:
+            warnings.append(f"segments {kept[-1].start:.3f}-{kept[-1].end:.3f} s and {start:.3f}-{end:.3f} s overlap; "
+                            "each is analysed on its own")
+        kept.append(replace(s, start=start, end=end))
+    return kept, skipped

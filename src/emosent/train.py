@@ -31,10 +31,11 @@ from torchmetrics import MeanMetric, SumMetric
 from emosent.config import Launch, ModelConfig, ProcessorConfig, TrainConfig, audio_lr
 from emosent.data import SkipCounter, Utterance, UtteranceDataset, read_manifest
 from emosent.encoders import text_defaults, weights_digest
-from emosent.features import FeatureDataset, collate_features, extract_features, log, rank_zero_exclusive
+from emosent.features import FeatureDataset, collate_features, extract_features
 from emosent.files import write_atomically
 from emosent.metrics import TASKS, task_metrics
 from emosent.model import EmotionSentimentModel, model_inputs
+from emosent.runtime import log, rank_zero_exclusive
 from emosent.signals import raise_if_interrupted
 
 RUN_CONFIG = "run_config.json"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import uvicorn
 
-from emosent.analyze import pick_device
-from emosent.files import exclusive
 from emosent.builtin import load_model, model_name
 from emosent.config import ServeConfig
+from emosent.files import exclusive
+from emosent.runtime import pick_device
 from emosent.serve.app import create_app
 
 

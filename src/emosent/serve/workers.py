@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from emosent.analyze import analyze, write_json
+from emosent.analyze import analyze
+from emosent.files import write_json
 from emosent.serve.jobs import JobStore
 from emosent.serve.uploads import public
 
