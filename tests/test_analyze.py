@@ -171,7 +171,7 @@ def test_a_model_that_outputs_nan_is_refused_by_name(clip, tmp_path):
     torch.manual_seed(0)
     model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", modalities=("text",)))
     with torch.no_grad():
-        model.emotion_head[-1].bias[2] = float("nan")
+        model.emotion_head[-1].weight.fill_(3e38)  # finite weights (NaN ones are refused on load) whose outputs overflow
     model_dir = model.save_pretrained(tmp_path / "model")
     out = tmp_path / "out.json"
     transcript = write_json(tmp_path / "t.json", [{"start": 0.2, "end": 0.8, "text": "hello"}])

@@ -177,7 +177,7 @@ def test_a_model_that_outputs_nan_is_refused_by_name(videos, tmp_path, capsys):
     torch.manual_seed(0)
     model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"), ProcessorConfig(num_frames=8))
     with torch.no_grad():
-        model.sentiment_head[-1].weight[0, 0] = float("inf")
+        model.sentiment_head[-1].weight.fill_(3e38)  # finite weights (inf ones are refused on load) whose outputs overflow
     model_dir = model.save_pretrained(tmp_path / "model")
     manifest = tmp_path / "rows.csv"
     manifest.write_text(f"path,text,start,end\n{videos}/talk0.mp4,hello there,0.1,0.9\n")
