@@ -90,6 +90,7 @@ def analyze(
     results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder)
     utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
+    warnings += abstentions(model, video, info, utterances)
     return {
         "video": str(video),
         "model": name,
@@ -103,6 +104,19 @@ def analyze(
     }
 
 
+
+
+def abstentions(model, video: Path, info, utterances: list[dict]) -> list[str]:
+    """Once per expert: on how many utterances it abstained although the file has its stream
+    (a voice expert on silence, a face expert where no face was seen)."""
+    by_modality = getattr(model, "by_modality", {})
+    out = []
+    for modality, name, has, why in (("audio", by_modality.get("audio"), info.has_audio, "silence"),
+                                     ("video", by_modality.get("video"), info.has_video, "no face seen")):
+        n = sum(u["experts"].get(name) is None for u in utterances) if name and has else 0
+        if n:
+            out.append(f"{video}: {why} in {n} of {len(utterances)} utterances: the {name} expert abstains there")
+    return out
 
 
 @torch.inference_mode()

@@ -10,13 +10,18 @@ What is fitted, from each expert's own (uncalibrated) outputs on the data:
   per-class bias of the fused log-probabilities (the domain's class priors), by the negative
   log-likelihood of the fused prediction, with an L2 pull towards the starting point
   (weights 1, temperatures as calibrated, biases 0) so that a few hundred clips cannot run away
-  with it. The experts' networks, heads included, are not changed.
+  with it. `fuse` changes nothing else.
+* `adapt` (a user's domain) first re-fits each expert's output heads (the emotion and sentiment
+  classifiers after its fusion block) on the rows where it answered, by its own cross-entropy
+  with an L2 pull towards the shipped heads (L2-SP), then the fusion as above. The encoders and
+  everything else in an expert stay frozen; the frozen features are extracted once and cached.
 
 Letters: N rows, E experts.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -32,13 +37,17 @@ from emosent.runtime import log
 from emosent.files import write_atomically
 from emosent.fusion import FUSION_RULES, ExpertSpec, FusionConfig, LateFusionModel
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.metrics import TASKS
-from emosent.model import model_inputs
+from emosent.metrics import TASKS, task_metrics
+from emosent.model import EmotionSentimentOutput, model_inputs
 from emosent.pretrained import PretrainedModel
 
 FIT_STEPS = 300
 FIT_LR = 0.05
 PULL = 1.0  # strength of the L2 pull towards the starting point, per row of data: PULL / N
+HEADS = ("emotion_head", "sentiment_head")  # what `adapt` re-fits in an expert that has them
+HEAD_EPOCHS = 30
+HEAD_LR = 1e-3
+HEAD_BATCH = 64
 
 
 def expert_by_name(value: str | Path | PretrainedModel) -> PretrainedModel:
@@ -55,33 +64,81 @@ def expert_by_name(value: str | Path | PretrainedModel) -> PretrainedModel:
     return load_model(Path(text))
 
 
-@torch.no_grad()
-def expert_outputs(model: LateFusionModel, data: str | Path, split: str, cache_dir: Path | None) -> tuple[dict, dict]:
-    """Each expert's uncalibrated logits and presence on `split` of `data`, from cached frozen
-    features: ({expert: (emotion (N, 7), sentiment (N, 3), present (N,))}, {task: labels (N,)})."""
+def labelled_features(model: PretrainedModel, data: str | Path, split: str, cache_dir: Path | None, what: str):
+    """The frozen features of `model` on `split` of `data` (cached), refusing an empty split."""
     features = extract_features(model, read_manifest(data, split), split, cache_dir)
     if not len(features):
-        raise ValueError(f"{data}: no usable {split} clip to fit on: {features.skipped.summary()}")
+        raise ValueError(f"{data}: no usable {split} clip to {what}: {features.skipped.summary()}")
+    return features
+
+
+@torch.no_grad()
+def outputs_on(model: PretrainedModel, features) -> tuple[dict, dict]:
+    """The model's uncalibrated outputs on cached `features`: ({expert: (emotion (N, 7), sentiment
+    (N, 3), present (N,))}, {task: labels (N,)}); a model that is not a late fusion is one expert
+    named "model"."""
     chunks: dict = {}
     for batch in DataLoader(FeatureDataset(features), batch_size=256, collate_fn=collate_features):
-        for name, out in model.expert_outputs(**model_inputs(batch)).items():
+        for name, out in experts_of(model, model_inputs(batch)).items():
             chunks.setdefault(name, []).append((out.emotion_logits, out.sentiment_logits, out.present))
     outputs = {name: tuple(torch.cat(part) for part in zip(*parts)) for name, parts in chunks.items()}
     return outputs, {task: features.tensors[task] for task in TASKS}
 
 
-@torch.no_grad()
-def one_expert_outputs(expert: PretrainedModel, data: str | Path, split: str, cache_dir: Path | None) -> tuple[dict, dict]:
+def experts_of(model: PretrainedModel, inputs: dict) -> dict[str, EmotionSentimentOutput]:
+    if isinstance(model, LateFusionModel):
+        return model.expert_outputs(**inputs)
+    out = model(**inputs)
+    if out.present is None:
+        out.present = torch.ones(len(out.emotion_logits), dtype=torch.bool)
+    return {"model": out}
+
+
+def expert_outputs(model: LateFusionModel, data: str | Path, split: str, cache_dir: Path | None) -> tuple[dict, dict]:
+    """Each expert's uncalibrated logits and presence on `split` of `data` (see `outputs_on`)."""
+    return outputs_on(model, labelled_features(model, data, split, cache_dir, "fit on"))
+
+
+def one_expert_outputs(expert: PretrainedModel, data: str | Path, split: str, cache_dir: Path | None) -> tuple[tuple, dict]:
     """An expert's logits on its own labelled data, as (emotion, sentiment, present) and labels."""
-    features = extract_features(expert, read_manifest(data, split), split, cache_dir)
-    if not len(features):
-        raise ValueError(f"{data}: no usable {split} clip to calibrate on: {features.skipped.summary()}")
-    parts = []
-    for batch in DataLoader(FeatureDataset(features), batch_size=256, collate_fn=collate_features):
-        out = expert(**model_inputs(batch))
-        present = out.present if out.present is not None else torch.ones(len(out.emotion_logits), dtype=torch.bool)
-        parts.append((out.emotion_logits, out.sentiment_logits, present))
-    return tuple(torch.cat(p) for p in zip(*parts)), {task: features.tensors[task] for task in TASKS}
+    outputs, labels = outputs_on(expert, labelled_features(expert, data, split, cache_dir, "calibrate on"))
+    return outputs["model"], labels
+
+
+def fit_heads(model: LateFusionModel, features, *, epochs: int = HEAD_EPOCHS) -> list[str]:
+    """Re-fit, in place, each expert's output heads (HEADS) on cached `features` of labelled rows:
+    cross-entropy of both tasks on the rows where the expert answered, plus an L2 pull towards the
+    heads it started from (strength PULL / N). Everything else stays frozen. Returns the experts
+    whose heads were re-fitted (a face expert has none: its network ships fixed)."""
+    heads = {name: [getattr(expert, h) for h in HEADS] for name, expert in model.experts.items()
+             if all(isinstance(getattr(expert, h, None), torch.nn.Module) for h in HEADS)}
+    params = [p for modules in heads.values() for m in modules for p in m.parameters()]
+    if not params:
+        return []
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    start = [p.detach().clone() for p in params]
+    rows = len(features)
+    optimiser = torch.optim.Adam(params, lr=HEAD_LR)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        loader = DataLoader(FeatureDataset(features), batch_size=HEAD_BATCH, shuffle=True, generator=generator,
+                            collate_fn=collate_features)
+        for batch in loader:
+            inputs = model_inputs(batch)
+            outs = model.expert_outputs(**inputs)
+            loss = PULL / rows * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
+            for name in heads:
+                out = outs[name]
+                if out.present.any():
+                    loss = loss + (F.cross_entropy(out.emotion_logits[out.present], batch["emotion"][out.present])
+                                   + F.cross_entropy(out.sentiment_logits[out.present], batch["sentiment"][out.present]))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.requires_grad_(False)
+    return list(heads)
 
 
 def fit_temperature(logits: tuple, labels: dict) -> float:
@@ -106,8 +163,6 @@ def fit_temperature(logits: tuple, labels: dict) -> float:
 def fit_fusion(model: LateFusionModel, outputs: dict, labels: dict, *, steps: int = FIT_STEPS) -> FusionConfig:
     """The experts' weights and temperatures and the per-class biases that minimise the fused
     prediction's negative log-likelihood on `outputs` (see the module docstring)."""
-    from emosent.model import EmotionSentimentOutput
-
     names = list(outputs)
     start = {n: (model.config.experts[n].temperature, model.config.experts[n].weight) for n in names}
     log_t = torch.tensor([float(torch.tensor(start[n][0]).log()) for n in names], requires_grad=True)
@@ -132,10 +187,7 @@ def fit_fusion(model: LateFusionModel, outputs: dict, labels: dict, *, steps: in
 
 
 def scores(model: LateFusionModel, config: FusionConfig, outputs: dict, labels: dict) -> dict:
-    """Accuracy and weighted F1 per task of the fused model under `config`, and of each expert alone."""
-    from emosent.metrics import task_metrics
-    from emosent.model import EmotionSentimentOutput
-
+    """Accuracy and weighted F1 per task of the fused model under `config`."""
     outs = {n: EmotionSentimentOutput(e, s, present=p) for n, (e, s, p) in outputs.items()}
     with torch.no_grad():
         fused = model.fuse(outs, config)
@@ -182,25 +234,38 @@ def fuse(experts: dict[str, str | Path | PretrainedModel], out: str | Path, *, d
 
 
 def adapt(model: LateFusionModel, data: str | Path, *, split: str = "train", dev_split: str | None = None,
-          cache_dir: Path | None = None) -> LateFusionModel:
-    """`model` with its fusion (weights, temperatures, class biases) re-fitted on `split` of the
-    labelled `data`, its experts frozen; with `dev_split`, the fused scores on it before and after
-    are logged and returned in `model.config.card["adapted"]`."""
+          cache_dir: Path | None = None, heads: bool = True) -> LateFusionModel:
+    """A copy of `model` adapted to the labelled `data`: with `heads`, its experts' output heads
+    re-fitted on `split` (see `fit_heads`), then its fusion (weights, temperatures, class biases);
+    the encoders stay frozen and `model` is not changed. With `dev_split`, the fused scores on it
+    before and after are logged and returned in the result's `config.card["adapted"]`."""
     if not isinstance(model, LateFusionModel):
         raise ValueError(f"{model.name_or_path}: a {model.model_type} model has no fusion to re-fit; "
                          "train it with emosent train --data instead")
-    outputs, labels = expert_outputs(model, data, split, cache_dir)
-    config = fit_fusion(model, outputs, labels)
-    report = {"data": str(data), "split": split, "rows": len(labels["emotion"])}
-    if dev_split:
-        dev_outputs, dev_labels = expert_outputs(model, data, dev_split, cache_dir)
-        report[dev_split] = {"before": scores(model, model.config, dev_outputs, dev_labels),
-                             "after": scores(model, config, dev_outputs, dev_labels)}
-        log(f"{dev_split}: before {json.dumps(report[dev_split]['before'])}; after {json.dumps(report[dev_split]['after'])}")
-    config.card = {**config.card, "adapted": report}
-    fitted = LateFusionModel(dict(model.experts.items()), config).eval()
+    features = labelled_features(model, data, split, cache_dir, "fit on")
+    dev = labelled_features(model, data, dev_split, cache_dir, "score on") if dev_split else None
+    report = {"data": str(data), "split": split, "rows": len(features)}
+    before = scores(model, model.config, *outputs_on(model, dev)) if dev is not None else None
+    fitted = LateFusionModel({name: with_own_heads(expert) for name, expert in model.experts.items()}, model.config)
     fitted.name_or_path = model.name_or_path
-    return fitted
+    report["heads_refitted"] = fit_heads(fitted, features) if heads else []
+    fitted.config = fit_fusion(fitted, *outputs_on(fitted, features))
+    if dev is not None:
+        report[dev_split] = {"before": before, "after": scores(fitted, fitted.config, *outputs_on(fitted, dev))}
+        log(f"{dev_split}: before {json.dumps(report[dev_split]['before'])}; after {json.dumps(report[dev_split]['after'])}")
+    fitted.config = replace(fitted.config, card={**fitted.config.card, "adapted": report})
+    return fitted.eval()
+
+
+def with_own_heads(expert: PretrainedModel) -> PretrainedModel:
+    """A twin of `expert` that shares its encoders (some cannot be copied: a CTranslate2 model)
+    but holds copies of its output heads, so that re-fitting them leaves `expert` as it was."""
+    twin = copy.copy(expert)
+    twin._modules = dict(expert._modules)
+    for name in HEADS:
+        if name in twin._modules:
+            twin._modules[name] = copy.deepcopy(expert._modules[name])
+    return twin
 
 
 def train_from(base: str | Path | PretrainedModel, data: str | Path, out: str | Path, *,

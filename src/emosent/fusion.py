@@ -41,7 +41,7 @@ from emosent.pretrained import (
     MODEL_TYPES,
     PretrainedModel,
     finite_positive,
-    model_type_of,
+    load_pretrained,
     read_config,
     write_config,
 )
@@ -324,11 +324,7 @@ class LateFusionModel(PretrainedModel):
             return from_legacy_folder(directory)
         path = directory / CONFIG_FILE
         config = FusionConfig.from_dict(read_config(directory, cls.model_type, "fusion")["fusion"], path)
-        experts = {}
-        for name, spec in config.experts.items():
-            folder = directory / spec.folder
-            model_type, _ = model_type_of(folder)
-            experts[name] = MODEL_TYPES[model_type].from_pretrained(folder)
+        experts = {name: load_pretrained(directory / spec.folder) for name, spec in config.experts.items()}
         try:
             return cls(experts, config).eval()
         except ValueError as err:

@@ -90,11 +90,15 @@ class MediaError(ValueError):
         super().__init__(f"{path}: {reason}" + (f" ({hint})" if hint else ""))
 
 
+SILENT_PEAK = 10 ** (-60 / 20)  # -60 dBFS: a segment whose loudest sample is below this is silence
+
+
 @dataclass
 class Clip:
     """video: (T, 3, S, S) float (S: frame_size), or None if not requested.
     frames: (T, H, W, 3) uint8 RGB as decoded (for face crops), or None if not requested.
-    audio: (1, M, F) float log-mel, or None if not requested; silence when has_audio is False.
+    audio: (1, M, F) float log-mel, or None if not requested; has_audio is False without an audio stream
+    and where the segment is silence (peak below SILENT_PEAK).
     audio_frames: how many of the F spectrogram frames come from real audio (the rest is padding)."""
 
     video: torch.Tensor | None
@@ -155,7 +159,8 @@ def load_clip(
                 video = transform_frames(frames, settings) if "video" in modalities else None
             if audio_input := next((m for m in modalities if m in AUDIO_INPUTS), None):
                 samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)
-                has_audio = samples.size > 0
+                # silence counts as no audio: a voice expert abstains rather than read a muted track
+                has_audio = samples.size > 0 and float(np.abs(samples).max()) > SILENT_PEAK
                 audio, audio_frames = AUDIO_INPUTS[audio_input].compute(samples, settings)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
