@@ -1,6 +1,7 @@
 """The page of emosent serve in headless Chromium (Debian's chromium and chromium-driver, driven by
 Selenium): choose a video and subtitles, upload, wait for the timeline, click an utterance, and
-the player is at its start."""
+the player is at its start. The API documentation (/docs) renders with every host but the server's
+unreachable."""
 
 from __future__ import annotations
 
@@ -21,16 +22,31 @@ CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-background-network
                  "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1200")
 
 
-@pytest.fixture
-def browser():
+# every host name but the server's own address resolves to nothing: a page that needs a CDN breaks
+NO_NETWORK_ARGS = ("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",)
+
+
+def chromium(*extra: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in CHROMIUM_ARGS:
+    for arg in (*CHROMIUM_ARGS, *extra):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
+
+@pytest.fixture
+def browser():
+    driver = chromium()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def offline_browser():
+    driver = chromium(*NO_NETWORK_ARGS)
     yield driver
     driver.quit()
 
@@ -72,5 +88,26 @@ def test_upload_timeline_and_click_to_seek(browser, tmp_path):
         browser.save_screenshot(str(tmp_path / "phone.png"))
         assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
         print(f"screenshots: {tmp_path / 'page.png'}, {tmp_path / 'phone.png'}")
+    finally:
+        server.stop()
+
+
+def test_the_api_docs_render_offline(offline_browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = Server(tiny_model(tmp_path / "model"), tmp_path / "data").start()
+    try:
+        offline_browser.get(f"{server.url}/docs")
+        # Swagger UI has read /openapi.json and drawn one block per operation
+        blocks = WebDriverWait(offline_browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = {b.get_attribute("data-path") or b.text for b in blocks}
+        assert {"/v1/analyses", "/healthz", "/v1/info"} <= paths, paths
+        assert "emosent" in offline_browser.find_element(By.CSS_SELECTOR, ".info .title").text
+        loaded = offline_browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert any(url.endswith("/docs-static/swagger-ui-bundle.js") for url in loaded), loaded
+        assert all(url.startswith(server.url) for url in loaded), loaded  # nothing from another host
+        offline_browser.save_screenshot(str(tmp_path / "docs.png"))
+        print(f"screenshot: {tmp_path / 'docs.png'}")
     finally:
         server.stop()
