@@ -173,6 +173,21 @@ def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     assert [(r["label_emotion"], r["label_sentiment"]) for r in table] == [(None, None), ("joy", "positive"), (None, None), (None, None)]
 
 
+def test_a_run_that_predicts_no_row_fails_and_keeps_the_reasons(model_dir, videos, tmp_path, capsys):
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("path,text,start,end\n"
+                        f"{videos}/missing.mp4,no such clip,,\n"
+                        f"{videos}/talk2.mp4,after the end,5.0,6.0\n")  # the video is 3 s long
+    out = tmp_path / "out.jsonl"
+    code = main(["predict", "--data", str(manifest), "--out", str(out), "--model", str(model_dir),
+                 "--accelerator", "cpu", "--devices", "1", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = [x for x in err.splitlines() if x.startswith("emosent predict: error:")]
+    assert f"{out}: 0 of 2 rows predicted, skipped 2 of 2 rows: 1 file not found, 1 time range outside the file" in line
+    assert [r["skip"] for r in read_predictions(out)] == ["file not found", "time range outside the file"]
+
+
 def test_a_model_that_outputs_nan_is_refused_by_name(videos, tmp_path, capsys):
     torch.manual_seed(0)
     model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"), ProcessorConfig(num_frames=8))
