@@ -2,9 +2,9 @@
 
 Detection is MTCNN, vendored from facenet-pytorch 2.6.0 (emosent.data.mtcnn, MIT; its three small
 networks ship inside emosent, so it works offline with a plain install; pure PyTorch, so it runs
-wherever the model does). We chose it over OpenCV's
-detectors: OpenCV's Haar cascades give no landmarks and many false faces, and its DNN detectors'
-weights do not ship in the package. MTCNN's five landmarks let us level the eyes.
+wherever the model does). We chose it over OpenCV's detectors: OpenCV's Haar cascades give no
+landmarks and many false faces, and its DNN detectors' weights do not ship in the package. MTCNN's
+five landmarks let us level the eyes.
 
 Per frame, the main face is the largest detection MTCNN is confident in. Its crop is a square
 around the box (plus a margin), rotated so the eyes are level, sampled to 64x64 greyscale in one
