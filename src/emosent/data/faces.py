@@ -1,9 +1,10 @@
 """Frames -> aligned greyscale face crops for the face-expression network (`--video-encoder face`).
 
-Detection is facenet-pytorch's MTCNN (MIT; its three small networks ship inside the PyPI package,
-so it works offline; pure PyTorch, so it runs wherever the model does). We chose it over OpenCV's
-detectors: OpenCV's Haar cascades give no landmarks and many false faces, and its DNN detectors'
-weights do not ship in the package. MTCNN's five landmarks let us level the eyes.
+Detection is MTCNN, vendored from facenet-pytorch 2.6.0 (emosent.data.mtcnn, MIT; its three small
+networks ship inside emosent, so it works offline with a plain install; pure PyTorch, so it runs
+wherever the model does). We chose it over OpenCV's detectors: OpenCV's Haar cascades give no
+landmarks and many false faces, and its DNN detectors' weights do not ship in the package. MTCNN's
+five landmarks let us level the eyes.
 
 Per frame, the main face is the largest detection MTCNN is confident in. Its crop is a square
 around the box (plus a margin), rotated so the eyes are level, sampled to 64x64 greyscale in one
@@ -21,24 +22,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emosent.data.mtcnn import MTCNN
+
 FACE_SIZE = 64  # the FER2013 network's input side
 MIN_CONFIDENCE = 0.9  # MTCNN's probability below which a detection is not a face
 # The smallest face looked for, as a share of the detection size (40 px at 320): a speaker's face
 # is rarely smaller in a talking video, and MTCNN's time grows fast as this shrinks (3.9x for 20 px).
 MIN_FACE_SHARE = 1 / 8
-INSTALL_HINT = "pip install --no-deps facenet-pytorch==2.6.0 (its metadata pins an old torch; the code runs with ours)"
 
 
 @functools.lru_cache(maxsize=2)
 def detector(min_face_px: int):
     """MTCNN on the CPU, once per process (DataLoader workers each load their own: 2 MB)."""
-    try:
-        from facenet_pytorch import MTCNN
-    except ImportError:
-        raise ImportError(f"--video-encoder face needs MTCNN face detection: {INSTALL_HINT}") from None
     # channels-last: the CPU's vectorised convolution and pooling kernels, 1.7x faster on 16
     # frames (boxes within 1e-4 px of the default layout's)
-    return MTCNN(keep_all=True, device="cpu", min_face_size=min_face_px, post_process=False).to(memory_format=torch.channels_last)
+    return MTCNN(min_face_px).to(memory_format=torch.channels_last)
 
 
 def detect_size(height: int, width: int, longest: int) -> tuple[int, int]:
@@ -58,14 +56,9 @@ def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray
         # the detector sees the image rounded to whole grey levels (tests/test_predict.py: tolerance)
         small = F.interpolate(small, size=(dh, dw), mode="bilinear", antialias=True, align_corners=False)
     small = small.permute(0, 2, 3, 1).float()  # MTCNN takes (T, H, W, 3) 0-255; a copy: decoded frames are read-only
-    with torch.no_grad():
-        boxes, probs, landmarks = detector(max(12, round(detect_longest * MIN_FACE_SHARE))).detect(small, landmarks=True)
     found = []
-    for b, p, lm in zip(boxes, probs, landmarks):
-        if b is None:
-            found.append(None)
-            continue
-        b, p, lm = (np.asarray(x, dtype=np.float64) for x in (b, p, lm))  # ragged batches come back as object arrays
+    for faces in detector(max(12, round(detect_longest * MIN_FACE_SHARE))).detect(small):
+        b, p, lm = (np.asarray(x, dtype=np.float64) for x in (faces.boxes, faces.probs, faces.landmarks))
         ok = np.flatnonzero(p >= MIN_CONFIDENCE)
         if ok.size == 0:
             found.append(None)

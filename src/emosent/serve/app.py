@@ -25,6 +25,7 @@ from emosent.config import ServeConfig
 from emosent.data import MediaError, probe
 from emosent.plots import EMOTION_COLOURS, SENTIMENT_COLOURS, timeline_png
 from emosent.segments import ASR_HINT, read_segments
+from emosent.serve.docs import add_offline_docs
 from emosent.serve.jobs import DONE, FAILED, Job, JobStore, is_job_id, new_job_id
 from emosent.serve.uploads import Upload, UploadError, check_declared_size, check_form_type, drain, receive
 from emosent.serve.workers import WorkerPool
@@ -71,9 +72,10 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
             pool.stop()
             store.close()
 
-    app = FastAPI(title="emosent", lifespan=lifespan,
+    app = FastAPI(title="emosent", lifespan=lifespan, docs_url=None, redoc_url=None,  # /docs: add_offline_docs
                   description="Emotion and sentiment per utterance of a video: the same analysis as `emosent analyze`.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_offline_docs(app)
 
     def authorized(request: Request) -> bool:
         if config.token is None:
