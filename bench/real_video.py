@@ -93,14 +93,15 @@ def photo_outputs(face) -> tuple[tuple, dict]:
     return (torch.stack(emotion), torch.stack(sentiment), torch.ones(len(rows), dtype=torch.bool)), labels
 
 
-def own_outputs(model: LateFusionModel, ravdess: Path, cache: Path) -> dict:
+def own_outputs(model: LateFusionModel, ravdess: Path, cache: Path, photos: tuple | None = None) -> dict:
     """Each expert on its own labelled dev data, by modality: text on MELD dev, voice on RAVDESS
-    15-18, face on the photos; plus the text expert on RAVDESS 15-18's own sentences ("flat")."""
+    15-18, face on the photos (`photos`: `photo_outputs` of the same face expert, if computed);
+    plus the text expert on RAVDESS 15-18's own sentences ("flat")."""
     by = model.by_modality
     out = {"text": one_expert_outputs(model.experts[by["text"]], MELD, "dev", cache),
            "flat": one_expert_outputs(model.experts[by["text"]], ravdess, "dev", cache),
            "audio": one_expert_outputs(model.experts[by["audio"]], ravdess, "dev", cache),
-           "video": photo_outputs(model.experts[by["video"]])}
+           "video": photos or photo_outputs(model.experts[by["video"]])}
     return out
 
 
@@ -163,7 +164,7 @@ def rules_table(model: LateFusionModel, own: dict, ravdess: Path, clips: dict) -
     split = halves(own, ravdess)
     fit_rows, score_rows = {k: v[0] for k, v in split.items()}, {k: v[1] for k, v in split.items()}
     equal = {n: replace(s, weight=1.0) for n, s in model.config.experts.items()}
-    rules = {"the model's own fusion": model.config,
+    rules = {"the model's own fusion (tools/build_builtin.py fits it on all the triples: in-sample here)": model.config,
              "mean, equal weights": replace(model.config, rule="mean", experts=equal, emotion_bias=[0.0] * 7, sentiment_bias=[0.0] * 3),
              "product, equal weights": replace(model.config, rule="product", experts=equal, emotion_bias=[0.0] * 7, sentiment_bias=[0.0] * 3),
              "mean, fitted on the other half": fit_rule(model, own, fit_rows, "mean"),
@@ -245,13 +246,13 @@ def expert_tables(model: LateFusionModel, own: dict, ravdess: Path, cache: Path)
     return tables
 
 
-def report(model: LateFusionModel, work: Path) -> str:
-    """The whole report, as markdown."""
+def report(model: LateFusionModel, work: Path, own: dict | None = None) -> str:
+    """The whole report, as markdown (`own`: `own_outputs` of the same experts, if computed)."""
     cache = work / "cache"
     ravdess = write_ravdess_csvs(RAVDESS, work / "ravdess")
     manifests = clip_manifests(work)
     clips = {name: expert_outputs(model, folder, "test", cache) for name, folder in manifests.items()}
-    own = own_outputs(model, ravdess, cache)
+    own = own or own_outputs(model, ravdess, cache)
     sections = [(f"Real clips: {name} (clip by clip)", clip_table(model, str(manifests[name]), *clips[name]))
                 for name in manifests]
     sections += [(title, HEADER + lines) for title, lines in expert_tables(model, own, ravdess, cache)]

@@ -83,13 +83,15 @@ def main() -> int:
                "audio": expert_folder("audio", given["audio"], ravdess, args.work),
                "face": given["face"] or BUILTIN_DIR / "face"}
     face = load_pretrained(experts["face"])
-    face_t = fit_temperature(*real_video.photo_outputs(face))
+    photos = real_video.photo_outputs(face)
+    face_t = fit_temperature(*photos)
     staging = args.work / "fused"  # fuse writes a new folder; the fitted model goes to --out
     if staging.exists():
         shutil.rmtree(staging)
     fused = fuse({**experts, "face": face}, staging, card=CARD, cache_dir=cache, temperatures={"face": face_t},
                  calibrate={"text": (MELD, "dev"), "audio": (ravdess, "dev")})
-    config = real_video.fit_rule(fused, real_video.own_outputs(fused, ravdess, cache))
+    own = real_video.own_outputs(fused, ravdess, cache, photos)
+    config = real_video.fit_rule(fused, own)
     model = LateFusionModel(dict(fused.experts.items()), replace(config, card=CARD)).eval()
     final = args.work / "final"  # written whole before --out is replaced (--out may hold the experts read above)
     if final.exists():
@@ -98,7 +100,7 @@ def main() -> int:
     if args.out.exists():
         shutil.rmtree(args.out)
     shutil.copytree(final, args.out)
-    report = real_video.report(load_pretrained(args.out), args.work)
+    report = real_video.report(model, args.work, own)
     numbers = ", ".join(f"{n}: temperature {s.temperature}, weight {s.weight}" for n, s in config.experts.items())
     card = (REPO / "tools" / "model_card.md").read_text()
     (args.out / "MODEL_CARD.md").write_text(card.replace("{figures}", report).replace("{fusion}", numbers))
