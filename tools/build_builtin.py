@@ -1,14 +1,15 @@
 """Rebuild the built-in model (src/emosent/builtin) from ../shared/data, with its figures.
 
 One command: .venv/bin/python tools/build_builtin.py [--work runs/builtin] [--out src/emosent/builtin]
-[--experts FOLDER]
+[--experts FOLDER] [--face-networks fer2013-mini-xception faceapi-expression] [--face-pooling mean]
 
 1. The text expert: `emosent train` on MELD text (all-MiniLM-L6-v2, its top 2 layers fine-tuned,
    sqrt class weights, 4 epochs, seed 0: BENCHMARKS.md's recommended MELD row).
 2. The voice expert: `emosent train` on RAVDESS actors 01-14 (audio only, the frozen Whisper-base
    encoder, 60 epochs, seed 0: BENCHMARKS.md's best RAVDESS row), validated on actors 15-18.
    (--experts FOLDER: take text/ and audio/ from an existing built-in folder instead of 1-2.)
-3. The face expert: the packaged FER2013 network (a face_expression model), its sentiment through
+3. The face expert: the packaged face networks (a face_expression model; --face-networks: FER2013,
+   face-api.js or both averaged; --face-pooling over frames), its sentiment through
    P(sentiment | emotion) counted on MELD train.
 4. The fusion, by the package's own `emosent.fit.fuse`: each expert's temperature fitted on its
    own dev data (MELD dev, RAVDESS 15-18; the face expert's on the 190 face photos, which are not
@@ -41,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import machine  # noqa: E402
-from faces import as_frame, centre_crop, read_labels  # noqa: E402
+from faces import as_frame, centre_crop, centre_crop_rgb, read_labels  # noqa: E402
 from meld_text import MELD, TASKS, baselines, fit_lr, pct, run, scores  # noqa: E402
 from real_data import SENTIMENT_OF, write_ravdess_csvs  # noqa: E402
 
@@ -50,7 +51,8 @@ from emosent.data.faces import crop_faces  # noqa: E402
 from emosent.evaluate import predict_features  # noqa: E402
 from emosent.features import FeatureDataset, extract_features  # noqa: E402
 from emosent.fit import fit_temperature, fuse  # noqa: E402
-from emosent.fusion import FaceExpressionModel, LateFusionModel  # noqa: E402
+from emosent.encoders.faces import POOLINGS  # noqa: E402
+from emosent.fusion import FACE_WEIGHTS, FaceExpressionModel, LateFusionModel  # noqa: E402
 from emosent.labels import EMOTIONS, SENTIMENTS  # noqa: E402
 from emosent.model import EmotionSentimentModel  # noqa: E402
 from emosent.pretrained import load_pretrained  # noqa: E402
@@ -90,14 +92,16 @@ def face_predictions(face: FaceExpressionModel):
     emotion, sentiment, centre = [], [], []
     settings = face.processor.config
     one = torch.ones(1, 1, dtype=torch.bool)
+    rgb = face.processor.face_rgb  # the crops this expert's processor makes: grey 64 or RGB 128
+    centred = (lambda image: centre_crop_rgb(image)) if rgb else (lambda image: centre_crop(image)[None])
     with torch.no_grad():
         for path, _ in rows:
             image = Image.open(path)
-            faces, found = crop_faces(as_frame(image)[None], settings.face_margin, settings.face_detect_size)
-            out = face(faces=(faces if found[0] else centre_crop(image)[None])[None], face_mask=one)
+            faces, found = crop_faces(as_frame(image)[None], settings.face_margin, settings.face_detect_size, rgb=rgb)
+            out = face(faces=(faces[0] if found[0] else centred(image))[None, None], face_mask=one)
             emotion.append(out.emotion_logits[0])
             sentiment.append(out.sentiment_logits[0])
-            centre.append(int(face(faces=centre_crop(image)[None, None], face_mask=one).emotion_logits.argmax()))
+            centre.append(int(face(faces=centred(image)[None, None], face_mask=one).emotion_logits.argmax()))
     labels = {"emotion": torch.tensor([EMOTIONS.index(e) for _, e in rows]),
               "sentiment": torch.tensor([SENTIMENTS.index(SENTIMENT_OF[e]) for _, e in rows])}
     return {"emotion": torch.stack(emotion), "sentiment": torch.stack(sentiment)}, labels, centre
@@ -183,6 +187,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "src" / "emosent" / "builtin", help="the built-in model folder to write")
     parser.add_argument("--experts", type=Path, default=None,
                         help="take the text and voice experts from this built-in folder instead of training them")
+    parser.add_argument("--face-networks", nargs="+", choices=list(FACE_WEIGHTS), default=["fer2013-mini-xception"],
+                        help="the face expert's networks (two: their distributions averaged); BENCHMARKS.md, Faces")
+    parser.add_argument("--face-pooling", choices=POOLINGS, default="mean", help="how the face expert pools a clip's frames")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"machine: {machine.describe()}")
@@ -193,7 +200,8 @@ def main() -> int:
         text_dir = train_expert("text", MELD, TEXT, args.work)
         audio_dir = train_expert("audio", ravdess_csvs, AUDIO, args.work)
     text, audio = load_pretrained(text_dir), load_pretrained(audio_dir)
-    face = FaceExpressionModel(sentiment_given_emotion(read_manifest(MELD, "train")), text.processor.config)
+    face = FaceExpressionModel(sentiment_given_emotion(read_manifest(MELD, "train")), text.processor.config,
+                               networks=tuple(args.face_networks), pooling=args.face_pooling)
     face_logits, face_y, centre = face_predictions(face)
     every = torch.ones(len(centre), dtype=torch.bool)
     face_t = fit_temperature((face_logits["emotion"], face_logits["sentiment"], every), face_y)
