@@ -103,6 +103,7 @@ def report_photos(result: dict, truth: list[str], report) -> None:
         seen[t] += 1
     half = np.array(half)
     y = torch.tensor([EMOTIONS.index(t) for t in truth])
+    weighted_ensemble(probs, truth, half)
     for key, name in NAMES.items():
         for fit_on in (0, 1):
             dev, test = half == fit_on, half != fit_on
@@ -115,6 +116,30 @@ def report_photos(result: dict, truth: list[str], report) -> None:
                   f"{'BA'[fit_on]} ({test.sum()}): {acc[0]:.1f}% -> {acc[1]:.1f}%; disgust recall "
                   f"{recall(before, t_test, 'disgust'):.0f}% -> {recall(after, t_test, 'disgust'):.0f}%; bias "
                   + " ".join(f"{e[:3]} {b:+.2f}" for e, b in zip(EMOTIONS, bias.tolist())))
+
+
+def weighted_ensemble(probs: dict, truth: list[str], half: np.ndarray) -> None:
+    """The ensemble's weight on face-api (0 = FER2013 alone, 1 = face-api alone; steps of 0.1) and
+    the rule (mean or geometric mean of the distributions) chosen on one half, scored on the other."""
+    fer, api = probs["fer"], probs["faceapi"]
+    rules = {"mean": lambda w: (1 - w) * fer + w * api,
+             "geometric mean": lambda w: ((1 - w) * fer.clamp(min=1e-12).log() + w * api.clamp(min=1e-12).log()).softmax(-1)}
+    for name, rule in rules.items():
+        print(f"{name} of the two, equal weights: {100 * accuracy(labels_of(rule(0.5)), truth):.1f}%")
+    for fit_on in (0, 1):
+        dev, test = half == fit_on, half != fit_on
+        t_dev, t_test = ([t for t, k in zip(truth, m) if k] for m in (dev, test))
+        scored = [(accuracy(labels_of(rule(w)[dev]), t_dev), name, w) for name, rule in rules.items()
+                  for w in np.round(np.linspace(0, 1, 11), 1)]
+        best, name, w = max(scored)
+        print(f"ensemble chosen on half {'AB'[fit_on]}: {name}, face-api weight {w} ({100 * best:.1f}% there); on half "
+              f"{'BA'[fit_on]}: {100 * accuracy(labels_of(rules[name](w)[test]), t_test):.1f}% (equal-weight mean "
+              f"{100 * accuracy(labels_of(rules['mean'](0.5)[test]), t_test):.1f}%, face-api alone "
+              f"{100 * accuracy(labels_of(api[test]), t_test):.1f}%)")
+
+
+def accuracy(predicted: list[str], truth: list[str]) -> float:
+    return float(np.mean([p == t for p, t in zip(predicted, truth)]))
 
 
 def recall(predicted: list[str], truth: list[str], emotion: str) -> float:

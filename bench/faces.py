@@ -21,7 +21,7 @@ and a logistic regression on both networks' features (5-fold). Then the real cli
 (../shared/data/video: CREMA-D with labels, GRID read neutrally, faces-edge), clip by clip, under
 each temporal pooling rule.
 
-Run: .venv/bin/python bench/faces.py [--data DIR] [--video DIR] [--crop-ablation]   (scikit-learn: pip install -e '.[bench]')
+Run: .venv/bin/python bench/faces.py [--data DIR] [--video DIR] [--networks-only] [--crop-ablation]   (scikit-learn: pip install -e '.[bench]')
 """
 
 from __future__ import annotations
@@ -175,10 +175,20 @@ def crop_ablation(rows: list[tuple[Path, str]], network) -> None:
                   f"on {len(pairs)} photos with a face; surprise recall {100 * np.mean(surprise):.0f}%")
 
 
+def two_networks_on_photos(rows: list[tuple[Path, str]], truth: list[str]) -> None:
+    print("\n== two networks on the same RGB crops ==")
+    two = face_networks.on_photos(rows, as_frame, centre_crop_rgb)
+    face_networks.report_photos(two, truth, report)
+    cross_validated({"FER2013 128 + 7": two["fer_features"], "face-api 256 + 7": two["faceapi_features"],
+                     "both networks' features": np.hstack([two["fer_features"], two["faceapi_features"]])}, truth)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with labels.csv and the images it names")
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="folder with crema-d/, grid/ and faces-edge/ clips")
+    parser.add_argument("--networks-only", action="store_true",
+                        help="only the two networks on the photos (no FER2013 table, clips or timing)")
     parser.add_argument("--crop-ablation", action="store_true", help="also: crop margins and eye levelling, without the mirror image")
     args = parser.parse_args()
     if not (args.data / "labels.csv").is_file():
@@ -186,6 +196,9 @@ def main() -> int:
     rows = read_labels(args.data)
     print(f"machine: {machine.describe()}\ndata: {args.data} ({len(rows)} photos: "
           + ", ".join(f"{e} {n}" for e, n in sorted(Counter(e for _, e in rows).items())) + ")")
+    if args.networks_only:
+        two_networks_on_photos(rows, [e for _, e in rows])
+        return 0
     network = load_fer_network()
     truth, detected, centre, penultimate, logits = [], [], [], [], []
     start = time.perf_counter()
@@ -217,11 +230,7 @@ def main() -> int:
     if args.crop_ablation:
         crop_ablation(rows, network)
     print(f"accuracy: {100 * accuracy:.1f}%")
-    print("\n== two networks on the same RGB crops ==")
-    two = face_networks.on_photos(rows, as_frame, centre_crop_rgb)
-    face_networks.report_photos(two, truth, report)
-    cross_validated({"FER2013 128 + 7": two["fer_features"], "face-api 256 + 7": two["faceapi_features"],
-                     "both networks' features": np.hstack([two["fer_features"], two["faceapi_features"]])}, truth)
+    two_networks_on_photos(rows, truth)
     if args.video.is_dir():
         face_networks.on_clips(args.video)
     face_networks.time_per_clip(Image.open(rows[[e for _, e in rows].index("joy")][0]))

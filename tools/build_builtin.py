@@ -93,7 +93,7 @@ def face_predictions(face: FaceExpressionModel):
     settings = face.processor.config
     one = torch.ones(1, 1, dtype=torch.bool)
     rgb = face.processor.face_rgb  # the crops this expert's processor makes: grey 64 or RGB 128
-    centred = (lambda image: centre_crop_rgb(image)) if rgb else (lambda image: centre_crop(image)[None])
+    centred = centre_crop_rgb if rgb else centre_crop  # (C, S, S): one frame's crop
     with torch.no_grad():
         for path, _ in rows:
             image = Image.open(path)
