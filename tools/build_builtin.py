@@ -181,6 +181,17 @@ CARD = {
 }
 
 
+FACE_NETWORK_NAMES = {"fer2013-mini-xception": "the FER2013 mini-XCEPTION network",
+                      "faceapi-expression": "face-api.js's expression network (@vladmandic/face-api 1.7.15)"}
+
+
+def face_card(card: dict, networks: list[str], pooling: str) -> dict:
+    """CARD with the face expert's networks as built (two: their distributions averaged)."""
+    names = " and ".join(FACE_NETWORK_NAMES[n] for n in networks)
+    face = f"face: {names}{', averaged' if len(networks) > 1 else ''} (emosent/weights), MTCNN face detection, {pooling} over frames"
+    return {**card, "experts": [*card["experts"][:2], face]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "builtin", help="run folders, logs and the feature cache")
@@ -208,7 +219,8 @@ def main() -> int:
     staging = args.work / "fused"  # fuse writes a new folder; it is copied to --out with the card below
     if staging.exists():
         shutil.rmtree(staging)
-    fused = fuse({"text": text, "audio": audio, "face": face}, staging, rule="mean", card=CARD, cache_dir=args.work / "cache",
+    fusion_card = face_card(CARD, args.face_networks, args.face_pooling)
+    fused = fuse({"text": text, "audio": audio, "face": face}, staging, rule="mean", card=fusion_card, cache_dir=args.work / "cache",
                  calibrate={"text": (MELD, "dev"), "audio": (ravdess_csvs, "dev")}, temperatures={"face": face_t})
     temperature = {name: spec.temperature for name, spec in fused.config.experts.items()}
     text_lp, text_y, _ = dev_predictions(text, MELD, args.work)
@@ -235,7 +247,7 @@ def main() -> int:
     tables.append(("190 face photos (faces; sentiment derived from the labelled emotion)",
                    [row("majority", {t: scores([int(face_y[t].mode().values)] * len(face_y[t]), face_y[t].tolist(), len(TASKS[t]))
                                      for t in TASKS}),
-                    row("FER2013 network on a centre crop, no detection", centre_m),
+                    row("the face expert's networks on a centre crop, no detection", centre_m),
                     row("**face expert** (detected, aligned crop)", metrics(face_lp, face_y))]))
     rules = {"text alone": {"text": 1.0},
              "mean of probabilities, equal weights (chosen)": "mean",
