@@ -13,7 +13,15 @@ regression, scikit-learn, on the penultimate 128, the 7 logits, and both), and t
 face path per 16-frame clip (a generated clip of a real face: decode, detect, crop, network),
 beside R3D-18 on the same clip.
 
-Run: .venv/bin/python bench/faces.py [--data DIR] [--crop-ablation]   (scikit-learn: pip install -e '.[bench]')
+Two networks (issue 25, faces): FER2013's mini-XCEPTION and face-api.js's expression network
+read the same RGB crop (`crop_faces(..., rgb=True)`, FER2013 its grey 64 x 64 derived inside);
+each alone, their ensemble (the mean of their distributions), the majority class, confusion
+matrices, a per-class prior correction fitted on one half of the photos and scored on the other,
+and a logistic regression on both networks' features (5-fold). Then the real clips
+(../shared/data/video: CREMA-D with labels, GRID read neutrally, faces-edge), clip by clip, under
+each temporal pooling rule.
+
+Run: .venv/bin/python bench/faces.py [--data DIR] [--video DIR] [--networks-only] [--crop-ablation]   (scikit-learn: pip install -e '.[bench]')
 """
 
 from __future__ import annotations
@@ -34,16 +42,18 @@ from PIL import Image
 from emosent import EmotionSentimentModel, ModelConfig
 from emosent.config import ProcessorConfig
 from emosent.data import Utterance
-from emosent.data.faces import crop_faces, face_affine
+from emosent.data.faces import RGB_CROP_SIZE, crop_faces, face_affine
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, load_fer_network
 from emosent.encoders.video import FaceExpressions
 from emosent.labels import EMOTIONS
 from emosent.synthetic import write_clip
 
 import machine
+import face_networks
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "faces"
+DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video"
 PAD = 0.2  # of the photo's side, on every side
 SETTINGS = ProcessorConfig()  # the processor's face settings: margin, detection size
 TIMED_CLIPS = 5
@@ -70,6 +80,15 @@ def centre_crop(image: Image.Image) -> torch.Tensor:
     left, top = (grey.size[0] - side) // 2, (grey.size[1] - side) // 2
     crop = np.asarray(grey.crop((left, top, left + side, top + side)).resize((64, 64), Image.BILINEAR), np.float32)
     return torch.from_numpy((crop / 255.0 - 0.5) * 2.0)[None]
+
+
+def centre_crop_rgb(image: Image.Image) -> torch.Tensor:
+    """(3, 128, 128) in 0..255: the photo's central square in colour, as `crop_faces(rgb=True)` gives crops."""
+    rgb = image.convert("RGB")
+    side = min(rgb.size)
+    left, top = (rgb.size[0] - side) // 2, (rgb.size[1] - side) // 2
+    crop = rgb.crop((left, top, left + side, top + side)).resize((RGB_CROP_SIZE, RGB_CROP_SIZE), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(crop, np.float32)).permute(2, 0, 1)
 
 
 def read_labels(data: Path) -> list[tuple[Path, str]]:
@@ -156,9 +175,20 @@ def crop_ablation(rows: list[tuple[Path, str]], network) -> None:
                   f"on {len(pairs)} photos with a face; surprise recall {100 * np.mean(surprise):.0f}%")
 
 
+def two_networks_on_photos(rows: list[tuple[Path, str]], truth: list[str]) -> None:
+    print("\n== two networks on the same RGB crops ==")
+    two = face_networks.on_photos(rows, as_frame, centre_crop_rgb)
+    face_networks.report_photos(two, truth, report)
+    cross_validated({"FER2013 128 + 7": two["fer_features"], "face-api 256 + 7": two["faceapi_features"],
+                     "both networks' features": np.hstack([two["fer_features"], two["faceapi_features"]])}, truth)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with labels.csv and the images it names")
+    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="folder with crema-d/, grid/ and faces-edge/ clips")
+    parser.add_argument("--networks-only", action="store_true",
+                        help="only the two networks on the photos (no FER2013 table, clips or timing)")
     parser.add_argument("--crop-ablation", action="store_true", help="also: crop margins and eye levelling, without the mirror image")
     args = parser.parse_args()
     if not (args.data / "labels.csv").is_file():
@@ -166,6 +196,9 @@ def main() -> int:
     rows = read_labels(args.data)
     print(f"machine: {machine.describe()}\ndata: {args.data} ({len(rows)} photos: "
           + ", ".join(f"{e} {n}" for e, n in sorted(Counter(e for _, e in rows).items())) + ")")
+    if args.networks_only:
+        two_networks_on_photos(rows, [e for _, e in rows])
+        return 0
     network = load_fer_network()
     truth, detected, centre, penultimate, logits = [], [], [], [], []
     start = time.perf_counter()
@@ -197,6 +230,10 @@ def main() -> int:
     if args.crop_ablation:
         crop_ablation(rows, network)
     print(f"accuracy: {100 * accuracy:.1f}%")
+    two_networks_on_photos(rows, truth)
+    if args.video.is_dir():
+        face_networks.on_clips(args.video)
+    face_networks.time_per_clip(Image.open(rows[[e for _, e in rows].index("joy")][0]))
     return 0
 
 

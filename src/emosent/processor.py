@@ -17,7 +17,7 @@ import torch
 
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
-from emosent.data.faces import FACE_SIZE, crop_faces, no_faces
+from emosent.data.faces import FACE_SIZE, RGB_CROP_SIZE, crop_faces, no_faces
 from emosent.data.media import AUDIO_INPUTS, MEDIA_MODALITIES, MediaError, load_clip
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.pretrained import PROCESSOR_FILE, TOKENIZER_DIR
@@ -28,13 +28,13 @@ class Processor:
     """processor(utterance) -> item; processor.collate(items) -> batch.
 
     An item holds "text", "video" (T, 3, S, S) and "audio" (1, M, F) for the modalities asked
-    (with a face encoder, "faces" (T, 1, 64, 64) and "face_mask" (T,) for video, beside or instead
-    of "video"), and the labels when the utterance has them; one that cannot be read is {"index", "skip": reason,
+    (with a face encoder, "faces" (T, 1, 64, 64), or with face_rgb (T, 3, 128, 128) RGB in 0..255
+    for the face expert's networks, and "face_mask" (T,) for video, beside or instead of "video"), and the labels when the utterance has them; one that cannot be read is {"index", "skip": reason,
     "error": message}, dropped and counted by `collate`, never fatal.
     """
 
     def __init__(self, config: ProcessorConfig, modalities: tuple[str, ...], tokenizer=None, video_encoder: str = "r3d18",
-                 audio_encoder: str = "cnn", video_optional: bool = False):
+                 audio_encoder: str = "cnn", video_optional: bool = False, face_rgb: bool = False):
         if not modalities:
             raise ValueError("modalities must be a non-empty subset of ('text', 'video', 'audio')")
         if "text" in modalities and tokenizer is None:
@@ -44,6 +44,7 @@ class Processor:
         # a model whose video reader abstains without a video stream (late fusion) reads a file
         # without one (a call recording) with video_present False; any other skips it
         self.video_optional = video_optional
+        self.face_rgb = face_rgb  # colour crops at 128 (emosent.encoders.faces) instead of grey at 64
         # what load_clip reads, as the encoders' registry entries say: whole frames for R3D-18, the
         # decoded frames for face crops, the audio input of the audio encoder (see AUDIO_INPUTS)
         inputs = encoder_spec("audio", audio_encoder).inputs
@@ -83,9 +84,10 @@ class Processor:
                 item["video"] = clip.video if clip.video is not None else torch.zeros(
                     self.config.num_frames, 3, self.config.frame_size, self.config.frame_size)
             if clip.frames is not None:
-                item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size)
+                item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size,
+                                                                rgb=self.face_rgb)
             elif "frames" in self.media:  # no video stream: no face seen
-                item["faces"], item["face_mask"] = no_faces(self.config.num_frames)
+                item["faces"], item["face_mask"] = no_faces(self.config.num_frames, self.face_rgb)
             if "audio" in self.modalities:
                 item["audio"], item["audio_length"] = clip.audio, clip.audio_frames
                 item["audio_present"] = clip.has_audio
@@ -155,9 +157,10 @@ class Processor:
         if x is not None and (x.dim() != 5 or tuple(x.shape[1:]) != (t, 3, s, s)):
             raise ValueError(f"video must be (B, {t}, 3, {s}, {s}) as this model's processor makes it, got {tuple(x.shape)}")
         faces, mask = tensors.get("faces"), tensors.get("face_mask")
-        if faces is not None and (faces.dim() != 5 or tuple(faces.shape[1:]) != (t, 1, FACE_SIZE, FACE_SIZE)
+        c, side = (3, RGB_CROP_SIZE) if self.face_rgb else (1, FACE_SIZE)
+        if faces is not None and (faces.dim() != 5 or tuple(faces.shape[1:]) != (t, c, side, side)
                                   or tuple(mask.shape) != tuple(faces.shape[:2])):
-            raise ValueError(f"faces must be (B, {t}, 1, {FACE_SIZE}, {FACE_SIZE}) and face_mask (B, {t}) as this model's "
+            raise ValueError(f"faces must be (B, {t}, {c}, {side}, {side}) and face_mask (B, {t}) as this model's "
                              f"processor makes them, got {tuple(faces.shape)} and {tuple(mask.shape)}")
         _, m, f = self.audio_shape
         x = tensors.get("audio")
@@ -191,8 +194,9 @@ class Processor:
         tokenizer = None
         if self.tokenizer is not None:  # the vocabulary and the normalisation, not the object's identity
             tokenizer = [type(self.tokenizer).__name__, self.tokenizer.vocab_size, self.tokenizer.init_kwargs.get("do_lower_case")]
-        return {"config": self.config.to_dict(), "modalities": list(self.modalities), "tokenizer": tokenizer,
-                "video_encoder": self.video_encoder, "audio_encoder": self.audio_encoder}
+        out = {"config": self.config.to_dict(), "modalities": list(self.modalities), "tokenizer": tokenizer,
+               "video_encoder": self.video_encoder, "audio_encoder": self.audio_encoder}
+        return {**out, "face_rgb": True} if self.face_rgb else out  # grey crops keep their cached features' keys
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

