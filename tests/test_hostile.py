@@ -149,6 +149,62 @@ def test_transcripts_with_wrong_types_are_refused(items, needle, tmp_path):
     assert str(err.value).startswith(f"{path}: ") and needle in str(err.value) and "\n" not in str(err.value)
 
 
+# Text files built to break a parser: one line naming the file, never an OverflowError or a
+# RecursionError (the service's answer to the same files is in tests/test_serve.py)
+HOSTILE_TEXT = [
+    ("overflow.srt", "1\n99999999999:00:00,000 --> 99999999999:00:01,000\nhello\n", "a timestamp too large"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize("name, text, needle", HOSTILE_TEXT)
+def test_hostile_subtitles_and_transcripts_are_one_line(name, text, needle, tmp_path):
+    from emosent.segments import read_segments
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        read_segments(path)
+    assert str(err.value).startswith(f"{path}: {needle}") and "\n" not in str(err.value)
+
+
+def test_hostile_text_files_and_symlink_loops_on_the_command_line(model_dir, clip, tmp_path):
+    for name, text, needle in HOSTILE_TEXT:
+        (tmp_path / name).write_text(text)
+        option = "--subtitles" if name.endswith(".srt") else "--transcript"
+        one_clear_line(run_cli("analyze", clip, "--model", model_dir, option, tmp_path / name), f"{name}: {needle}")
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(tmp_path / "back.mp4")
+    (tmp_path / "back.mp4").symlink_to(loop)
+    one_clear_line(run_cli("analyze", loop, "--model", model_dir, "--transcript", tmp_path / "deep.json"), "loop.mp4: file not found")
+    # train and evaluate: a row naming the loop is a clip that cannot be read, skipped and counted
+    data = user_csv(tmp_path / "data", {"train": [(str(loop), "hello")], "dev": [(str(loop), "hello")],
+                                        "test": [(str(loop), "hello"), (str(clip), "hi")]})
+    one_clear_line(run_cli("train", "--data", data, "--out", tmp_path / "run", *FAST, "--cache-dir", tmp_path / "cache"),
+                   "no usable clip in the train split", "loop.mp4")
+    evaluated = run_cli("evaluate", "--model", model_dir, "--data", data, "--out", tmp_path / "eval", "--cache-dir", tmp_path / "cache")
+    assert evaluated.returncode == 0 and "Traceback" not in evaluated.stderr, evaluated.stderr[-2000:]
+    assert "skipped 1" in evaluated.stdout + evaluated.stderr, evaluated.stdout[-2000:] + evaluated.stderr[-2000:]
+
+
+@pytest.mark.parametrize("start, end", [("nan", "1"), ("0", "inf"), ("-inf", "1"), ("0", "1e999")])
+def test_manifest_times_must_be_finite(start, end, tmp_path):
+    from emosent.data import read_manifest
+
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(f"path,text,start,end\na.mp4,fine,0,1\nb.mp4,hello,{start},{end}\n")
+    with pytest.raises(ValueError) as err:
+        read_manifest(manifest, None, labels=False)
+    assert f"{manifest}:3: start/end must be a finite number of seconds" in str(err.value)
+
+
+def test_a_manifest_with_nan_times_is_one_line_in_predict(model_dir, tmp_path):
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("path,text,start,end\na.mp4,hello,nan,1\n")
+    one_clear_line(run_cli("predict", "--data", manifest, "--out", tmp_path / "p.jsonl", "--model", model_dir),
+                   "rows.csv:2: start/end must be a finite number of seconds", "got 'nan'")
+
+
 def test_a_nan_transcript_fails_on_the_command_line_and_writes_nothing(model_dir, clip, tmp_path):
     transcript = tmp_path / "t.json"
     transcript.write_text('[{"start": NaN, "end": 1, "text": "a"}]')

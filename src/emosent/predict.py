@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def transcribed(video: Path, asr_model: str, asr_dir: Path) -> list:
     from emosent.segments import Segment
 
     stat = video.stat()
-    key = hashlib.sha256(json.dumps([str(video.resolve()), stat.st_size, stat.st_mtime_ns, asr_model]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([os.path.realpath(video), stat.st_size, stat.st_mtime_ns, asr_model]).encode()).hexdigest()[:24]
     path = asr_dir / f"{key}.json"
     with exclusive(asr_dir / f"{key}.lock", wait=True, holder=str(path)):
         if not path.is_file():
