@@ -252,6 +252,9 @@ def broken_copies(model_dir, root):
         copy("other-width", edit_config(lambda c: c.update(fusion_dim=128))),
         copy("invalid-json", lambda f: (f / "config.json").write_text('{"model_config": {')),
         copy("no-tokenizer", lambda f: shutil.rmtree(f / "text_encoder")),
+        copy("no-tokenizer-json", lambda f: (f / "text_encoder" / "tokenizer.json").unlink()),
+        copy("no-tokenizer-config", lambda f: (f / "text_encoder" / "tokenizer_config.json").unlink()),
+        copy("no-processor", lambda f: (f / "processor.json").unlink()),
         copy("no-weights", lambda f: (f / "model.safetensors").unlink()),
     ]
 
@@ -266,6 +269,9 @@ EXPECTED = {
     "invalid-json": "config.json: not valid JSON",
     "no-tokenizer": "text_encoder not found: the model folder is incomplete",
     "no-weights": "model.safetensors not found: the model folder is incomplete",
+    "no-tokenizer-json": "text_encoder/tokenizer.json not found: the model folder is incomplete",
+    "no-tokenizer-config": "text_encoder/tokenizer_config.json not found: the model folder is incomplete",
+    "no-processor": "processor.json not found: the model folder is incomplete",
 }
 
 
@@ -279,6 +285,8 @@ def test_broken_model_folders_name_the_file(model_dir, clip, tmp_path):
     # and on the command line, one line and no traceback
     one_clear_line(run_cli("analyze", clip, "--model", tmp_path / "truncated", "--transcript", transcript),
                    "truncated/model.safetensors: not a readable safetensors file")
+    one_clear_line(run_cli("analyze", clip, "--model", tmp_path / "no-tokenizer-json", "--transcript", transcript),
+                   "no-tokenizer-json/text_encoder/tokenizer.json not found: the model folder is incomplete")
     one_clear_line(run_cli("analyze", clip, "--model", model_dir.parent, "--transcript", transcript),
                    f"did you mean {model_dir}?")
     one_clear_line(run_cli("analyze", tmp_path, "--model", model_dir, "--transcript", transcript), "a folder, not a media file")
