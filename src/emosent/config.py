@@ -332,6 +332,11 @@ class ServeConfig:
     workers: int = field(default=1, metadata=option("analyses at once, sharing one loaded model", COUNT))
     batch_size: int = field(default=8, metadata=option("segments per forward pass", COUNT))
     device: str = field(default="auto", metadata=option("auto (GPU if there is one), cpu, cuda, cuda:1, ..."))
+    upload_timeout_s: float = field(default=300.0, metadata=option(
+        "seconds an upload may take to arrive; a slower one gets 408 and frees its queue place", RATE))
+    allowed_hosts: str | None = field(default=None, metadata=option(
+        "Host names the service answers to, comma-separated (*.example.org patterns; * for any), e.g. the public name "
+        "behind a proxy (default: localhost, 127.0.0.1, ::1 and the --host address; any host on 0.0.0.0 or ::)"))
     token: str | None = None
 
     def __post_init__(self):

@@ -6,6 +6,7 @@ directory (`emosent.serve.server.serve` holds a lock on it).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import importlib.util
 import json
@@ -25,6 +26,7 @@ from emosent.config import ServeConfig
 from emosent.data import MediaError, probe
 from emosent.plots import EMOTION_COLOURS, SENTIMENT_COLOURS, timeline_png
 from emosent.segments import ASR_HINT, read_segments
+from emosent.serve.guards import protect
 from emosent.serve.jobs import DONE, FAILED, Job, JobStore, is_job_id, new_job_id
 from emosent.serve.uploads import Upload, UploadError, check_declared_size, check_form_type, drain, receive
 from emosent.serve.workers import WorkerPool
@@ -42,8 +44,9 @@ FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-dat
     }}}}}}
 
 
-def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
-    """The service over one loaded `model`, keeping its jobs in `config.data_dir`."""
+def create_app(model, config: ServeConfig, *, model_name: str = "", host: str = "127.0.0.1") -> FastAPI:
+    """The service over one loaded `model`, keeping its jobs in `config.data_dir`, served on the
+    address `host` (its Host allow-list: see emosent.serve.guards)."""
     data_dir = Path(config.data_dir)
     uploads_dir = data_dir / "uploads"
     state: dict = {}
@@ -74,6 +77,7 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
     app = FastAPI(title="emosent", lifespan=lifespan,
                   description="Emotion and sentiment per utterance of a video: the same analysis as `emosent analyze`.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    protect(app, host, config.allowed_hosts)
 
     def authorized(request: Request) -> bool:
         if config.token is None:
@@ -138,7 +142,7 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
                                 headers={"Retry-After": str(wait)})
         job_id = new_job_id()
         try:
-            upload = await receive(request, uploads_dir / job_id, config.max_bytes)
+            upload = await receive_in_time(request, uploads_dir / job_id, config)
             try:
                 segments = await run_in_threadpool(check_inputs, upload, model, asr_available)
                 state["store"].add(job_id, upload.names["video"], segments)
@@ -191,6 +195,18 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
         return JSONResponse({"detail": "internal server error; see the server's log"}, 500)
 
     return app
+
+
+async def receive_in_time(request: Request, folder: Path, config: ServeConfig) -> Upload:
+    """`receive` under the upload deadline: a client that sends too slowly (or stalls) would hold
+    its queue place for as long as it liked. UploadError 408 when the deadline passes (the partial
+    upload removed: `receive` tidies up when cancelled)."""
+    try:
+        async with asyncio.timeout(config.upload_timeout_s):
+            return await receive(request, folder, config.max_bytes)
+    except TimeoutError:
+        raise UploadError(408, f"the upload took more than {config.upload_timeout_s:g} s (--upload-timeout-s); "
+                               "send it again over a faster connection, or send a smaller file") from None
 
 
 def check_inputs(upload: Upload, model, asr_available: bool) -> str:
