@@ -62,6 +62,10 @@ def clip(sample_dir):
     (["extract", "--data", "d", "--shard-rows", "0"], "argument --shard-rows: must be at least 1"),
     (["analyze", "v.mp4", "--model", "m", "--subtitles", "s.srt", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
     (["make-sample", "o", "--n-per-class", "0"], "argument --n-per-class: must be at least 1"),
+    # memory grows with the batch (issue 28: --batch-size 1000 took predict to 20.5 GB): bounded
+    (["predict", "--data", "d", "--out", "p.jsonl", "--batch-size", "1000"], "argument --batch-size: must be less than 65, got 1000"),
+    (["analyze", "v.mp4", "--subtitles", "s.srt", "--batch-size", "65"], "argument --batch-size: must be less than 65"),
+    (["serve", "--batch-size", "100"], "argument --batch-size: must be less than 65"),
 ])
 def test_options_are_checked_before_any_work(args, needle, capsys):
     from emosent.cli import main

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from emosent.builtin import load_model
 from emosent.encoders import weights_digest
+from emosent.config import BATCH
 from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
 from emosent.data.manifest import SPLITS
 from emosent.files import exclusive, write_atomically
@@ -263,8 +264,10 @@ def predict(
     started = time.perf_counter()
     data, out = Path(data), Path(out)
     model_dir = None if model is None or isinstance(model, torch.nn.Module) else Path(model)
-    if batch_size < 1 or shard_rows < 1:
-        raise ValueError(f"--batch-size and --shard-rows must be at least 1, got {batch_size} and {shard_rows}")
+    if (problem := BATCH.problem(batch_size)) is not None:
+        raise ValueError(f"--batch-size {problem}")
+    if shard_rows < 1:
+        raise ValueError(f"--shard-rows must be at least 1, got {shard_rows}")
     check_out(out, data, model_dir)
     shards_dir = parts_dir(out)
     net = model if isinstance(model, torch.nn.Module) else load_model(model_dir)  # None: the built-in model
