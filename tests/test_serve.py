@@ -11,11 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 from conftest import run_cli
 from emosent.analyze import analyze
 from emosent.model import EmotionSentimentModel
+from emosent.synthetic import write_clip
 from serving import Server, files, talk, tiny_model, wait_for
 
 TOKEN = "test-token-1234"
@@ -345,6 +347,12 @@ def test_hostile_text_files_are_422_and_file_names_are_shown_clean(open_server, 
                                     (deep, "transcript", "transcript deep.json: JSON nested too deeply")):
             answer = c.post("/v1/analyses", files=files(video, path, field=field))
             assert answer.status_code == 422 and answer.json()["detail"].startswith(needle), answer.text
+        # frames larger than 8K: refused at upload, before a frame is decoded
+        huge = write_clip(tmp_path / "huge.mp4", duration_s=0.1, fps=10, width=7696, height=4320,
+                          frame_fn=lambda i, t: np.zeros((4320, 7696, 3), np.uint8))
+        answer = c.post("/v1/analyses", files=files(huge, subtitles))
+        assert answer.status_code == 422 and answer.json()["detail"].startswith(
+            "video huge.mp4: frames of 7696x4320 pixels, more than the 7680x4320 (8K)"), answer.text
         assert open_server.leftovers() == []
         # names a client sends with quotes, tabs or a bidi override are shown without them; a CR/LF
         # ends the header line, and what follows it is no part of the name

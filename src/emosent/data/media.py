@@ -177,6 +177,8 @@ class MediaInfo:
     duration_s: float
     has_video: bool
     has_audio: bool
+    width: int = 0  # of the first video stream's frames, from the header (0: none, or not known)
+    height: int = 0
 
 
 def probe(path: str | Path) -> MediaInfo:
@@ -188,7 +190,9 @@ def probe(path: str | Path) -> MediaInfo:
         raise MediaError(path, "file not found", "check the path")
     try:
         with open_media(path) as container:
-            return MediaInfo(container_duration(container), bool(container.streams.video), bool(container.streams.audio))
+            video = container.streams.video[0].codec_context if container.streams.video else None
+            return MediaInfo(container_duration(container), video is not None, bool(container.streams.audio),
+                             video.width if video else 0, video.height if video else 0)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
 
@@ -199,9 +203,7 @@ def decode_size(path: Path, width: int, height: int, settings: ProcessorConfig,
     aspect ratio, that still gives each reader all it uses (R3D-18's transforms resize to
     `settings.frame_resize`; face crops want FACE_FRAME_LONGEST on the long side); None when the
     frames are no larger. MediaError for frames above MAX_FRAME_PIXELS, before any is decoded."""
-    if width * height > MAX_FRAME_PIXELS:
-        raise MediaError(path, f"frames of {width}x{height} pixels, more than the 7680x4320 (8K) emosent decodes",
-                         "scale the video down first, e.g. ffmpeg -i IN -vf scale=-2:1080 OUT.mp4")
+    check_frame_size(path, width, height)
     if width <= 0 or height <= 0:
         return None  # not known from the header: decoded as they come
     scale = 0.0
@@ -213,6 +215,13 @@ def decode_size(path: Path, width: int, height: int, settings: ProcessorConfig,
     if not 0.0 < scale < 1.0:  # no frames read, or none larger than needed
         return None
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def check_frame_size(path: str | Path, width: int, height: int) -> None:
+    """MediaError naming the file when its frames are larger than MAX_FRAME_PIXELS."""
+    if width * height > MAX_FRAME_PIXELS:
+        raise MediaError(path, f"frames of {width}x{height} pixels, more than the 7680x4320 (8K) emosent decodes",
+                         "scale the video down first, e.g. ffmpeg -i IN -vf scale=-2:1080 OUT.mp4")
 
 
 def rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:

@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from emosent.config import ServeConfig
 from emosent.data import MediaError, probe
+from emosent.data.media import check_frame_size
 from emosent.plots import EMOTION_COLOURS, SENTIMENT_COLOURS, timeline_png
 from emosent.segments import ASR_HINT, read_segments
 from emosent.serve.guards import protect
@@ -219,6 +220,8 @@ def check_inputs(upload: Upload, model, asr_available: bool) -> str:
         raise UploadError(415, f"video {upload.public(str(err))}; send a video file (mp4, mkv, webm, mov, ...)") from None
     try:  # analyze's own rule: the model says what it can do without (a late fusion's expert abstains)
         model.stream_warnings(name, info.has_video, info.has_audio)
+        if "video" in model.modalities:  # refused now rather than as a failed job
+            check_frame_size(name, info.width, info.height)
     except MediaError as err:
         raise UploadError(422, f"video {err}: send a file this model can read") from None
     for field in ("subtitles", "transcript"):
