@@ -189,6 +189,10 @@ def test_hostile_text_files_and_symlink_loops_on_the_command_line(model_dir, cli
     evaluated = run_cli("evaluate", "--model", model_dir, "--data", data, "--out", tmp_path / "eval", "--cache-dir", tmp_path / "cache")
     assert evaluated.returncode == 0 and "Traceback" not in evaluated.stderr, evaluated.stderr[-2000:]
     assert "skipped 1" in evaluated.stdout + evaluated.stderr, evaluated.stdout[-2000:] + evaluated.stderr[-2000:]
+    predicted = run_cli("predict", "--data", data / "test.csv", "--out", tmp_path / "p.jsonl", "--model", model_dir, "--num-workers", "0")
+    assert predicted.returncode == 0 and "Traceback" not in predicted.stderr, predicted.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["skip"] for r in rows] == ["file not found", None], rows
 
 
 @pytest.mark.parametrize("start, end", [("nan", "1"), ("0", "inf"), ("-inf", "1"), ("0", "1e999")])
