@@ -74,8 +74,8 @@ SEED = Number(int, 0, below=MAX_SEED + 1)
 RATE = Number(float, 0, above=True)  # learning rates, seconds, decibels
 PORT = Number(int, 0, below=65536)  # TCP ports; 0 picks a free one
 # Segments or rows per forward pass when predicting, analysing or serving: memory grows with it
-# (R3D-18's activations, the decoded clips of a batch), so it is bounded. 64 held predict's peak
-# RSS near 4 GB on CPU (BENCHMARKS.md); more would not be faster there.
+# (R3D-18's activations, the decoded clips of a batch), so it is bounded: predict's peak RSS at
+# 64 was 7.4 GB with an R3D-18 model and 2 loader workers, against 3.7 GB at 8 (BENCHMARKS.md).
 MAX_BATCH_SIZE = 64
 BATCH = Number(int, 1, below=MAX_BATCH_SIZE + 1)
 
