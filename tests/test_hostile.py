@@ -62,6 +62,10 @@ def clip(sample_dir):
     (["extract", "--data", "d", "--shard-rows", "0"], "argument --shard-rows: must be at least 1"),
     (["analyze", "v.mp4", "--model", "m", "--subtitles", "s.srt", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
     (["make-sample", "o", "--n-per-class", "0"], "argument --n-per-class: must be at least 1"),
+    # memory grows with the batch (issue 28: --batch-size 1000 took predict to 20.5 GB): bounded
+    (["predict", "--data", "d", "--out", "p.jsonl", "--batch-size", "1000"], "argument --batch-size: must be less than 65, got 1000"),
+    (["analyze", "v.mp4", "--subtitles", "s.srt", "--batch-size", "65"], "argument --batch-size: must be less than 65"),
+    (["serve", "--batch-size", "100"], "argument --batch-size: must be less than 65"),
 ])
 def test_options_are_checked_before_any_work(args, needle, capsys):
     from emosent.cli import main
@@ -149,6 +153,66 @@ def test_transcripts_with_wrong_types_are_refused(items, needle, tmp_path):
     assert str(err.value).startswith(f"{path}: ") and needle in str(err.value) and "\n" not in str(err.value)
 
 
+# Text files built to break a parser: one line naming the file, never an OverflowError or a
+# RecursionError (the service's answer to the same files is in tests/test_serve.py)
+HOSTILE_TEXT = [
+    ("overflow.srt", "1\n99999999999:00:00,000 --> 99999999999:00:01,000\nhello\n", "a timestamp too large"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize("name, text, needle", HOSTILE_TEXT)
+def test_hostile_subtitles_and_transcripts_are_one_line(name, text, needle, tmp_path):
+    from emosent.segments import read_segments
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        read_segments(path)
+    assert str(err.value).startswith(f"{path}: {needle}") and "\n" not in str(err.value)
+
+
+def test_hostile_text_files_and_symlink_loops_on_the_command_line(model_dir, clip, tmp_path):
+    for name, text, needle in HOSTILE_TEXT:
+        (tmp_path / name).write_text(text)
+        option = "--subtitles" if name.endswith(".srt") else "--transcript"
+        one_clear_line(run_cli("analyze", clip, "--model", model_dir, option, tmp_path / name), f"{name}: {needle}")
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(tmp_path / "back.mp4")
+    (tmp_path / "back.mp4").symlink_to(loop)
+    one_clear_line(run_cli("analyze", loop, "--model", model_dir, "--transcript", tmp_path / "deep.json"), "loop.mp4: file not found")
+    # train and evaluate: a row naming the loop is a clip that cannot be read, skipped and counted
+    data = user_csv(tmp_path / "data", {"train": [(str(loop), "hello")], "dev": [(str(loop), "hello")],
+                                        "test": [(str(loop), "hello"), (str(clip), "hi")]})
+    one_clear_line(run_cli("train", "--data", data, "--out", tmp_path / "run", *FAST, "--cache-dir", tmp_path / "cache"),
+                   "no usable clip in the train split", "loop.mp4")
+    evaluated = run_cli("evaluate", "--model", model_dir, "--data", data, "--out", tmp_path / "eval", "--cache-dir", tmp_path / "cache")
+    assert evaluated.returncode == 0 and "Traceback" not in evaluated.stderr, evaluated.stderr[-2000:]
+    assert "skipped 1" in evaluated.stdout + evaluated.stderr, evaluated.stdout[-2000:] + evaluated.stderr[-2000:]
+    predicted = run_cli("predict", "--data", data / "test.csv", "--out", tmp_path / "p.jsonl", "--model", model_dir, "--num-workers", "0")
+    assert predicted.returncode == 0 and "Traceback" not in predicted.stderr, predicted.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["skip"] for r in rows] == ["file not found", None], rows
+
+
+@pytest.mark.parametrize("start, end", [("nan", "1"), ("0", "inf"), ("-inf", "1"), ("0", "1e999")])
+def test_manifest_times_must_be_finite(start, end, tmp_path):
+    from emosent.data import read_manifest
+
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(f"path,text,start,end\na.mp4,fine,0,1\nb.mp4,hello,{start},{end}\n")
+    with pytest.raises(ValueError) as err:
+        read_manifest(manifest, None, labels=False)
+    assert f"{manifest}:3: start/end must be a finite number of seconds" in str(err.value)
+
+
+def test_a_manifest_with_nan_times_is_one_line_in_predict(model_dir, tmp_path):
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("path,text,start,end\na.mp4,hello,nan,1\n")
+    one_clear_line(run_cli("predict", "--data", manifest, "--out", tmp_path / "p.jsonl", "--model", model_dir),
+                   "rows.csv:2: start/end must be a finite number of seconds", "got 'nan'")
+
+
 def test_a_nan_transcript_fails_on_the_command_line_and_writes_nothing(model_dir, clip, tmp_path):
     transcript = tmp_path / "t.json"
     transcript.write_text('[{"start": NaN, "end": 1, "text": "a"}]')
@@ -196,6 +260,9 @@ def broken_copies(model_dir, root):
         copy("other-width", edit_config(lambda c: c.update(fusion_dim=128))),
         copy("invalid-json", lambda f: (f / "config.json").write_text('{"model_config": {')),
         copy("no-tokenizer", lambda f: shutil.rmtree(f / "text_encoder")),
+        copy("no-tokenizer-json", lambda f: (f / "text_encoder" / "tokenizer.json").unlink()),
+        copy("no-tokenizer-config", lambda f: (f / "text_encoder" / "tokenizer_config.json").unlink()),
+        copy("no-processor", lambda f: (f / "processor.json").unlink()),
         copy("no-weights", lambda f: (f / "model.safetensors").unlink()),
     ]
 
@@ -210,6 +277,9 @@ EXPECTED = {
     "invalid-json": "config.json: not valid JSON",
     "no-tokenizer": "text_encoder not found: the model folder is incomplete",
     "no-weights": "model.safetensors not found: the model folder is incomplete",
+    "no-tokenizer-json": "text_encoder/tokenizer.json not found: the model folder is incomplete",
+    "no-tokenizer-config": "text_encoder/tokenizer_config.json not found: the model folder is incomplete",
+    "no-processor": "processor.json not found: the model folder is incomplete",
 }
 
 
@@ -223,6 +293,8 @@ def test_broken_model_folders_name_the_file(model_dir, clip, tmp_path):
     # and on the command line, one line and no traceback
     one_clear_line(run_cli("analyze", clip, "--model", tmp_path / "truncated", "--transcript", transcript),
                    "truncated/model.safetensors: not a readable safetensors file")
+    one_clear_line(run_cli("analyze", clip, "--model", tmp_path / "no-tokenizer-json", "--transcript", transcript),
+                   "no-tokenizer-json/text_encoder/tokenizer.json not found: the model folder is incomplete")
     one_clear_line(run_cli("analyze", clip, "--model", model_dir.parent, "--transcript", transcript),
                    f"did you mean {model_dir}?")
     one_clear_line(run_cli("analyze", tmp_path, "--model", model_dir, "--transcript", transcript), "a folder, not a media file")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
@@ -404,8 +406,44 @@ def test_a_transport_stream_seeks_again_from_the_keyframe_before(tmp_path, monke
 
     asked = []
     plain_frames = media.plain_frames
-    monkeypatch.setattr(media, "plain_frames", lambda path, wanted: asked.append(wanted) or plain_frames(path, wanted))
+    monkeypatch.setattr(media, "plain_frames", lambda path, wanted, *size: asked.append(wanted) or plain_frames(path, wanted, *size))
     path = write_media(tmp_path / "talk.ts", "mpegts", "mpeg2video", None, seconds=2.0)
     load_clip(path, modalities=("frames",))
     keyframes = [pts for pts, key in media.frame_index(path) if key]
     assert len(keyframes) >= 8 and asked and all(pts < keyframes[1] for pts in set().union(*asked)), (keyframes, asked)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame size (issue 28: ten 7680x4320 frames took analyze past 9 GB): scaled down by FFmpeg as
+# they are decoded, to what each reader uses; larger than 8K refused before decoding
+
+@pytest.mark.parametrize("width, height, modalities, expected", [
+    (160, 120, ("video",), None),  # smaller than R3D-18's 171x128: as decoded
+    (1280, 720, ("video",), (228, 128)),  # covers 171x128, the aspect kept
+    (720, 1280, ("video",), (171, 304)),  # portrait
+    (7680, 4320, ("video",), (228, 128)),
+    (1280, 720, ("frames",), (1024, 576)),  # faces: 1024 on the long side
+    (640, 480, ("frames",), None),
+    (7680, 4320, ("video", "frames"), (1024, 576)),  # both: the larger need
+    (7680, 4320, ("audio",), None),
+])
+def test_decode_size_is_what_the_readers_use(width, height, modalities, expected):
+    from emosent.data.media import decode_size
+
+    assert decode_size(Path("v.mp4"), width, height, DEFAULT, modalities) == expected
+
+
+def test_large_frames_are_scaled_as_decoded_and_more_than_8k_refused(tmp_path):
+    from emosent.synthetic import write_clip
+
+    big = write_clip(tmp_path / "big.mp4", duration_s=0.4, fps=10, width=2048, height=1152,
+                     frame_fn=lambda i, t: np.full((1152, 2048, 3), 40 * i, np.uint8))
+    clip = load_clip(big, modalities=("video", "frames"))
+    assert clip.frames.shape == (16, 576, 1024, 3) and clip.video.shape == VIDEO_SHAPE
+    greys = sorted(set(clip.frames[:, 300, 500, 0].tolist()))  # solid greys survive the scaler (YUV rounds them)
+    assert np.allclose(greys, [0, 40, 80, 120], atol=3), greys
+    huge = write_clip(tmp_path / "huge.mp4", duration_s=0.1, fps=10, width=7696, height=4320,
+                      frame_fn=lambda i, t: np.zeros((4320, 7696, 3), np.uint8))
+    with pytest.raises(MediaError, match=r"huge.mp4: frames of 7696x4320 pixels, more than the 7680x4320 \(8K\)"):
+        load_clip(huge, modalities=("video",))
+    assert load_clip(huge, modalities=("audio",)).video is None  # the refusal is about decoding frames

@@ -11,11 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 from conftest import run_cli
 from emosent.analyze import analyze
 from emosent.model import EmotionSentimentModel
+from emosent.synthetic import write_clip
 from serving import Server, files, talk, tiny_model, wait_for
 
 TOKEN = "test-token-1234"
@@ -263,3 +265,125 @@ def test_restart_with_a_job_in_flight(model_dir, tmp_path):
         assert sorted(p.stem for p in (data / "results").iterdir()) == [finished["id"]] * 2  # .json and .png
     finally:
         second.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile clients (issue 28): other sites' pages, DNS rebinding, slow uploads, hostile text files
+# and file names. A token-less loopback server: the default, and the one a web page can reach.
+
+UPLOAD_TIMEOUT_S = 3
+
+
+@pytest.fixture(scope="module")
+def open_server(model_dir, tmp_path_factory):
+    running = Server(model_dir, tmp_path_factory.mktemp("open") / "data", "--queue-size", "1",
+                     "--upload-timeout-s", str(UPLOAD_TIMEOUT_S)).start()
+    yield running
+    running.stop()
+
+
+def test_other_sites_cannot_submit_or_delete_and_rebinding_hosts_are_refused(open_server, clip):
+    video, subtitles = clip
+    own = open_server.url
+    with httpx.Client(base_url=own, timeout=60) as c:
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Origin": f"http://localhost:{open_server.port + 1}"},  # another port is another site
+                        {"Referer": "https://evil.example/page.html"}):
+            answer = c.post("/v1/analyses", files=files(video, subtitles), headers=headers)
+            assert answer.status_code == 403 and "cross-site request refused" in answer.json()["detail"], (headers, answer.text)
+        assert open_server.leftovers() == [] and not list((open_server.data_dir / "results").iterdir())
+        # the server's own page (fetch sends its Origin), and a client without one, are served
+        for headers in ({"Origin": own}, {"Referer": f"{own}/"}, {}):
+            answer = c.post("/v1/analyses", files=files(video, subtitles), headers=headers)
+            assert answer.status_code == 202, (headers, answer.text)
+            job_id = answer.json()["id"]
+            assert wait_for(c, job_id)["status"] == "done"
+            refused = c.delete(f"/v1/analyses/{job_id}", headers={"Origin": "https://evil.example"})
+            assert refused.status_code == 403 and c.get(f"/v1/analyses/{job_id}").status_code == 200
+            assert c.delete(f"/v1/analyses/{job_id}", headers=headers).status_code == 204
+        # DNS rebinding: evil.example resolving to 127.0.0.1 sends its own name as the Host
+        for path in ("/v1/info", "/"):
+            assert c.get(path, headers={"Host": "evil.example"}).status_code == 400
+            assert c.get(path, headers={"Host": f"evil.example:{open_server.port}"}).status_code == 400
+            assert c.get(path, headers={"Host": f"localhost:{open_server.port}"}).status_code == 200
+        posted = c.post("/v1/analyses", files=files(video, subtitles), headers={"Host": "evil.example", "Origin": "http://evil.example"})
+        assert posted.status_code == 400 and open_server.leftovers() == []
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_queue_place(open_server, clip):
+    video, subtitles = clip
+    with httpx.Client(base_url=open_server.url, timeout=60) as c:
+        slow = socket.create_connection(("127.0.0.1", open_server.port), timeout=30)
+        slow.sendall(f"POST /v1/analyses HTTP/1.1\r\nHost: 127.0.0.1:{open_server.port}\r\n"
+                     f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 900000\r\n\r\n".encode()
+                     + part_head() + b"\0" * 1000)
+        started = time.monotonic()
+        try:
+            # the only queue place is the stalled upload's: others are told to come back
+            deadline = started + 30
+            while not open_server.leftovers():
+                assert time.monotonic() < deadline, "the slow upload never started"
+                time.sleep(0.05)
+            assert c.post("/v1/analyses", files=files(video, subtitles)).status_code == 503
+            status, body = read_answer(slow)
+            assert status == 408 and f"more than {UPLOAD_TIMEOUT_S} s (--upload-timeout-s)" in body["detail"]
+            assert time.monotonic() - started < UPLOAD_TIMEOUT_S + 15
+        finally:
+            slow.close()
+        assert open_server.leftovers() == []
+        answer = c.post("/v1/analyses", files=files(video, subtitles))
+        assert answer.status_code == 202, answer.text
+        assert wait_for(c, answer.json()["id"])["status"] == "done"
+
+
+def test_hostile_text_files_are_422_and_file_names_are_shown_clean(open_server, clip, tmp_path):
+    video, subtitles = clip
+    overflow = tmp_path / "overflow.srt"
+    overflow.write_text("1\n99999999999:00:00,000 --> 99999999999:00:01,000\nhello\n")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with httpx.Client(base_url=open_server.url, timeout=60) as c:
+        for path, field, needle in ((overflow, "subtitles", "subtitles overflow.srt: a timestamp too large"),
+                                    (deep, "transcript", "transcript deep.json: JSON nested too deeply")):
+            answer = c.post("/v1/analyses", files=files(video, path, field=field))
+            assert answer.status_code == 422 and answer.json()["detail"].startswith(needle), answer.text
+        # frames larger than 8K: refused at upload, before a frame is decoded
+        huge = write_clip(tmp_path / "huge.mp4", duration_s=0.1, fps=10, width=7696, height=4320,
+                          frame_fn=lambda i, t: np.zeros((4320, 7696, 3), np.uint8))
+        answer = c.post("/v1/analyses", files=files(huge, subtitles))
+        assert answer.status_code == 422 and answer.json()["detail"].startswith(
+            "video huge.mp4: frames of 7696x4320 pixels, more than the 7680x4320 (8K)"), answer.text
+        assert open_server.leftovers() == []
+        # names a client sends with quotes, tabs or a bidi override are shown without them; a CR/LF
+        # ends the header line, and what follows it is no part of the name
+        for sent, shown in (('evil"name.mp4', "evilname.mp4"), ("a\r\nX-Injected: 1.mp4", "a"),
+                            ("tab\there\u202e.mp4", "tabhere.mp4"), ('"""', "the video upload")):
+            head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="video"; filename="'.encode()
+                    + sent.replace('"', '\\"').encode() + b'"\r\nContent-Type: video/mp4\r\n\r\n')
+            body = (head + video.read_bytes() + f"\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"subtitles\"; "
+                    f"filename=\"talk.srt\"\r\n\r\n".encode() + subtitles.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode())
+            answer = c.post("/v1/analyses", content=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+            assert answer.status_code == 202, (sent, answer.text)
+            assert answer.json()["video"] == shown, (sent, answer.json()["video"])
+            done = wait_for(c, answer.json()["id"])
+            assert done["status"] == "done" and done["result"]["video"] == shown
+            assert c.delete(f"/v1/analyses/{done['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("bound, allowed, expected", [
+    ("127.0.0.1", None, ["localhost", "127.0.0.1", "[::1]"]),
+    ("::1", None, ["localhost", "127.0.0.1", "[::1]"]),
+    ("192.168.1.5", None, ["localhost", "127.0.0.1", "[::1]", "192.168.1.5"]),
+    ("0.0.0.0", None, ["*"]),
+    ("0.0.0.0", "emosent.example.org, *.example.org", ["emosent.example.org", "*.example.org"]),
+])
+def test_the_host_allow_list(bound, allowed, expected):
+    from emosent.serve.guards import allowed_hosts
+
+    assert allowed_hosts(bound, allowed) == expected
+
+
+def test_bad_allowed_hosts_are_one_line_at_startup(model_dir, tmp_path):
+    for value, needle in ((" , ", "--allowed-hosts: empty"), ("a*.example.org", "not a host name or a pattern")):
+        result = run_cli("serve", "--model", model_dir, "--data-dir", tmp_path / "d", "--allowed-hosts", value)
+        assert result.returncode == 2 and needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from emosent.config import COUNT, DEFAULT_LR, DESIGN_LR_AUDIO, MODALITIES, PORT, TRAIN_CONV_LR_AUDIO, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, ServeConfig, TrainConfig, default_of
+from emosent.config import BATCH, COUNT, MAX_BATCH_SIZE, DEFAULT_LR, DESIGN_LR_AUDIO, MODALITIES, PORT, TRAIN_CONV_LR_AUDIO, RATE, SEED, WORKERS, Launch, ModelConfig, ProcessorConfig, ServeConfig, TrainConfig, default_of
 from emosent.encoders import FINETUNE_LR_TEXT, TEXT_ENCODERS, WeightsUnavailableError
 from emosent.files import LockedError
 from emosent.signals import received, stop_on_signals
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "faster-whisper downloads once (tiny, small, large-v3, ...) or a local CTranslate2 folder")
     p.add_argument("--out", type=Path, help="result JSON (default: printed to stdout)")
     p.add_argument("--plot", type=Path, help="timeline PNG")
-    p.add_argument("--batch-size", type=COUNT, default=8)
+    p.add_argument("--batch-size", type=BATCH, default=8, help=f"segments per forward pass (at most {MAX_BATCH_SIZE}: memory grows with it)")
     p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
     p.set_defaults(run=cmd_analyze)
 
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="model directory (RUN_DIR/model); default: the built-in model")
     p.add_argument("--split", default=None, choices=("train", "dev", "test"),
                    help="with a manifest folder: one split (default: every split present)")
-    p.add_argument("--batch-size", type=COUNT, default=8)
+    p.add_argument("--batch-size", type=BATCH, default=8, help=f"rows per forward pass (at most {MAX_BATCH_SIZE}: memory grows with it)")
     p.add_argument("--num-workers", type=WORKERS, default=2,
                    help="processes that read clips (decoding, face detection) beside the model (default 2)")
     p.add_argument("--shard-rows", type=COUNT, default=64, help="rows per shard: the unit of resuming and of splitting work")

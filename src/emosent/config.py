@@ -73,6 +73,11 @@ WORKERS = Number(int, 0)
 SEED = Number(int, 0, below=MAX_SEED + 1)
 RATE = Number(float, 0, above=True)  # learning rates, seconds, decibels
 PORT = Number(int, 0, below=65536)  # TCP ports; 0 picks a free one
+# Segments or rows per forward pass when predicting, analysing or serving: memory grows with it
+# (R3D-18's activations, the decoded clips of a batch), so it is bounded: predict's peak RSS at
+# 64 was 7.4 GB with an R3D-18 model and 2 loader workers, against 3.7 GB at 8 (BENCHMARKS.md).
+MAX_BATCH_SIZE = 64
+BATCH = Number(int, 1, below=MAX_BATCH_SIZE + 1)
 
 
 def option(help: str, type: Number | None = None, choices: tuple | None = None) -> dict:
@@ -330,8 +335,13 @@ class ServeConfig:
     max_upload_mb: float = field(default=500.0, metadata=option("largest request, video and subtitles together, in MB", RATE))
     queue_size: int = field(default=16, metadata=option("jobs that may wait beyond those running; more are refused with 503", COUNT))
     workers: int = field(default=1, metadata=option("analyses at once, sharing one loaded model", COUNT))
-    batch_size: int = field(default=8, metadata=option("segments per forward pass", COUNT))
+    batch_size: int = field(default=8, metadata=option(f"segments per forward pass (at most {MAX_BATCH_SIZE})", BATCH))
     device: str = field(default="auto", metadata=option("auto (GPU if there is one), cpu, cuda, cuda:1, ..."))
+    upload_timeout_s: float = field(default=300.0, metadata=option(
+        "seconds an upload may take to arrive; a slower one gets 408 and frees its queue place", RATE))
+    allowed_hosts: str | None = field(default=None, metadata=option(
+        "Host names the service answers to, comma-separated (*.example.org patterns; * for any), e.g. the public name "
+        "behind a proxy (default: localhost, 127.0.0.1, ::1 and the --host address; any host on 0.0.0.0 or ::)"))
     token: str | None = None
 
     def __post_init__(self):

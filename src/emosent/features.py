@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,9 @@ def fingerprint(model: EmotionSentimentModel, records: list[Utterance], weights:
     for r in records:
         row = [model.processor.text_input(r) if "text" in modalities else None]
         if media:
-            # resolved: `--data meld` and `--data /abs/meld` are the same rows
-            row += [str(r.path.resolve()) if r.path else None, r.start, r.end, file_stamp(r.path)]
+            # resolved: `--data meld` and `--data /abs/meld` are the same rows. os.path.realpath, not
+            # Path.resolve: a symlink loop is a clip the processor skips, not a RuntimeError here
+            row += [os.path.realpath(r.path) if r.path else None, r.start, r.end, file_stamp(r.path)]
         h.update(json.dumps(row).encode())
     return h.hexdigest()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from torch.utils.data import Dataset
 
 from emosent.builtin import load_model
 from emosent.encoders import weights_digest
+from emosent.config import BATCH
 from emosent.data import MediaError, SkipCounter, Utterance, probe, read_manifest
 from emosent.data.manifest import SPLITS
 from emosent.files import exclusive, write_atomically
@@ -123,7 +125,7 @@ def transcribed(video: Path, asr_model: str, asr_dir: Path) -> list:
     from emosent.segments import Segment
 
     stat = video.stat()
-    key = hashlib.sha256(json.dumps([str(video.resolve()), stat.st_size, stat.st_mtime_ns, asr_model]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([os.path.realpath(video), stat.st_size, stat.st_mtime_ns, asr_model]).encode()).hexdigest()[:24]
     path = asr_dir / f"{key}.json"
     with exclusive(asr_dir / f"{key}.lock", wait=True, holder=str(path)):
         if not path.is_file():
@@ -262,8 +264,10 @@ def predict(
     started = time.perf_counter()
     data, out = Path(data), Path(out)
     model_dir = None if model is None or isinstance(model, torch.nn.Module) else Path(model)
-    if batch_size < 1 or shard_rows < 1:
-        raise ValueError(f"--batch-size and --shard-rows must be at least 1, got {batch_size} and {shard_rows}")
+    if (problem := BATCH.problem(batch_size)) is not None:
+        raise ValueError(f"--batch-size {problem}")
+    if shard_rows < 1:
+        raise ValueError(f"--shard-rows must be at least 1, got {shard_rows}")
     check_out(out, data, model_dir)
     shards_dir = parts_dir(out)
     net = model if isinstance(model, torch.nn.Module) else load_model(model_dir)  # None: the built-in model

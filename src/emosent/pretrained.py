@@ -38,6 +38,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PROCESSOR_FILE = "processor.json"  # the processor's settings (see emosent.processor)
 TOKENIZER_DIR = "text_encoder"  # the tokenizer's files (and the text backbone's config)
+# What a saved (fast) tokenizer needs: without tokenizer.json transformers still builds one, with
+# an empty vocabulary that reads every word as [UNK] and changes every answer without a warning.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 FOLDER_FORMAT = 3  # 3: "model_type" in config.json; 2: processor.json beside it; 1: everything in one file
 LEGACY_FUSION_FILE = "fusion.json"  # emosent 0.1's late-fusion folder
 MODEL_TYPES: dict[str, type[PretrainedModel]] = {}
@@ -175,6 +178,15 @@ def read_model_config(directory: Path) -> tuple[ModelConfig, dict]:
     if not (directory / PROCESSOR_FILE).is_file() and "format" in meta:
         raise FileNotFoundError(f"{directory / PROCESSOR_FILE} not found: the model folder is incomplete; copy the whole folder")
     return ModelConfig.from_dict(fields, f"{config_path}: model_config"), meta
+
+
+def require_parts(directory: Path, *names: str) -> None:
+    """FileNotFoundError naming the first of `names` (paths inside the model folder `directory`)
+    that is missing: a folder that lost a part fails at load, not with silently different answers."""
+    for name in names:
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory / name} not found: the model folder is incomplete; "
+                                    "copy the whole folder written by emosent")
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:

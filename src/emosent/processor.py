@@ -20,7 +20,7 @@ from emosent.data.manifest import Utterance
 from emosent.data.faces import FACE_SIZE, RGB_CROP_SIZE, crop_faces, no_faces
 from emosent.data.media import AUDIO_INPUTS, MEDIA_MODALITIES, MediaError, load_clip
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.pretrained import PROCESSOR_FILE, TOKENIZER_DIR
+from emosent.pretrained import PROCESSOR_FILE, TOKENIZER_DIR, TOKENIZER_FILES, require_parts
 from emosent.registry import encoder_spec
 
 
@@ -209,6 +209,7 @@ class Processor:
 def read_processor_config(directory: Path) -> ProcessorConfig:
     """The checked ProcessorConfig of a model folder's processor.json."""
     path = directory / PROCESSOR_FILE
+    require_parts(directory, PROCESSOR_FILE)
     meta = read_json_object(path, "processor_config")
     return ProcessorConfig.from_dict(meta["processor_config"], f"{path}: processor_config")
 
@@ -217,8 +218,7 @@ def load_tokenizer(directory: Path):
     from transformers import AutoTokenizer
 
     path = directory / TOKENIZER_DIR
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: the model folder is incomplete; copy the whole folder written by emosent train")
+    require_parts(directory, TOKENIZER_DIR, *(f"{TOKENIZER_DIR}/{name}" for name in TOKENIZER_FILES))
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:

@@ -100,6 +100,9 @@ def parse_srt(path: Path, text: str) -> list[Segment]:
         line = text.count("\n", 0, err.expected_start) + 1  # where the unmatched content begins
         raise SegmentsError(f"{path}: not a valid SRT file at line {line} ({err}); expected numbered cues with "
                             "'HH:MM:SS,mmm --> HH:MM:SS,mmm' lines") from None
+    except OverflowError:  # srt builds a timedelta from the digits: 99999999999 hours is past its range
+        raise SegmentsError(f"{path}: a timestamp too large to be a time in a video; expected "
+                            "'HH:MM:SS,mmm --> HH:MM:SS,mmm' lines") from None
     if not cues:
         raise SegmentsError(f"{path}: no subtitle cues found")
     return [Segment(c.start.total_seconds(), c.end.total_seconds(), clean(html.unescape(strip_tags(c.content)))) for c in cues]
@@ -144,6 +147,8 @@ def parse_transcript(path: Path, text: str) -> list[Segment]:
         items = json.loads(text)
     except json.JSONDecodeError as err:
         raise SegmentsError(f"{path}: not valid JSON ({err}); expected {TRANSCRIPT_SHAPE}") from None
+    except RecursionError:  # json's decoder recurses once per bracket: 100,000 nested lists end here
+        raise SegmentsError(f"{path}: JSON nested too deeply to be a transcript; expected {TRANSCRIPT_SHAPE}") from None
     if not isinstance(items, list):
         raise SegmentsError(f"{path}: expected a JSON list {TRANSCRIPT_SHAPE}, got a {type(items).__name__}")
     if not items:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -156,10 +157,13 @@ def label_of(row: dict[str, str], column: str) -> str:
 
 def parse_number(csv_path: Path, line: int, value: str, column: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise ManifestError(f"{csv_path}:{line}: {column} must be a number (the utterance's place in its dialogue), "
-                            f"got {value!r}") from None
+        number = math.nan
+    if not math.isfinite(number):  # a NaN would sort anywhere
+        raise ManifestError(f"{csv_path}:{line}: {column} must be a finite number (the utterance's place in its dialogue), "
+                            f"got {value!r}")
+    return number
 
 
 def repair_text(text: str) -> str:
@@ -214,6 +218,8 @@ def parse_seconds(csv_path: Path, line: int, value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         raise ManifestError(f"{csv_path}:{line}: start/end must be seconds (e.g. 12.5), got {value!r}") from None
+    if not math.isfinite(seconds):  # float() reads "nan", "inf", "1e999"
+        raise ManifestError(f"{csv_path}:{line}: start/end must be a finite number of seconds (e.g. 12.5), got {value!r}")
     if seconds < 0:
         raise ManifestError(f"{csv_path}:{line}: start/end must be >= 0, got {value!r}")
     return seconds

@@ -78,6 +78,14 @@ OPEN_OPTIONS = {
     # and nothing but a local file is opened, whatever a demuxer asks for
     "protocol_whitelist": "file",
 }
+# Frames larger than 8K UHD are refused before decoding: one 7680x4320 RGB frame is 100 MB, and
+# FFmpeg's frame threads hold several at once. Frames up to it are scaled down as they are decoded
+# (FFmpeg's scaler, see decode_size), so what stays in memory is what the model reads.
+MAX_FRAME_PIXELS = 7680 * 4320
+# Face crops (emosent.data.faces): the smallest face found is 1/8 of the frame's long side
+# (MIN_FACE_SHARE) and is sampled at 2 x 64 px (twice FACE_SIZE): a long side of 1024 px gives
+# such a face all the pixels its crop reads. Larger frames only cost memory.
+FACE_FRAME_LONGEST = 1024
 NOT_READ_HINT = ("emosent reads one audio or video file (mp4, mov, mkv, webm, avi, flv, mpg, ts, ogg, wav, mp3, "
                  "aac, flac, ...), never the files a playlist (.m3u8, .mpd) or list names: join them into one file first")
 
@@ -96,7 +104,7 @@ SILENT_PEAK = 10 ** (-60 / 20)  # -60 dBFS: a segment whose loudest sample is be
 @dataclass
 class Clip:
     """video: (T, 3, S, S) float (S: frame_size), or None if not requested.
-    frames: (T, H, W, 3) uint8 RGB as decoded (for face crops), or None if not requested.
+    frames: (T, H, W, 3) uint8 RGB as decoded and scaled down (decode_size; for face crops), or None if not requested.
     audio: (1, M, F) float log-mel, or None if not requested; has_audio is False without an audio stream
     and where the segment is silence (peak below SILENT_PEAK).
     audio_frames: how many of the F spectrogram frames come from real audio (the rest is padding)."""
@@ -155,7 +163,8 @@ def load_clip(
                     raise MediaError(path, "no video stream", "use a video file, or leave out the video modality")
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads: the same frames, decoded on every core
-                frames = read_frames(container, stream, start, end, settings.num_frames, path)
+                size = decode_size(path, stream.codec_context.width, stream.codec_context.height, settings, modalities)
+                frames = read_frames(container, stream, start, end, settings.num_frames, path, size)
                 video = transform_frames(frames, settings) if "video" in modalities else None
             if audio_input := next((m for m in modalities if m in AUDIO_INPUTS), None):
                 samples = read_audio(container, start, end, settings) if has_audio else np.zeros(0, np.float32)
@@ -173,6 +182,8 @@ class MediaInfo:
     duration_s: float
     has_video: bool
     has_audio: bool
+    width: int = 0  # of the first video stream's frames, from the header (0: none, or not known)
+    height: int = 0
 
 
 def probe(path: str | Path) -> MediaInfo:
@@ -184,9 +195,45 @@ def probe(path: str | Path) -> MediaInfo:
         raise MediaError(path, "file not found", "check the path")
     try:
         with open_media(path) as container:
-            return MediaInfo(container_duration(container), bool(container.streams.video), bool(container.streams.audio))
+            video = container.streams.video[0].codec_context if container.streams.video else None
+            return MediaInfo(container_duration(container), video is not None, bool(container.streams.audio),
+                             video.width if video else 0, video.height if video else 0)
     except av.FFmpegError as err:
         raise MediaError(path, "not a readable media file", f"truncated, corrupt, or not audio/video: {err}") from None
+
+
+def decode_size(path: Path, width: int, height: int, settings: ProcessorConfig,
+                modalities: tuple[str, ...]) -> tuple[int, int] | None:
+    """(width, height) that FFmpeg's scaler turns each decoded frame into: the smallest, keeping the
+    aspect ratio, that still gives each reader all it uses (R3D-18's transforms resize to
+    `settings.frame_resize`; face crops want FACE_FRAME_LONGEST on the long side); None when the
+    frames are no larger. MediaError for frames above MAX_FRAME_PIXELS, before any is decoded."""
+    check_frame_size(path, width, height)
+    if width <= 0 or height <= 0:
+        return None  # not known from the header: decoded as they come
+    scale = 0.0
+    if "video" in modalities:
+        resize_h, resize_w = settings.frame_resize
+        scale = max(scale, resize_h / height, resize_w / width)
+    if "frames" in modalities:
+        scale = max(scale, max(FACE_FRAME_LONGEST, settings.face_detect_size) / max(width, height))
+    if not 0.0 < scale < 1.0:  # no frames read, or none larger than needed
+        return None
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def check_frame_size(path: str | Path, width: int, height: int) -> None:
+    """MediaError naming the file when its frames are larger than MAX_FRAME_PIXELS."""
+    if width * height > MAX_FRAME_PIXELS:
+        raise MediaError(path, f"frames of {width}x{height} pixels, more than the 7680x4320 (8K) emosent decodes",
+                         "scale the video down first, e.g. ffmpeg -i IN -vf scale=-2:1080 OUT.mp4")
+
+
+def rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a decoded frame, scaled by FFmpeg (area averaging) to `size` (W, H)."""
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
 
 
 def container_duration(container: av.container.InputContainer) -> float:
@@ -196,8 +243,10 @@ def container_duration(container: av.container.InputContainer) -> float:
     return max(durations, default=0.0)
 
 
-def read_frames(container, stream, start: float | None, end: float | None, n: int, path: Path) -> np.ndarray:
-    """(n, H, W, 3) uint8 RGB frames at n uniform positions over [start, end]; short clips repeat frames."""
+def read_frames(container, stream, start: float | None, end: float | None, n: int, path: Path,
+                size: tuple[int, int] | None = None) -> np.ndarray:
+    """(n, H, W, 3) uint8 RGB frames at n uniform positions over [start, end], scaled to `size`
+    (W, H; None: as decoded); short clips repeat frames."""
     index = frame_index(path)  # (pts, is_keyframe) in presentation order
     times = np.array([p for p, _ in index], dtype=np.float64) * float(stream.time_base)
     lo = -np.inf if start is None else start
@@ -211,9 +260,9 @@ def read_frames(container, stream, start: float | None, end: float | None, n: in
     picks = in_range[pick_frames([index[i][1] for i in in_range], n)]
     wanted_pts = {index[i][0] for i in picks}
     if container.format.name in LINEAR_FORMATS:
-        decoded = plain_frames(path, wanted_pts)
+        decoded = plain_frames(path, wanted_pts, size)
     else:
-        decoded = decode_pts(container, stream, index, wanted_pts, path)
+        decoded = decode_pts(container, stream, index, wanted_pts, path, size)
     return np.stack([decoded[index[i][0]] for i in picks])
 
 
@@ -263,7 +312,8 @@ def demux_index(path: str, size: int, mtime_ns: int) -> tuple[tuple[int, bool], 
         return tuple(sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size))
 
 
-def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: set[int], path: Path) -> dict[int, np.ndarray]:
+def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: set[int], path: Path,
+               size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """Decode just the groups of pictures that hold `wanted` frames: seek to each one's keyframe,
     decode up to its last wanted frame. Groups are independent, so with several of them each core
     decodes its share on a decoder of its own (opened on the same file); the frames are the same
@@ -274,22 +324,22 @@ def decode_pts(container, stream, index: tuple[tuple[int, bool], ...], wanted: s
     shares = balanced_shares(groups, min(len(groups), usable_cores()))
     frames: dict[int, np.ndarray] = {}
     if len(shares) == 1:
-        frames.update(decode_groups(container, stream, shares[0], wanted, keyframes))
+        frames.update(decode_groups(container, stream, shares[0], wanted, keyframes, size))
     else:
         stream.thread_type = "NONE"  # one core per decoder: threads within would only contend
         with ThreadPoolExecutor(len(shares) - 1) as pool:  # PyAV releases the GIL while decoding
-            others = [pool.submit(decode_share, path, share, wanted, keyframes) for share in shares[1:]]
-            frames.update(decode_groups(container, stream, shares[0], wanted, keyframes))
+            others = [pool.submit(decode_share, path, share, wanted, keyframes, size) for share in shares[1:]]
+            frames.update(decode_groups(container, stream, shares[0], wanted, keyframes, size))
             for other in others:
                 frames.update(other.result())
     missing = wanted - frames.keys()
     if missing:  # a group no seek reaches from its keyframe, or packets that decode to other timestamps
-        frames.update(plain_frames(path, missing))
+        frames.update(plain_frames(path, missing, size))
     return frames
 
 
 def decode_groups(container, stream, groups: list[tuple[int, list[int]]], wanted: set[int],
-                  keyframes: np.ndarray) -> dict[int, np.ndarray]:
+                  keyframes: np.ndarray, size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """The wanted frames of `groups` ((keyframe pts, its wanted pts ascending), in file order). A
     seek that lands past a group's keyframe is tried again from the keyframe before it; a group
     that neither reaches is left out."""
@@ -297,7 +347,7 @@ def decode_groups(container, stream, groups: list[tuple[int, list[int]]], wanted
     for key, group in groups:
         for target in (key, *keyframes[keyframes < key][-1:]):
             container.seek(int(target), stream=stream)
-            decoded = decode_group(container, stream, key, group[-1], wanted)
+            decoded = decode_group(container, stream, key, group[-1], wanted, size)
             if decoded is not None:
                 frames.update(decoded)
                 break
@@ -305,7 +355,8 @@ def decode_groups(container, stream, groups: list[tuple[int, list[int]]], wanted
     return frames
 
 
-def decode_group(container, stream, key: int, last: int, wanted: set[int]) -> dict[int, np.ndarray] | None:
+def decode_group(container, stream, key: int, last: int, wanted: set[int],
+                 size: tuple[int, int] | None = None) -> dict[int, np.ndarray] | None:
     """The wanted frames from keyframe `key` up to pts `last`, demuxed from where the last seek put
     the file; None when that is past the keyframe. An MPEG transport stream seeks by decoding
     timestamps, so a seek to a keyframe's presentation timestamp can land on the packet after it,
@@ -324,17 +375,18 @@ def decode_group(container, stream, key: int, last: int, wanted: set[int]) -> di
         done = False
         for frame in packet.decode():
             if frame.pts in wanted and frame.pts not in frames:
-                frames[frame.pts] = frame.to_ndarray(format="rgb24")
+                frames[frame.pts] = rgb(frame, size)
             done = done or (frame.pts is not None and frame.pts >= last)
         if done:
             break
     return frames
 
 
-def decode_share(path: Path, groups: list[tuple[int, list[int]]], wanted: set[int], keyframes: np.ndarray) -> dict[int, np.ndarray]:
+def decode_share(path: Path, groups: list[tuple[int, list[int]]], wanted: set[int], keyframes: np.ndarray,
+                 size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     with open_media(path) as container:
         stream = container.streams.video[0]
-        return decode_groups(container, stream, groups, wanted, keyframes)
+        return decode_groups(container, stream, groups, wanted, keyframes, size)
 
 
 def balanced_shares(groups: dict[int, list[int]], n: int) -> list[list[tuple[int, list[int]]]]:
@@ -369,7 +421,7 @@ def gop_groups(keyframes: np.ndarray, positions) -> dict[int, list[int]]:
     return groups
 
 
-def plain_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
+def plain_frames(path: Path, wanted: set[int], size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """For each wanted pts, the decoded frame nearest to it (the earlier one on a tie), as a plain
     decoding loop gives them: the file opened afresh and decoded from its start without seeking,
     up to the last wanted frame, keeping only the best frame so far for each (memory for
@@ -384,13 +436,13 @@ def plain_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
                 continue
             closer = [w for w in wanted if w not in best or abs(frame.pts - w) < best[w][0]]
             if closer:
-                rgb = frame.to_ndarray(format="rgb24")
-                best.update({w: (abs(frame.pts - w), rgb) for w in closer})
+                picture = rgb(frame, size)
+                best.update({w: (abs(frame.pts - w), picture) for w in closer})
             if frame.pts >= last:  # frames come in presentation order: later ones are farther
                 break
     if not best:
         raise MediaError(path, "not a readable media file", "no video frame decodes")
-    return {w: rgb for w, (_, rgb) in best.items()}
+    return {w: picture for w, (_, picture) in best.items()}
 
 
 @functools.lru_cache(maxsize=8)

@@ -6,6 +6,7 @@ directory (`emosent.serve.server.serve` holds a lock on it).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import importlib.util
 import json
@@ -23,9 +24,11 @@ from starlette.requests import ClientDisconnect
 
 from emosent.config import ServeConfig
 from emosent.data import MediaError, probe
+from emosent.data.media import check_frame_size
 from emosent.plots import EMOTION_COLOURS, SENTIMENT_COLOURS, timeline_png
 from emosent.segments import ASR_HINT, read_segments
 from emosent.serve.docs import add_offline_docs
+from emosent.serve.guards import protect
 from emosent.serve.jobs import DONE, FAILED, Job, JobStore, is_job_id, new_job_id
 from emosent.serve.uploads import Upload, UploadError, check_declared_size, check_form_type, drain, receive
 from emosent.serve.workers import WorkerPool
@@ -43,8 +46,9 @@ FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-dat
     }}}}}}
 
 
-def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
-    """The service over one loaded `model`, keeping its jobs in `config.data_dir`."""
+def create_app(model, config: ServeConfig, *, model_name: str = "", host: str = "127.0.0.1") -> FastAPI:
+    """The service over one loaded `model`, keeping its jobs in `config.data_dir`, served on the
+    address `host` (its Host allow-list: see emosent.serve.guards)."""
     data_dir = Path(config.data_dir)
     uploads_dir = data_dir / "uploads"
     state: dict = {}
@@ -76,6 +80,7 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
                   description="Emotion and sentiment per utterance of a video: the same analysis as `emosent analyze`.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_offline_docs(app)
+    protect(app, host, config.allowed_hosts)
 
     def authorized(request: Request) -> bool:
         if config.token is None:
@@ -140,7 +145,7 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
                                 headers={"Retry-After": str(wait)})
         job_id = new_job_id()
         try:
-            upload = await receive(request, uploads_dir / job_id, config.max_bytes)
+            upload = await receive_in_time(request, uploads_dir / job_id, config)
             try:
                 segments = await run_in_threadpool(check_inputs, upload, model, asr_available)
                 state["store"].add(job_id, upload.names["video"], segments)
@@ -195,6 +200,18 @@ def create_app(model, config: ServeConfig, *, model_name: str = "") -> FastAPI:
     return app
 
 
+async def receive_in_time(request: Request, folder: Path, config: ServeConfig) -> Upload:
+    """`receive` under the upload deadline: a client that sends too slowly (or stalls) would hold
+    its queue place for as long as it liked. UploadError 408 when the deadline passes (the partial
+    upload removed: `receive` tidies up when cancelled)."""
+    try:
+        async with asyncio.timeout(config.upload_timeout_s):
+            return await receive(request, folder, config.max_bytes)
+    except TimeoutError:
+        raise UploadError(408, f"the upload took more than {config.upload_timeout_s:g} s (--upload-timeout-s); "
+                               "send it again over a faster connection, or send a smaller file") from None
+
+
 def check_inputs(upload: Upload, model, asr_available: bool) -> str:
     """Refuse, before queueing, a video that is not one and subtitles that do not parse; returns
     where the segments come from, in words."""
@@ -205,6 +222,8 @@ def check_inputs(upload: Upload, model, asr_available: bool) -> str:
         raise UploadError(415, f"video {upload.public(str(err))}; send a video file (mp4, mkv, webm, mov, ...)") from None
     try:  # analyze's own rule: the model says what it can do without (a late fusion's expert abstains)
         model.stream_warnings(name, info.has_video, info.has_audio)
+        if "video" in model.modalities:  # refused now rather than as a failed job
+            check_frame_size(name, info.width, info.height)
     except MediaError as err:
         raise UploadError(422, f"video {err}: send a file this model can read") from None
     for field in ("subtitles", "transcript"):

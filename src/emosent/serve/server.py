@@ -14,6 +14,7 @@ from emosent.config import ServeConfig
 from emosent.files import exclusive
 from emosent.runtime import pick_device
 from emosent.serve.app import create_app
+from emosent.serve.guards import allowed_hosts
 
 
 def is_loopback(host: str) -> bool:
@@ -32,6 +33,7 @@ def check_options(host: str, config: ServeConfig) -> None:
     if config.token is None and not is_loopback(host):
         raise ValueError(f"--host {host}: beyond this machine anyone could use the service: set an API token with "
                          "--token or EMOSENT_TOKEN, or listen on 127.0.0.1")
+    allowed_hosts(host, config.allowed_hosts)
     pick_device(config.device)
     if config.data_dir.exists() and not config.data_dir.is_dir():
         raise ValueError(f"--data-dir {config.data_dir}: not a folder; name a folder for the jobs and results")
@@ -67,7 +69,7 @@ def serve(model_dir: str | Path | None, config: ServeConfig, *, host: str = "127
     with exclusive(data_dir / "serve.lock", wait=False, holder=f"the data folder {data_dir}"):
         sock = listen(host, port)
         model = load_model(model_dir).to(pick_device(config.device)).eval()  # None: the built-in model
-        app = create_app(model, config, model_name=model_name(model_dir))
+        app = create_app(model, config, model_name=model_name(model_dir), host=host)
         server = uvicorn.Server(uvicorn.Config(app, access_log=access_log, timeout_graceful_shutdown=5, log_level="info"))
         shown = f"[{host}]" if ":" in host else host
         print(f"emosent serve: listening on http://{shown}:{sock.getsockname()[1]}/ (API docs at /docs); "

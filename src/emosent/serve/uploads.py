@@ -23,6 +23,7 @@ SUBTITLE_SUFFIXES = (".srt", ".vtt")
 # After a refusal the rest of the body is read and dropped, up to this much, so that the client,
 # still sending, reads our answer instead of a reset connection.
 DRAIN_MAX_BYTES = 16 * 1024 * 1024
+UNSHOWN = '"'  # characters left out of a client's file name when it is shown (besides unprintable ones)
 FORM_HELP = ("send multipart/form-data with a 'video' file and optionally 'subtitles' (.srt/.vtt) "
              "or 'transcript' (.json)")
 
@@ -58,11 +59,13 @@ def public(text: str, told: dict[Path, str]) -> str:
 
 
 def display_name(filename: str | None, fallback: str) -> str:
-    """The client's file name without any folders, for messages and results only."""
+    """The client's file name without any folders, for messages and results only: no control or
+    format characters (CR, LF, tab, bidi overrides are not printable) and no double quotes, which
+    would end a quoted name in a header, a log line or a CSV field where it is shown."""
     if not filename:
         return fallback
     name = PureWindowsPath(PurePosixPath(filename).name).name  # "C:\\x\\talk.mp4" -> "talk.mp4"
-    name = "".join(c for c in name if c.isprintable())[:200]
+    name = "".join(c for c in name if c.isprintable() and c not in UNSHOWN)[:200].strip()
     return name or fallback
 
 
