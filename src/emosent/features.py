@@ -34,8 +34,9 @@ from emosent.runtime import log, rank_zero_exclusive
 from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
 # bump when the stored layout or the preprocessing code changes meaning
-# (5: presence masks; meta.json names its format; batches no longer cross a shard)
-FORMAT_VERSION = 5
+# (5: presence masks; meta.json names its format; batches no longer cross a shard;
+#  6: frames scaled down by FFmpeg at decode, silence read as no audio)
+FORMAT_VERSION = 6
 SHARD_ROWS = 256
 # Outputs stored per row with their own length (concatenated, with a "<name>.lengths" tensor):
 # the text encoder's boundary hidden states (L, H) when its top layers train, and their token types (L,).
