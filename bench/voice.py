@@ -14,10 +14,10 @@ or mean), a normalisation (none; cmvn: per-band mean removed from the clip's log
 speaker's pooled features z-scored with that speaker's own clips, an oracle the product cannot have,
 as its statistics are not known for one clip), training augmentation (one augmented copy of every
 training clip: speed and pitch, reverberation, band-limiting, noise) and a head: the product's MLP
-(`emosent.model`: projection 128, fusion 256 with BatchNorm, heads 64; Adam 1e-3, weight decay 1e-5,
-60 epochs of batch 32, label smoothing 0.05, inverse-frequency class weights, the emotion and
-sentiment losses summed: today's `emosent train` recipe without the checkpoint pick on the test
-actors), or logistic regression (scikit-learn, standardised features, C=1: the baseline on the same
+(`emosent.model`: projection 128, fusion 256 with BatchNorm, heads 64; today's `emosent train`
+recipe: Adam, 60 epochs of batch 32, label smoothing 0.05, inverse-frequency class weights, the
+emotion and sentiment losses summed, the rate cut on a plateau and the best epoch kept, both by a
+validation sixth of the training rows, not by the test actors as emosent train's --data dev does), or logistic regression (scikit-learn, standardised features, C=1: the baseline on the same
 features). The MLP runs seeds 0-2 (mean [min-max]); logistic regression has no seed. The majority
 class of each training set is scored beside them.
 
@@ -159,24 +159,47 @@ def inverse_weights(y: np.ndarray, k: int) -> torch.Tensor:
 
 
 def fit_mlp(x, y, s, x_test, seed: int, epochs: int = 60) -> np.ndarray:
+    """Today's `emosent train` recipe on the features: Adam (projection 1e-3, the rest 5e-4),
+    ReduceLROnPlateau (x0.1 after 2 epochs without a lower validation loss) and the checkpoint of
+    the lowest validation loss, where the validation rows are a sixth of the training rows drawn by
+    the seed (emosent train validates on the test actors; here the test set stays unseen). At a
+    constant rate for 60 epochs this network collapses to one class (measured: 61% of the actors
+    after 5 epochs, 13% after 60), so the schedule and the pick are part of the recipe."""
     torch.manual_seed(seed)
-    net = mlp(x.shape[1])
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
-    xt, yt, st = torch.tensor(x), torch.tensor(y), torch.tensor(s)
-    we, ws = inverse_weights(y, len(EMOTIONS)), inverse_weights(s, len(SENTIMENTS))
     g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    val, train = order[: len(x) // 6], order[len(x) // 6 :]
+    net = mlp(x.shape[1])
+    opt = torch.optim.Adam([{"params": net.projection.parameters(), "lr": 1e-3},
+                            {"params": [*net.fusion.parameters(), *net.emotion.parameters(), *net.sentiment.parameters()], "lr": 5e-4}],
+                           weight_decay=1e-5)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=2)
+    xt, yt, st = torch.tensor(x), torch.tensor(y), torch.tensor(s)
+    we, ws = inverse_weights(y[train.numpy()], len(EMOTIONS)), inverse_weights(s[train.numpy()], len(SENTIMENTS))
+
+    def loss_of(rows):
+        e, p = net(xt[rows])
+        return (F.cross_entropy(e, yt[rows], weight=we, label_smoothing=0.05)
+                + F.cross_entropy(p, st[rows], weight=ws, label_smoothing=0.05))
+
+    best, best_state = float("inf"), None
     for _ in range(epochs):
         net.train()
-        for batch in torch.randperm(len(xt), generator=g).split(32):
+        for batch in train[torch.randperm(len(train), generator=g)].split(32):
             if len(batch) < 2:
                 continue  # BatchNorm needs two rows
-            e, p = net(xt[batch])
-            loss = (F.cross_entropy(e, yt[batch], weight=we, label_smoothing=0.05)
-                    + F.cross_entropy(p, st[batch], weight=ws, label_smoothing=0.05))
+            loss = loss_of(batch)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
+        net.eval()
+        with torch.no_grad():
+            val_loss = float(loss_of(val))
+        plateau.step(val_loss)
+        if val_loss < best:
+            best, best_state = val_loss, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
     net.eval()
     with torch.no_grad():
         return net(torch.tensor(x_test))[0].argmax(-1).numpy()
