@@ -22,6 +22,8 @@ POOLINGS = ("pooler", "mean")
 VIDEO_ENCODERS, AUDIO_ENCODERS = Names("video"), Names("audio")  # live: an encoder registered later is a choice too
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
 AUDIO_POOLINGS = ("all", "masked")
+AUDIO_NORMS = ("none", "cmvn")
+WHISPER_LAYERS = 6  # Whisper-base's encoder layers (emosent.encoders.whisper imports torch; this module does not)
 MONITORS = ("val/loss", *(f"val/{task}/{m}" for task in ("emotion", "sentiment") for m in ("weighted_f1", "macro_f1", "accuracy")))
 # The design's Adam groups. "text": None takes the text encoder's default from its registry entry
 # (emosent.registry: 8e-6 for bert-base-uncased, the design's); "audio": None takes DESIGN_LR_AUDIO,
@@ -114,6 +116,8 @@ class ModelConfig:
         included) or "masked" (the mean over the frames computed from the clip's real audio only).
     audio_augment: SpecAugment-style masking, gain and noise on the log-mel in train mode, where
         the audio convolutions train (never in eval mode, never with frozen convolutions).
+    audio_layer, audio_norm (whisper-base only): which encoder layer's output is pooled, and
+        whether each mel band's mean over the clip is removed first (bench/voice.py).
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -146,6 +150,12 @@ class ModelConfig:
     audio_augment: Annotated[bool, Field(strict=True)] = field(default=True, metadata=option(
         "with --train-audio-conv: SpecAugment-style time and frequency masks, random gain and noise on the log-mel "
         "in training (never at evaluation); --no-audio-augment turns it off"))
+    audio_layer: Annotated[int, Field(ge=1, le=WHISPER_LAYERS, strict=True)] = field(default=WHISPER_LAYERS, metadata=option(
+        f"--audio-encoder whisper-base: the encoder's output after this layer, 1-{WHISPER_LAYERS} ({WHISPER_LAYERS}: "
+        "the last; middle layers carry more of the voice and less of the words)", Number(int, 1, below=WHISPER_LAYERS + 1)))
+    audio_norm: str = field(default="none", metadata=option(
+        "--audio-encoder whisper-base: cmvn removes each mel band's mean over the clip before the encoder (a fixed "
+        "microphone and room colouring); none: Whisper's log-mel as it is", choices=AUDIO_NORMS))
     extra: dict = field(default_factory=dict)  # free-form metadata carried into config.json
 
     def __post_init__(self) -> None:
@@ -157,6 +167,12 @@ class ModelConfig:
         for modality in ("video", "audio"):  # first: an unknown name says how to register one
             encoder_spec(modality, self.encoder(modality))
         check_fields(self)
+        whisper_only = {"audio_layer": WHISPER_LAYERS, "audio_norm": "none"}
+        if "audio" in self.modalities and self.audio_encoder != "whisper-base":
+            for name, default in whisper_only.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name} is a setting of the whisper-base audio encoder, not of {self.audio_encoder!r}: "
+                                     f"leave it at {default!r} or use audio_encoder 'whisper-base'")
 
     def encoder(self, modality: str) -> str:
         """The name of the encoder of `modality` (a text encoder may be a folder)."""

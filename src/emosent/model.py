@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
 from torch import nn
 
-from emosent.config import ModelConfig, ProcessorConfig
+from emosent.config import WHISPER_LAYERS, ModelConfig, ProcessorConfig
 from emosent.encoders.base import NamedWeights
 from emosent.encoders.weights import weights_digest
 from emosent.files import write_atomically
@@ -226,7 +226,9 @@ class EmotionSentimentModel(PretrainedModel):
         feature cache's key)."""
         c = self.config
         return {"pooling": c.pooling if "text" in c.modalities else None,
-                **({"audio": [c.audio_encoder, c.audio_pooling, c.train_audio_conv]} if "audio" in c.modalities else {})}
+                **({"audio": [c.audio_encoder, c.audio_pooling, c.train_audio_conv,
+                              *((c.audio_layer, c.audio_norm) if (c.audio_layer, c.audio_norm) != (WHISPER_LAYERS, "none") else ())]}
+                   if "audio" in c.modalities else {})}
 
     def named_weights(self) -> dict[str, NamedWeights]:
         """The frozen weights that a name rebuilds wherever the model is loaded (registry names, hub

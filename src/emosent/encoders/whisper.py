@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from emosent.config import ModelConfig, ProcessorConfig
+from emosent.config import WHISPER_LAYERS, ModelConfig, ProcessorConfig
 from emosent.encoders.base import Encoder, NamedWeights
 from emosent.encoders.weights import WeightsUnavailableError
 from emosent.files import default_cache_dir, write_atomically
@@ -38,9 +39,10 @@ class WhisperAudioEncoder(Encoder):
 
     inputs = ("audio",)
 
-    def __init__(self, out_dim: int, dropout: float, load: bool = True):
+    def __init__(self, out_dim: int, dropout: float, load: bool = True, layer: int = WHISPER_LAYERS, norm: str = "none"):
         super().__init__()
-        self.whisper = load_whisper_base() if load else None
+        self.layer, self.norm = layer, norm
+        self.whisper = load_whisper_base(layers=layer) if load else None
         self.feature_width = 2 * WHISPER_WIDTH
         self.projection = nn.Sequential(nn.Linear(self.feature_width, out_dim), nn.ReLU(), nn.Dropout(dropout))
 
@@ -49,7 +51,7 @@ class WhisperAudioEncoder(Encoder):
         return {"audio": NamedWeights("whisper-base", [], self.load, WHISPER_BASE_SHA256)}
 
     def load(self, source: str) -> None:
-        self.whisper = load_whisper_base()
+        self.whisper = load_whisper_base(layers=self.layer)
 
     @torch.no_grad()
     def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,7 +61,8 @@ class WhisperAudioEncoder(Encoder):
         for i, mel in enumerate(audio[:, 0].float().cpu().numpy()):  # (80, F) each
             n = mel.shape[1] if lengths is None else int(lengths[i])
             n = max(2, n - n % 2)  # the encoder's strided convolution halves the frames
-            x = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None, :, :n]))
+            mel = band_mean_normalised(mel[:, :n]) if self.norm == "cmvn" else mel[:, :n]
+            x = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None]))
             h = torch.from_numpy(np.array(self.whisper.model.encode(x, to_cpu=True)))[0]  # (n / 2, 512)
             out.append(torch.cat([h.mean(0), h.std(0, correction=0)]))
         return torch.stack(out).to(audio.device)
@@ -73,7 +76,15 @@ class WhisperAudioEncoder(Encoder):
 
 def build(config: ModelConfig, processor_config: ProcessorConfig, *, pretrained: bool, source=None) -> WhisperAudioEncoder:
     """The registry's builder for "whisper-base" (pretrained=False: loaded later, by name)."""
-    return WhisperAudioEncoder(config.feature_dim, config.encoder_dropout, load=pretrained)
+    return WhisperAudioEncoder(config.feature_dim, config.encoder_dropout, load=pretrained, layer=config.audio_layer,
+                               norm=config.audio_norm)
+
+
+def band_mean_normalised(mel: np.ndarray) -> np.ndarray:
+    """(80, F) log-mel of real frames -> each band's mean over time removed, the clip's overall mean
+    kept (Whisper's input level): cepstral mean normalisation, which takes out a fixed microphone and
+    room colouring (a convolution in time is an offset per band in the log-mel)."""
+    return mel - mel.mean(axis=1, keepdims=True) + mel.mean()
 
 
 def whisper_base_dir() -> Path:
@@ -107,10 +118,68 @@ def whisper_base_dir() -> Path:
     return out
 
 
-def load_whisper_base(threads: int | None = None):
-    """faster-whisper's WhisperModel for Whisper-base on the CPU, int8 (what BENCHMARKS measures)."""
+def whisper_base_layers_dir(layers: int) -> Path:
+    """Whisper-base with only its first `layers` encoder layers (then its final layer norm, as
+    always): model.bin rewritten once into the cache without encoder/layer_{layers}.. (CTranslate2
+    counts the layers it finds). CTranslate2 returns the last layer's output only, and the middle
+    layers carry more of the voice than the words (bench/voice.py)."""
+    if not 1 <= layers <= WHISPER_LAYERS:
+        raise ValueError(f"Whisper-base has encoder layers 1..{WHISPER_LAYERS}, got {layers}")
+    whole = whisper_base_dir()
+    if layers == WHISPER_LAYERS:
+        return whole
+    out = whole.with_name(f"{whole.name}-layers{layers}")
+    if (out / "model.bin").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in WHISPER_FILES:
+        shutil.copyfile(whole / name, out / name)
+    dropped = tuple(f"encoder/layer_{i}/" for i in range(layers, WHISPER_LAYERS))
+    write_atomically(out / "model.bin", lambda tmp: tmp.write_bytes(ct2_without(whole / "model.bin", dropped)))
+    return out
+
+
+def ct2_without(path: Path, prefixes: tuple[str, ...]) -> bytes:
+    """A CTranslate2 model.bin (binary version 6, see ctranslate2.specs.ModelSpec._serialize)
+    without the variables whose names start with one of `prefixes`."""
+    data = path.read_bytes()
+    at = 0
+
+    def take(fmt: str):
+        nonlocal at
+        value = struct.unpack_from(fmt, data, at)
+        at += struct.calcsize(fmt)
+        return value[0]
+
+    def string() -> str:
+        nonlocal at
+        n = take("H")
+        at += n
+        return data[at - n : at - 1].decode()
+
+    if (version := take("I")) != 6:
+        raise ValueError(f"{path}: CTranslate2 model binary version {version}, expected 6; {WHISPER_HOW_TO_GET}")
+    string(), take("I")  # spec name, revision
+    header_end = at
+    n = take("I")
+    kept = []
+    for _ in range(n):
+        start = at
+        name, rank = string(), take("B")
+        at += 4 * rank + 1  # dims, dtype
+        size = take("I")  # read first: `at += take(...)` would add to the old `at`
+        at += size
+        if not name.startswith(prefixes):
+            kept.append(data[start:at])
+    return data[:header_end] + struct.pack("I", len(kept)) + b"".join(kept) + data[at:]  # aliases as they were
+
+
+def load_whisper_base(threads: int | None = None, layers: int = WHISPER_LAYERS):
+    """faster-whisper's WhisperModel for Whisper-base on the CPU, int8 (what BENCHMARKS measures),
+    its encoder cut to its first `layers` layers."""
     try:
         from faster_whisper import WhisperModel
     except ImportError:
         raise WeightsUnavailableError(f"the whisper-base audio encoder needs faster-whisper: {WHISPER_HOW_TO_GET}") from None
-    return WhisperModel(str(whisper_base_dir()), device="cpu", compute_type="int8", cpu_threads=threads or torch.get_num_threads())
+    return WhisperModel(str(whisper_base_layers_dir(layers)), device="cpu", compute_type="int8",
+                        cpu_threads=threads or torch.get_num_threads())

@@ -1,0 +1,106 @@
+"""--audio-layer and --audio-norm of the whisper-base audio encoder: the config's checks, what each
+changes in the features, and a tiny model through train -> save -> load -> analyze."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli, tone
+from emosent import EmotionSentimentModel, ModelConfig
+from emosent.analyze import analyze
+from emosent.pretrained import read_model_config
+from emosent.data import Utterance
+from emosent.encoders.whisper import band_mean_normalised, ct2_without, whisper_base_dir
+from emosent.synthetic import write_clip
+
+
+def whisper(**options) -> EmotionSentimentModel:
+    torch.manual_seed(0)
+    config = ModelConfig(text_encoder="tiny", modalities=("audio",), audio_encoder="whisper-base", **options)
+    return EmotionSentimentModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    d = tmp_path_factory.mktemp("layers")
+    clip = write_clip(d / "a.mp4", duration_s=1.5, audio_fn=lambda t: tone(220.0)(t) + tone(1300.0)(t) * (t > 0.7))
+    model = whisper()
+    return model.processor.collate([model.processor(Utterance(text="x", emotion=None, sentiment=None, path=clip, source=str(clip)), 0)])
+
+
+def features(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model.encode(batch)["audio_features"]
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"audio_layer": 0, "audio_encoder": "whisper-base"}, "audio_layer must be at least 1"),
+    ({"audio_layer": 7, "audio_encoder": "whisper-base"}, "audio_layer must be less than 7"),
+    ({"audio_norm": "speaker", "audio_encoder": "whisper-base"}, "audio_norm must be one of"),
+    ({"audio_layer": 3}, "audio_layer is a setting of the whisper-base audio encoder, not of 'cnn'"),
+    ({"audio_norm": "cmvn"}, "audio_norm is a setting of the whisper-base audio encoder"),
+])
+def test_bad_settings_are_refused_by_name(options, problem):
+    with pytest.raises(ValueError, match=problem):
+        ModelConfig(text_encoder="tiny", modalities=("audio",), **options)
+
+
+def test_a_folder_without_the_new_fields_loads_as_today(tmp_path):
+    folder = whisper().save_pretrained(tmp_path / "old")
+    meta = json.loads((folder / "config.json").read_text())
+    for name in ("audio_layer", "audio_norm"):  # written by an emosent before these options
+        del meta["model_config"][name]
+    (folder / "config.json").write_text(json.dumps(meta))
+    config = read_model_config(folder)[0]
+    assert (config.audio_layer, config.audio_norm) == (6, "none")
+    bad = {**meta, "model_config": {**meta["model_config"], "audio_layer": "3"}}
+    (folder / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="config.json: model_config: audio_layer: Input should be a valid integer"):
+        read_model_config(folder)
+
+
+def test_the_cut_model_bin_keeps_everything_but_the_dropped_layers(tmp_path):
+    whole = whisper_base_dir() / "model.bin"
+    cut = ct2_without(whole, tuple(f"encoder/layer_{i}/" for i in range(3, 6)))
+    assert 0.8 * whole.stat().st_size < len(cut) < whole.stat().st_size  # 3 of 6 encoder layers, the decoder untouched
+    assert b"encoder/layer_2/ffn" in cut and b"encoder/layer_3/" not in cut and b"decoder/layer_3/" in cut
+
+
+def test_layers_and_cmvn_change_the_features_as_they_should(batch):
+    last, explicit_last, middle = features(whisper(), batch), features(whisper(audio_layer=6), batch), features(whisper(audio_layer=3), batch)
+    torch.testing.assert_close(explicit_last, last)  # the default is today's encoder
+    assert not torch.allclose(middle, last, atol=1e-2)
+    # A fixed filter (a microphone, a room) is an offset per mel band: cmvn takes it out, the plain input does not.
+    coloured = dict(batch, audio=batch["audio"].clone())
+    n = int(batch["audio_lengths"][0])
+    coloured["audio"][0, 0, :, :n] += torch.linspace(-0.4, 0.4, 80)[:, None]
+    plain, cmvn = whisper(audio_layer=3), whisper(audio_layer=3, audio_norm="cmvn")
+    assert (features(plain, coloured) - features(plain, batch)).abs().max() > 0.05
+    torch.testing.assert_close(features(cmvn, coloured), features(cmvn, batch), atol=2e-2, rtol=0)
+    mel = np.random.default_rng(0).normal(size=(80, 50)).astype(np.float32)
+    normalised = band_mean_normalised(mel)
+    np.testing.assert_allclose(normalised.mean(1), np.full(80, mel.mean()), atol=1e-5)
+
+
+def test_train_save_load_analyze_with_a_middle_layer_and_cmvn(sample_dir, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", sample_dir, "--out", run, "--text-encoder", "tiny", "--modalities", "audio",
+                     "--audio-encoder", "whisper-base", "--audio-layer", "3", "--audio-norm", "cmvn", "--epochs", "1",
+                     "--batch-size", "8", "--num-workers", "0", "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run / "model" / "config.json").read_text())["model_config"]
+    assert (config["audio_layer"], config["audio_norm"]) == (3, "cmvn")
+    clip = write_clip(tmp_path / "voice.mp4", duration_s=1.2, audio_fn=tone(330.0))
+    transcript = tmp_path / "t.json"
+    transcript.write_text(json.dumps([{"start": 0, "end": 1.2, "text": "hello"}]))
+    out = analyze(clip, run / "model", transcript=transcript)
+    assert len(out["utterances"]) == 1 and out["utterances"][0]["emotion"]
+    model = EmotionSentimentModel.from_pretrained(run / "model")
+    assert (model.audio.layer, model.audio.norm) == (3, "cmvn")
+    wrong = run_cli("train", "--data", sample_dir, "--out", tmp_path / "bad", "--text-encoder", "tiny", "--modalities", "audio",
+                    "--audio-layer", "3", "--epochs", "1")
+    assert wrong.returncode == 2 and "whisper-base" in wrong.stderr and "Traceback" not in wrong.stderr
