@@ -160,18 +160,22 @@ def fit_temperature(logits: tuple, labels: dict) -> float:
     return round(float(log_t.detach().exp()), 4)
 
 
-def fit_fusion(model: LateFusionModel, outputs: dict, labels: dict, *, steps: int = FIT_STEPS) -> FusionConfig:
+def fit_fusion(model: LateFusionModel, outputs: dict, labels: dict, *, steps: int = FIT_STEPS,
+               biases: bool = True) -> FusionConfig:
     """The experts' weights and temperatures and the per-class biases that minimise the fused
-    prediction's negative log-likelihood on `outputs` (see the module docstring)."""
+    prediction's negative log-likelihood on `outputs` (see the module docstring). Without
+    `biases`, the biases stay at 0: for data whose class mix is no real domain's (label-paired
+    rows of different datasets), the priors are left to `adapt` on a user's own clips."""
     names = list(outputs)
     start = {n: (model.config.experts[n].temperature, model.config.experts[n].weight) for n in names}
     log_t = torch.tensor([float(torch.tensor(start[n][0]).log()) for n in names], requires_grad=True)
     log_w = torch.tensor([float(torch.tensor(max(start[n][1], 1e-3)).log()) for n in names], requires_grad=True)
-    biases = (torch.zeros(len(EMOTIONS), requires_grad=True), torch.zeros(len(SENTIMENTS), requires_grad=True))
+    fit_biases = biases
+    biases = (torch.zeros(len(EMOTIONS), requires_grad=fit_biases), torch.zeros(len(SENTIMENTS), requires_grad=fit_biases))
     t0, w0 = log_t.detach().clone(), log_w.detach().clone()
     outs = {n: EmotionSentimentOutput(e, s, present=p) for n, (e, s, p) in outputs.items()}
     rows = len(labels["emotion"])
-    optimiser = torch.optim.Adam([log_t, log_w, *biases], lr=FIT_LR)
+    optimiser = torch.optim.Adam([log_t, log_w, *(biases if fit_biases else ())], lr=FIT_LR)
     for _ in range(steps):
         optimiser.zero_grad()
         fused = model.fuse(outs, temperatures={n: log_t[i].exp() for i, n in enumerate(names)},
