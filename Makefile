@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Two pytest workers (pytest-xdist), each test file in one of them (module fixtures built once):
-# much of the suite waits on subprocess starts, decoding and servers, so two workers on two
-# cores take about two thirds of one worker's time (BENCHMARKS.md, "The test suite").
+# much of the suite waits on subprocess starts, decoding and servers, which a second worker
+# overlaps (the measured time: BENCHMARKS.md, "The test suite").
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
