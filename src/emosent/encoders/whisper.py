@@ -12,11 +12,8 @@ Letters: B batch, F Whisper's 10 ms log-mel frames.
 from __future__ import annotations
 
 import shutil
-<<<<<<< HEAD
 import struct
-=======
 from functools import partial
->>>>>>> h/mpnet
 from pathlib import Path
 
 import numpy as np
