@@ -66,6 +66,7 @@ def clip(sample_dir):
     (["predict", "--data", "d", "--out", "p.jsonl", "--batch-size", "1000"], "argument --batch-size: must be less than 65, got 1000"),
     (["analyze", "v.mp4", "--subtitles", "s.srt", "--batch-size", "65"], "argument --batch-size: must be less than 65"),
     (["serve", "--batch-size", "100"], "argument --batch-size: must be less than 65"),
+    (["extract", "--data", "d", "--batch-size", "65"], "argument --batch-size: must be less than 65"),
 ])
 def test_options_are_checked_before_any_work(args, needle, capsys):
     from emosent.cli import main
@@ -83,6 +84,8 @@ def test_python_callers_get_the_same_checks(model_dir, clip, tmp_path):
         TrainConfig(epochs=-1)
     with pytest.raises(ValueError, match="--batch-size must be at least 1"):
         analyze(clip, model_dir, subtitles=tmp_path / "none.srt", batch_size=0)
+    with pytest.raises(ValueError, match="--batch-size must be less than 65, got 1000"):
+        analyze(clip, model_dir, subtitles=tmp_path / "none.srt", batch_size=1000)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 
 from emosent.builtin import load_model
+from emosent.config import BATCH
 from emosent.data import Utterance, probe
 from emosent.files import write_json  # noqa: F401  (the CLI writes analyze's result with it)
 from emosent.pretrained import PretrainedModel
@@ -75,8 +76,8 @@ def analyze(
     NothingAnalysedError (a ValueError) when no segment could be analysed.
     `progress(done, total)` is called after each batch of segments."""
     started = time.perf_counter()
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if (problem := BATCH.problem(batch_size)) is not None:
+        raise ValueError(f"--batch-size {problem}")
     video = Path(video)
     if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) > 1:
         raise ValueError("give at most one of --subtitles, --transcript or --asr")

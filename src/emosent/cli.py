@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="cache folder (default ~/.cache/emosent, where train looks)")
     p.add_argument("--model", default=None, help="extract for a model (builtin, or a folder of any model type) instead of the model options")
     p.add_argument("--seed", type=SEED, default=0, help="as in train: fixes the randomly initialised frozen parts")
-    p.add_argument("--batch-size", type=COUNT, default=16)
+    p.add_argument("--batch-size", type=BATCH, default=16, help=f"rows per forward pass (at most {MAX_BATCH_SIZE}: memory grows with it)")
     p.add_argument("--num-workers", type=WORKERS, default=2)
     p.add_argument("--shard-rows", type=COUNT, default=256, help="rows per shard: the unit of resuming")
     add_options(p, ModelConfig, "model (without --model)")

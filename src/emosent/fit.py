@@ -170,24 +170,23 @@ def fit_fusion(model: LateFusionModel, outputs: dict, labels: dict, *, steps: in
     start = {n: (model.config.experts[n].temperature, model.config.experts[n].weight) for n in names}
     log_t = torch.tensor([float(torch.tensor(start[n][0]).log()) for n in names], requires_grad=True)
     log_w = torch.tensor([float(torch.tensor(max(start[n][1], 1e-3)).log()) for n in names], requires_grad=True)
-    fit_biases = biases
-    biases = (torch.zeros(len(EMOTIONS), requires_grad=fit_biases), torch.zeros(len(SENTIMENTS), requires_grad=fit_biases))
+    bias = (torch.zeros(len(EMOTIONS), requires_grad=biases), torch.zeros(len(SENTIMENTS), requires_grad=biases))
     t0, w0 = log_t.detach().clone(), log_w.detach().clone()
     outs = {n: EmotionSentimentOutput(e, s, present=p) for n, (e, s, p) in outputs.items()}
     rows = len(labels["emotion"])
-    optimiser = torch.optim.Adam([log_t, log_w, *(biases if fit_biases else ())], lr=FIT_LR)
+    optimiser = torch.optim.Adam([log_t, log_w, *(bias if biases else ())], lr=FIT_LR)
     for _ in range(steps):
         optimiser.zero_grad()
         fused = model.fuse(outs, temperatures={n: log_t[i].exp() for i, n in enumerate(names)},
-                           weights={n: log_w[i].exp() for i, n in enumerate(names)}, biases=biases)
+                           weights={n: log_w[i].exp() for i, n in enumerate(names)}, biases=bias)
         nll = F.nll_loss(fused.emotion_logits, labels["emotion"]) + F.nll_loss(fused.sentiment_logits, labels["sentiment"])
-        pull = ((log_t - t0) ** 2).sum() + ((log_w - w0) ** 2).sum() + sum((b ** 2).sum() for b in biases)
+        pull = ((log_t - t0) ** 2).sum() + ((log_w - w0) ** 2).sum() + sum((b ** 2).sum() for b in bias)
         (nll + PULL / rows * pull).backward()
         optimiser.step()
     experts = {n: replace(model.config.experts[n], temperature=round(float(log_t[i].detach().exp()), 4),
                           weight=round(float(log_w[i].detach().exp()), 4)) for i, n in enumerate(names)}
-    return replace(model.config, experts=experts, emotion_bias=[round(float(b), 4) for b in biases[0].detach()],
-                   sentiment_bias=[round(float(b), 4) for b in biases[1].detach()])
+    return replace(model.config, experts=experts, emotion_bias=[round(float(b), 4) for b in bias[0].detach()],
+                   sentiment_bias=[round(float(b), 4) for b in bias[1].detach()])
 
 
 def scores(model: LateFusionModel, config: FusionConfig, outputs: dict, labels: dict) -> dict:
