@@ -248,6 +248,11 @@ def test_each_utterance_names_its_speaker_and_the_result_sums_them_up(model_dir,
     scores = [u["sentiment_probs"]["positive"] - u["sentiment_probs"]["negative"] for u in mine]
     assert ann["sentiment_movement"]["change"] == pytest.approx(scores[1] - scores[0], abs=2e-3)
     assert bob["sentiment_movement"] is None
+    # --plot draws this result in three lanes: Ann, Bob, and the utterance without a speaker
+    from matplotlib.image import imread
+
+    from emosent.plots import LANE_IN, LEGEND_IN, TITLE_IN, timeline_png
+    assert imread(timeline_png(result, tmp_path / "t.png")).shape[0] == round(120 * (LEGEND_IN + TITLE_IN + 3 * LANE_IN))
     # subtitles name no speaker: every utterance's is null, and one summary covers them all
     plain = analyze(clip, model_dir, subtitles=write_srt(tmp_path / "s.srt"))
     assert {u["speaker"] for u in plain["utterances"]} == {None}
