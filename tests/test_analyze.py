@@ -228,3 +228,37 @@ def test_an_analysis_that_keeps_no_segment_fails_in_one_line(model_dir, clip, tm
     assert code == 2 and not out.exists(), err
     (line,) = [x for x in err.splitlines() if "error" in x]
     assert line.startswith("emosent analyze: error:") and "0 of its 2 segments analysed" in line and "--" not in line
+
+
+def test_each_utterance_names_its_speaker_and_the_result_sums_them_up(model_dir, clip, tmp_path):
+    items = [{"start": 0.0, "end": 0.3, "text": "I won the lottery", "speaker": "Ann"},
+             {"start": 0.3, "end": 0.5, "text": "no way", "speaker": "Bob"},
+             {"start": 0.5, "end": 0.8, "text": "it is true", "speaker": "Ann"},
+             {"start": 0.8, "end": 0.9, "text": "hm"}]
+    result = analyze(clip, model_dir, transcript=write_json(tmp_path / "t.json", items))
+    assert [u["speaker"] for u in result["utterances"]] == ["Ann", "Bob", "Ann", None]
+    ann, bob, unknown = result["speakers"]
+    assert (ann["speaker"], bob["speaker"], unknown["speaker"]) == ("Ann", "Bob", None)
+    assert (ann["utterances"], bob["utterances"], unknown["utterances"]) == (2, 1, 1)
+    assert ann["spoken_s"] == pytest.approx(0.6, abs=1e-3) and bob["spoken_s"] == pytest.approx(0.2, abs=1e-3)
+    mine = [u for u in result["utterances"] if u["speaker"] == "Ann"]
+    for key, labels in (("emotions", EMOTIONS), ("sentiments", SENTIMENTS)):
+        assert list(ann[key]) == list(labels) and sum(ann[key].values()) == pytest.approx(1, abs=2e-3)
+        assert ann[key][mine[0][key[:-1]]] >= 0.5  # the share of her utterances with that top label
+    scores = [u["sentiment_probs"]["positive"] - u["sentiment_probs"]["negative"] for u in mine]
+    assert ann["sentiment_movement"]["change"] == pytest.approx(scores[1] - scores[0], abs=2e-3)
+    assert bob["sentiment_movement"] is None
+    # --plot draws this result in three lanes: Ann, Bob, and the utterance without a speaker
+    from matplotlib.image import imread
+
+    from emosent.plots import LANE_IN, LEGEND_IN, TITLE_IN, timeline_png
+    assert imread(timeline_png(result, tmp_path / "t.png")).shape[0] == round(120 * (LEGEND_IN + TITLE_IN + 3 * LANE_IN))
+    # subtitles name no speaker: every utterance's is null, and one summary covers them all
+    plain = analyze(clip, model_dir, subtitles=write_srt(tmp_path / "s.srt"))
+    assert {u["speaker"] for u in plain["utterances"]} == {None}
+    assert [(s["speaker"], s["utterances"]) for s in plain["speakers"]] == [(None, 2)]
+
+
+def write_srt(path):
+    path.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n2\n00:00:00,400 --> 00:00:00,900\nbye\n")
+    return path

@@ -74,7 +74,12 @@ def test_upload_timeline_and_click_to_seek(browser, server, tmp_path):
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None, browser.find_element(By.ID, "error").text
     assert len(segments) == 2 and len(browser.find_elements(By.CSS_SELECTOR, "#sentiment-track .seg")) == 2
     rows = browser.find_elements(By.CSS_SELECTOR, "#utterances tbody tr")
-    assert [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows] == ["I am so furious about this", "What a wonderful surprise"]
+    assert [r.find_elements(By.TAG_NAME, "td")[3].text for r in rows] == ["I am so furious about this", "What a wonderful surprise"]
+    # subtitles that name no speaker: no speaker column, no filter, one summary line for everyone
+    assert not browser.find_element(By.CSS_SELECTOR, "#utterances th.speaker-col").is_displayed()
+    assert not browser.find_element(By.ID, "filter-row").is_displayed()
+    summary = browser.find_elements(By.CSS_SELECTOR, "#speakers tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in summary] == ["everyone"]
     assert browser.find_element(By.ID, "upload-progress").get_property("value") == 1
     assert browser.find_element(By.ID, "analysis-progress").get_property("value") == 1
     link = browser.find_element(By.ID, "download")
@@ -95,6 +100,51 @@ def test_upload_timeline_and_click_to_seek(browser, server, tmp_path):
     browser.save_screenshot(str(tmp_path / "phone.png"))
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
     print(f"screenshots: {tmp_path / 'page.png'}, {tmp_path / 'phone.png'}")
+
+
+def test_speakers_shown_summed_up_and_filtered(browser, server, tmp_path):
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    video, _ = talk(tmp_path / "clip")
+    transcript = tmp_path / "clip" / "talk.json"
+    transcript.write_text(json.dumps([{"start": 0.0, "end": 0.6, "text": "I am so furious", "speaker": "Ann"},
+                                      {"start": 0.6, "end": 1.2, "text": "calm down", "speaker": "Bob"},
+                                      {"start": 1.2, "end": 1.9, "text": "what a wonderful surprise", "speaker": "Ann"}]))
+    browser.get(f"{server.url}/")
+    browser.find_element(By.ID, "video").send_keys(str(video))
+    browser.find_element(By.ID, "subtitles").send_keys(str(transcript))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#emotion-track .seg")) == 3)
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None, browser.find_element(By.ID, "error").text
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#utterances tbody tr")
+    assert [[td.text for td in r.find_elements(By.TAG_NAME, "td")[2:4]] for r in rows] == [
+        ["Ann", "I am so furious"], ["Bob", "calm down"], ["Ann", "what a wonderful surprise"]]
+    # the summary is the result's: one line per speaker, in order of first appearance
+    result = browser.execute_script("return current.result")
+    summary = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in browser.find_elements(By.CSS_SELECTOR, "#speakers tbody tr")]
+    assert [(s[0], s[1]) for s in summary] == [("Ann", "2"), ("Bob", "1")]
+    ann = result["speakers"][0]
+    assert summary[0][2] == f"{ann['spoken_s']:.1f} s ({round(100 * ann['spoken_share'])}%)" == "1.3 s (68%)"
+    top = max(ann["emotions"], key=ann["emotions"].get)
+    assert f"{top} {round(100 * ann['emotions'][top])}%" in summary[0][3]
+    assert summary[0][5].startswith(ann["sentiment_movement"]["trend"] + ":") and summary[1][5] == "—"
+
+    # the filter: only Bob's utterance in the table, the others' bands dimmed on the timeline
+    Select(browser.find_element(By.ID, "speaker-filter")).select_by_visible_text("Bob")
+    assert [r.is_displayed() for r in rows] == [False, True, False]
+    dimmed = [("dimmed" in s.get_attribute("class")) for s in browser.find_elements(By.CSS_SELECTOR, "#emotion-track .seg")]
+    assert dimmed == [True, False, True]
+    Select(browser.find_element(By.ID, "speaker-filter")).select_by_visible_text("all speakers")
+    assert all(r.is_displayed() for r in rows) and not browser.find_elements(By.CSS_SELECTOR, ".seg.dimmed")
+    browser.set_window_size(1280, 1600)
+    browser.save_screenshot(str(tmp_path / "speakers.png"))
+    browser.set_window_size(390, 1700)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
+    print(f"screenshot: {tmp_path / 'speakers.png'}")
 
 
 def test_the_api_docs_render_offline(offline_browser, server, tmp_path):

@@ -70,6 +70,7 @@ def test_folder_of_videos_gives_one_row_per_utterance_in_order(reference, videos
                                                                        for _ in range(SEGMENTS)]
     assert rows[0]["skip"] == "not a readable media file" and rows[0]["emotion_probs"] is None
     assert list(rows[0]) == list(rows[1])  # a skipped row has every field of a predicted one (one Parquet schema)
+    assert {r["speaker"] for r in rows} == {None}  # subtitles without voice tags name no speaker
     for v in range(VIDEOS):
         mine = rows[1 + v * SEGMENTS:1 + (v + 1) * SEGMENTS]
         assert [r["text"] for r in mine] == [f"video {v} line {k}" for k in range(SEGMENTS - 1)] + ["after the end"]
@@ -154,11 +155,11 @@ def test_parquet_holds_the_rows_of_json_lines(model_dir, videos, reference, tmp_
 
 def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     manifest = tmp_path / "rows.csv"
-    manifest.write_text("path,text,start,end,emotion,sentiment\n"
-                        f"{videos}/talk0.mp4,hello there,0.1,0.9,,\n"
-                        f"{videos}/talk1.mp4,labelled too,0.5,2.0,Joy,positive\n"
-                        f"{videos}/missing.mp4,no such clip,,,,\n"
-                        f"{videos}/talk2.mp4,after the end,5.0,6.0,,\n")  # the video is 3 s long
+    manifest.write_text("path,text,start,end,emotion,sentiment,speaker\n"
+                        f"{videos}/talk0.mp4,hello there,0.1,0.9,,,Ann\n"
+                        f"{videos}/talk1.mp4,labelled too,0.5,2.0,Joy,positive,\n"
+                        f"{videos}/missing.mp4,no such clip,,,,,Bob\n"
+                        f"{videos}/talk2.mp4,after the end,5.0,6.0,,,Ann\n")  # the video is 3 s long
     out = tmp_path / "out.jsonl"
     result = predict(manifest, out, model_dir, trainer_kwargs={"accelerator": "cpu", "devices": 1})
     rows = read_predictions(out)
@@ -171,6 +172,8 @@ def test_unlabelled_manifest_with_a_bad_clip(model_dir, videos, tmp_path):
     predict(manifest, tmp_path / "out.parquet", model_dir, num_workers=0, trainer_kwargs={"accelerator": "cpu", "devices": 1})
     table = read_predictions(tmp_path / "out.parquet")  # the labels of row 2 kept, though row 1 has none
     assert [(r["label_emotion"], r["label_sentiment"]) for r in table] == [(None, None), ("joy", "positive"), (None, None), (None, None)]
+    # the manifest's speaker column, predicted and skipped rows alike, in both formats
+    assert [r["speaker"] for r in rows] == [r["speaker"] for r in table] == ["Ann", None, "Bob", "Ann"]
 
 
 def test_a_run_that_predicts_no_row_fails_and_keeps_the_reasons(model_dir, videos, tmp_path, capsys):

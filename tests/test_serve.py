@@ -62,7 +62,7 @@ def test_submit_poll_done_is_what_analyze_gives(server, client, clip, model_dir)
     direct = analyze(video, EmotionSentimentModel.from_pretrained(model_dir), subtitles=subtitles)
     result = done["result"]
     assert set(result) == set(direct) and result["video"] == "talk.mp4"
-    for key in ("utterances", "skipped", "warnings", "duration_s"):  # the same pipeline, the same numbers
+    for key in ("utterances", "speakers", "skipped", "warnings", "duration_s"):  # the same pipeline, the same numbers
         assert result[key] == direct[key], key
     assert str(server.data_dir) not in json.dumps(done)  # no server path in what the client reads
 

@@ -24,6 +24,7 @@ from emosent.pretrained import PretrainedModel
 from emosent.records import Recorder
 from emosent.runtime import pick_device
 from emosent.segments import PACKAGED_ASR_MODEL, Segment, check_segments, read_segments, subtitles_beside, transcribe
+from emosent.summary import speaker_summary
 
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
 STAGES = ("decode", "text", "video", "audio", "heads")
@@ -103,7 +104,8 @@ def analyze(
 
     timer = Timer()
     results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder)
-    utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": s.source, **r}
+    utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "speaker": s.speaker,
+                   "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
     if not utterances:
         raise NothingAnalysedError(nothing_analysed(video, len(segments), skipped, warnings))
@@ -115,6 +117,7 @@ def analyze(
         "duration_s": round(duration, 3),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "utterances": utterances,
+        "speakers": speaker_summary(utterances),
         "skipped": skipped,
         "warnings": warnings,
         "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},

@@ -42,7 +42,7 @@ from emosent.runtime import log, rank_zero_exclusive
 from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe
 from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
-FORMAT_VERSION = 3  # bump when a row's fields or their meaning change: older parts are then refused
+FORMAT_VERSION = 4  # bump when a row's fields or their meaning change: older parts are then refused
 SHARD_ROWS = 64
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 PARQUET_HINT = "pip install pyarrow==26.0.1 (or: pip install 'emosent[parquet]')"
@@ -133,10 +133,10 @@ def transcribed(video: Path, asr_model: str, asr_dir: Path) -> list:
                 segments = transcribe(video, asr_model)
             except SegmentsError as err:
                 raise SegmentsError(f"{video}: no subtitles beside it ({video.stem}.srt or .vtt) and {err}") from None
-            items = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
+            items = [{"start": s.start, "end": s.end, "text": s.text, "speaker": s.speaker} for s in segments]
             write_atomically(path, lambda tmp: tmp.write_text(json.dumps(items)))
         items = json.loads(path.read_text())
-    return [Segment(i["start"], i["end"], i["text"]) for i in items]
+    return [Segment(i["start"], i["end"], i["text"], i.get("speaker"), "asr") for i in items]
 
 
 # --- what a run is, and where it stands -----------------------------------------------------

@@ -112,9 +112,10 @@ def top_k(p: torch.Tensor, labels: tuple[str, ...], k: int = TOP_K) -> list[dict
 
 def utterance_row(u: Utterance, file: str, record: dict, skip: str | None = None, error: str | None = None) -> dict:
     """A dataset's row (`predict`'s output, `evaluate`'s predictions.jsonl): where the utterance is,
-    its labels when the manifest has them, its record (`Recorder.blank()` for a skipped one), and
+    who speaks (the manifest's `speaker` column, or the segment's speaker; null where unknown), its
+    labels when the manifest has them, its record (`Recorder.blank()` for a skipped one), and
     `skip`/`error` (null, or why it has no prediction). Flat at the top, so a row is a Parquet row."""
-    row = {"file": file, "source": u.source, "start": u.start, "end": u.end, "text": u.text}
+    row = {"file": file, "source": u.source, "start": u.start, "end": u.end, "text": u.text, "speaker": u.speaker}
     if u.emotion is not None or u.sentiment is not None:
         row.update(label_emotion=u.emotion, label_sentiment=u.sentiment)
     return row | record | {"skip": skip, "error": error}

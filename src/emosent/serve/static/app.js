@@ -136,12 +136,14 @@ function render(result) {
       seg.type = "button";
       seg.className = "seg";
       seg.dataset.index = i;
+      seg.dataset.speaker = speakerKey(u.speaker);
       seg.style.left = pct(u.start_time / duration);
       seg.style.width = `${(100 * (u.end_time - u.start_time)) / duration}%`;
       // as in the PNG timeline: opacity follows the confidence (of the colour only: the label stays legible)
       seg.style.background = withAlpha(colours[top.label] || "#999999", 0.35 + 0.65 * top.confidence);
       seg.textContent = top.label;
-      seg.title = `${u.start_time.toFixed(2)}–${u.end_time.toFixed(2)} s · ${top.label} ${pct(top.confidence)} · “${u.text}”`;
+      const who = u.speaker == null ? "" : `${u.speaker} · `;
+      seg.title = `${who}${u.start_time.toFixed(2)}–${u.end_time.toFixed(2)} s · ${top.label} ${pct(top.confidence)} · “${u.text}”`;
       seg.addEventListener("click", () => seek(i));
       el.appendChild(seg);
     });
@@ -165,12 +167,19 @@ function render(result) {
   const rows = result.utterances.map((u, i) => {
     const tr = document.createElement("tr");
     tr.dataset.index = i;
-    tr.append(cell(String(i + 1)), cell(`${u.start_time.toFixed(2)}–${u.end_time.toFixed(2)}`), cell(u.text),
+    tr.dataset.speaker = speakerKey(u.speaker);
+    const who = cell(speakerName(u.speaker));
+    who.className = "speaker-col";
+    tr.append(cell(String(i + 1)), cell(`${u.start_time.toFixed(2)}–${u.end_time.toFixed(2)}`), who, cell(u.text),
               topCell(u.emotions, info.colours.emotion), topCell(u.sentiments, info.colours.sentiment));
     tr.addEventListener("click", () => seek(i));
     return tr;
   });
   $("utterances").tBodies[0].replaceChildren(...rows);
+  // with no speaker known the column would be all dashes and the filter one choice: both hidden
+  const named = result.utterances.some((u) => u.speaker != null);
+  $("utterances").classList.toggle("no-speakers", !named);
+  renderSpeakers(result.speakers || [], named);
 
   const notes = [...result.warnings.map((w) => `warning: ${w}`),
                  ...result.skipped.map((s) => `skipped ${s.start_time.toFixed(2)}–${s.end_time.toFixed(2)} s: ${s.reason}`)];
@@ -180,6 +189,60 @@ function render(result) {
   if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
   link.href = URL.createObjectURL(new Blob([JSON.stringify(result, null, 2)], { type: "application/json" }));
   link.download = `${current.name.replace(/\.[^.]*$/, "")}.emosent.json`;
+}
+
+// A speaker as a data attribute and a filter value ("null" for the utterances without one).
+const speakerKey = (speaker) => JSON.stringify(speaker);
+const speakerName = (speaker) => (speaker == null ? "(unknown)" : speaker);
+const signed = (x) => (x > 0 ? "+" : x < 0 ? "−" : "") + Math.abs(x).toFixed(2);
+
+function renderSpeakers(speakers, named) {
+  const rows = speakers.map((s) => {
+    const tr = document.createElement("tr");
+    tr.dataset.speaker = speakerKey(s.speaker);
+    const m = s.sentiment_movement;
+    const moved = m ? `${m.trend}: ${signed(m.first_third)} → ${signed(m.last_third)}` : "—";
+    tr.append(cell(named ? speakerName(s.speaker) : "everyone"), cell(String(s.utterances)),
+              cell(`${s.spoken_s.toFixed(1)} s (${pct(s.spoken_share)})`),
+              sharesCell(s.emotions, info.colours.emotion), sharesCell(s.sentiments, info.colours.sentiment), cell(moved));
+    return tr;
+  });
+  $("speakers").tBodies[0].replaceChildren(...rows);
+  $("speakers-section").hidden = !speakers.length;
+
+  const filter = $("speaker-filter");
+  const all = new Option("all speakers", "");
+  filter.replaceChildren(all, ...speakers.map((s) => new Option(speakerName(s.speaker), speakerKey(s.speaker))));
+  filter.value = "";
+  $("filter-row").hidden = !named;
+  applyFilter();
+}
+
+function sharesCell(shares, colours) {
+  // a bar of the shares (the speaker's utterances by top label), and the labels that occur, commonest first
+  const td = document.createElement("td");
+  const bar = document.createElement("div");
+  bar.className = "sharebar";
+  const present = Object.entries(shares).filter(([, share]) => share > 0).sort((a, b) => b[1] - a[1]);
+  for (const [label, share] of present) {
+    const part = document.createElement("span");
+    part.style.width = pct(share);
+    part.style.background = colours[label] || "#999";
+    part.title = `${label} ${pct(share)}`;
+    bar.appendChild(part);
+  }
+  const text = document.createElement("span");
+  text.className = "others";
+  text.textContent = present.map(([label, share]) => `${label} ${pct(share)}`).join(", ");
+  td.append(bar, text);
+  return td;
+}
+
+function applyFilter() {
+  // the table keeps the chosen speaker's utterances; the timeline dims the others' (their times stay in view)
+  const chosen = $("speaker-filter").value;
+  for (const tr of $("utterances").tBodies[0].rows) tr.hidden = chosen !== "" && tr.dataset.speaker !== chosen;
+  for (const seg of document.querySelectorAll(".seg")) seg.classList.toggle("dimmed", chosen !== "" && seg.dataset.speaker !== chosen);
 }
 
 function withAlpha(hex, alpha) {
@@ -238,6 +301,7 @@ async function remove() {
 
 $("form").addEventListener("submit", submit);
 $("delete").addEventListener("click", remove);
+$("speaker-filter").addEventListener("change", applyFilter);
 $("player").addEventListener("timeupdate", follow);
 $("player").addEventListener("seeked", follow);
 loadInfo();
