@@ -136,7 +136,7 @@ def test_crema_d_speech_is_the_sentence_through_analyzes_recogniser(whisper, mon
     from emosent import segments
 
     monkeypatch.setattr(segments, "load_asr_model", lambda name, device="auto": whisper)  # loaded once, not per clip
-    heard = [" ".join(s.text for s in segments.transcribe(shared_data("video", "crema-d", name))) for name in CREMA_D_CLIPS]
+    heard = [" ".join(s.text for s in segments.transcribe(shared_data("video", "crema-d", name)).segments) for name in CREMA_D_CLIPS]
     hyps = [normalise(h) for h in heard]
     wer = jiwer.wer([CREMA_D_SENTENCE] * len(hyps), hyps)
     print(f"CREMA-D word error rate {wer:.3f}: {hyps}")

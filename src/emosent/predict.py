@@ -39,7 +39,8 @@ from emosent.files import exclusive, write_atomically
 from emosent.model import EmotionSentimentModel
 from emosent.records import Recorder, utterance_row
 from emosent.runtime import log, rank_zero_exclusive
-from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe
+from emosent.segments import (PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe,
+                              whisper_language)
 from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
 FORMAT_VERSION = 3  # bump when a row's fields or their meaning change: older parts are then refused
@@ -67,7 +68,8 @@ class Row:
 # --- the rows -------------------------------------------------------------------------------
 
 
-def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, asr_dir: Path) -> list[Row]:
+def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, asr_dir: Path,
+              language: str | None = None) -> list[Row]:
     """Every utterance of `data`, in order: a manifest's rows, or each video's segments."""
     if not data.exists():
         raise ValueError(f"--data {data}: no such file or folder")
@@ -82,7 +84,7 @@ def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, a
     if not files:
         raise ValueError(f"--data {data}: no manifest (train.csv, *_sent_emo.csv) and no video or audio files "
                          f"({', '.join(suffixes)}) in this folder")
-    return [row for file in files for row in video_rows(file, needs_text, asr_model, asr_dir)]
+    return [row for file in files for row in video_rows(file, needs_text, asr_model, asr_dir, language)]
 
 
 def is_manifest_folder(folder: Path) -> bool:
@@ -93,7 +95,7 @@ def has_split(folder: Path, split: str) -> bool:
     return (folder / f"{split}_sent_emo.csv").is_file() or (folder / f"{split}.csv").is_file()
 
 
-def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> list[Row]:
+def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path, language: str | None = None) -> list[Row]:
     """A video's segments as rows, in time order: the ones `analyze` would skip (outside the
     video, no text) are rows with their reason; a video that cannot be opened is one row."""
     try:
@@ -103,7 +105,7 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> 
     subtitles = subtitles_beside(video)
     warnings: list[str] = []
     try:
-        segments = read_segments(subtitles, warnings) if subtitles else transcribed(video, asr_model, asr_dir)
+        segments = read_segments(subtitles, warnings) if subtitles else transcribed(video, asr_model, asr_dir, language)
     except SegmentsError as err:
         if subtitles is None:  # speech recognition is missing: no video would get segments
             raise
@@ -119,18 +121,20 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> 
     return [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))]
 
 
-def transcribed(video: Path, asr_model: str, asr_dir: Path) -> list:
+def transcribed(video: Path, asr_model: str, asr_dir: Path, language: str | None = None) -> list:
     """Speech recognition of a video without subtitles, once: kept in the parts folder (a lock per
-    video, so DDP ranks and a resumed run reuse it rather than transcribe again)."""
+    video, so DDP ranks and a resumed run reuse it rather than transcribe again). `language`: a
+    Whisper code to force, None to detect."""
     from emosent.segments import Segment
 
     stat = video.stat()
-    key = hashlib.sha256(json.dumps([os.path.realpath(video), stat.st_size, stat.st_mtime_ns, asr_model]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([os.path.realpath(video), stat.st_size, stat.st_mtime_ns, asr_model]
+                                + ([language] if language else [])).encode()).hexdigest()[:24]
     path = asr_dir / f"{key}.json"
     with exclusive(asr_dir / f"{key}.lock", wait=True, holder=str(path)):
         if not path.is_file():
             try:
-                segments = transcribe(video, asr_model)
+                segments = transcribe(video, asr_model, language=language).segments
             except SegmentsError as err:
                 raise SegmentsError(f"{video}: no subtitles beside it ({video.stem}.srt or .vtt) and {err}") from None
             items = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
@@ -256,11 +260,13 @@ def predict(
     num_workers: int = 2,
     shard_rows: int = SHARD_ROWS,
     asr_model: str = PACKAGED_ASR_MODEL,
+    language: str | None = None,
     trainer_kwargs: dict | None = None,
 ) -> PredictResult | None:
     """Predict every utterance of `data` into the JSON Lines file `out` (see the module's doc) with
-    `model`: a model folder, a loaded model, or None for the built-in one. Returns the result on
-    global rank 0, None on the other ranks."""
+    `model`: a model folder, a loaded model, or None for the built-in one. `language`: the Whisper
+    code speech recognition uses for videos without subtitles, None or "auto" to detect it per
+    video. Returns the result on global rank 0, None on the other ranks."""
     started = time.perf_counter()
     data, out = Path(data), Path(out)
     model_dir = None if model is None or isinstance(model, torch.nn.Module) else Path(model)
@@ -269,11 +275,12 @@ def predict(
     if shard_rows < 1:
         raise ValueError(f"--shard-rows must be at least 1, got {shard_rows}")
     check_out(out, data, model_dir)
+    language = whisper_language(language)
     shards_dir = parts_dir(out)
     net = model if isinstance(model, torch.nn.Module) else load_model(model_dir)  # None: the built-in model
     existed = shards_dir.exists()
     try:
-        rows = list_rows(data, split, "text" in net.modalities, asr_model, shards_dir / "asr")
+        rows = list_rows(data, split, "text" in net.modalities, asr_model, shards_dir / "asr", language)
     except BaseException:
         if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
             shutil.rmtree(shards_dir, ignore_errors=True)
