@@ -52,13 +52,17 @@ def test_a_forced_language_is_recorded_as_forced_and_the_text_expert_reads(engli
     assert not [w for w in result["warnings"] if "language" in w], result["warnings"]
 
 
-def test_french_speech_is_detected_and_the_text_expert_abstains(french):
-    result = analyze(french, text_and_voice(), asr=True, device="cpu")
+def test_french_speech_is_detected_and_the_built_in_text_expert_abstains(french, tmp_path):
+    out = tmp_path / "fr.json"
+    done = run_cli("analyze", french, "--out", out, timeout=300)  # the built-in model, the language detected
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
     assert result["language"]["code"] == "fr" and result["language"]["how"] == "detected", result["language"]
-    assert result["utterances"] and all(u["experts"]["text"] is None and u["experts"]["voice"] is not None
+    assert result["utterances"] and all(u["experts"]["text"] is None and u["experts"]["audio"] is not None
                                         for u in result["utterances"]), result["utterances"]
-    (warning,) = [w for w in result["warnings"] if "English only" in w]
-    assert "'fr'" in warning and "abstains" in warning and "--text-for-other-languages" in warning, warning
+    (warning,) = [line for line in done.stderr.splitlines() if "English only" in line]
+    assert warning.startswith("warning: ") and "'fr'" in warning and "abstains" in warning, warning
+    assert "--text-for-other-languages" in warning, warning
 
 
 def test_other_languages_can_keep_the_text_expert_when_asked(french, tmp_path):
