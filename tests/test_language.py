@@ -62,7 +62,7 @@ def test_french_speech_is_detected_and_the_built_in_text_expert_abstains(french,
                                         for u in result["utterances"]), result["utterances"]
     (warning,) = [line for line in done.stderr.splitlines() if "English only" in line]
     assert warning.startswith("warning: ") and "'fr'" in warning and "abstains" in warning, warning
-    assert "--text-for-other-languages" in warning, warning
+    assert "--text-for-other-languages" in warning and "if it is English, pass --language en" in warning, warning
 
 
 def test_other_languages_can_keep_the_text_expert_when_asked(french, tmp_path):

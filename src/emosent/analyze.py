@@ -151,7 +151,9 @@ def reads_the_words(model, video: Path, spoken: SpokenLanguage | None, anyway: b
     only the warning is given."""
     if spoken is None or spoken.code == TEXT_LANGUAGE or "text" not in model.modalities:
         return True
-    heard = f"{video}: the speech is in language {spoken.code!r} ({spoken.how}, probability {spoken.probability:.2f})"
+    # Whisper-base can mistake short English speech for another language: say how to overrule it
+    overrule = "; if it is English, pass --language en" if spoken.how == "detected" else ""
+    heard = f"{video}: the speech is in language {spoken.code!r} ({spoken.how}, probability {spoken.probability:.2f}{overrule})"
     if "text" not in getattr(model, "by_modality", {}):
         warnings.append(f"{heard}, but this model reads English text only: its predictions rest partly on words it cannot read")
         return True
