@@ -122,3 +122,17 @@ def test_a_bad_code_on_the_command_line_is_one_line_and_exit_2(command, english,
     assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"emosent {command}: error: --language xx: not a language Whisper knows"), line
+
+
+def test_predict_leaves_the_text_expert_out_of_a_french_videos_rows(french, tmp_path, capsys):
+    from emosent.predict import predict, read_predictions
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "fr.mp4").symlink_to(french)
+    out = tmp_path / "rows.jsonl"
+    predict(folder, out, text_and_voice(), num_workers=0, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    rows = read_predictions(out)
+    assert rows and all(r["experts"]["text"] is None and r["experts"]["voice"] is not None for r in rows), rows
+    (warning,) = [line for line in capsys.readouterr().out.splitlines() if "English only" in line]
+    assert "fr.mp4: the speech is in language 'fr' (detected" in warning and "abstains on this video's rows" in warning

@@ -22,7 +22,7 @@ from emosent.files import write_json  # noqa: F401  (the CLI writes analyze's re
 from emosent.pretrained import PretrainedModel
 from emosent.records import Recorder
 from emosent.runtime import pick_device
-from emosent.segments import (PACKAGED_ASR_MODEL, TEXT_LANGUAGE, Segment, SpokenLanguage, check_segments, read_segments,
+from emosent.segments import (PACKAGED_ASR_MODEL, Segment, SpokenLanguage, check_segments, read_segments,
                               subtitles_beside, transcribe, whisper_language)
 
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
@@ -149,11 +149,9 @@ def reads_the_words(model, video: Path, spoken: SpokenLanguage | None, anyway: b
     in a language other than English (the text encoders are English models), unless `anyway`.
     A late fusion's text expert abstains there; a single network cannot leave its text out, so
     only the warning is given."""
-    if spoken is None or spoken.code == TEXT_LANGUAGE or "text" not in model.modalities:
+    if spoken is None or spoken.text_reads_it or "text" not in model.modalities:
         return True
-    # Whisper-base can mistake short English speech for another language: say how to overrule it
-    overrule = "; if it is English, pass --language en" if spoken.how == "detected" else ""
-    heard = f"{video}: the speech is in language {spoken.code!r} ({spoken.how}, probability {spoken.probability:.2f}{overrule})"
+    heard = f"{video}: the speech is in {spoken.describe()}"
     if "text" not in getattr(model, "by_modality", {}):
         warnings.append(f"{heard}, but this model reads English text only: its predictions rest partly on words it cannot read")
         return True

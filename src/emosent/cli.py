@@ -188,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict(args.data, args.out, args.model, split=args.split, batch_size=args.batch_size,
                      num_workers=args.num_workers, shard_rows=args.shard_rows, asr_model=args.asr_model, language=args.language,
-                     trainer_kwargs=from_options(Launch, args).trainer_kwargs())
+                     text_for_other_languages=args.text_for_other_languages, trainer_kwargs=from_options(Launch, args).trainer_kwargs())
     if result is not None:
         print(f"{result.rows} rows in {result.elapsed_s:.1f} s -> {result.out}", file=sys.stderr)
     return 0
@@ -357,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr-model", default="base", help="faster-whisper model for videos without subtitles "
                    "(default base: packaged, offline; see analyze --asr-model)")
     p.add_argument("--language", default="auto", help="the language spoken in videos without subtitles: auto (default: "
-                   "detected per video) or a Whisper code (en, fr, ...) for speech recognition to use")
+                   "detected per video) or a Whisper code (en, fr, ...) for speech recognition to use; where it is "
+                   "not English the text expert abstains on the video's rows")
+    p.add_argument("--text-for-other-languages", action="store_true",
+                   help="keep the text expert on speech that is not English (it was trained on English only)")
     add_options(p, Launch, "devices (passed to Lightning)")
     p.set_defaults(run=cmd_predict)
     return parser

@@ -81,6 +81,21 @@ class SpokenLanguage:
     def to_dict(self) -> dict:
         return {"code": self.code, "probability": round(self.probability, 4), "how": self.how}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SpokenLanguage:
+        return cls(data["code"], float(data["probability"]), data["how"])
+
+    @property
+    def text_reads_it(self) -> bool:
+        """Whether the text experts (English models) read this language."""
+        return self.code == TEXT_LANGUAGE
+
+    def describe(self) -> str:
+        """"language 'fr' (detected, probability 0.57; ...)": for warnings. Whisper-base can take
+        short English speech for another language, so a detected one says how to overrule it."""
+        overrule = "; if it is English, pass --language en" if self.how == "detected" else ""
+        return f"language {self.code!r} ({self.how}, probability {self.probability:.2f}{overrule})"
+
 
 class Transcription(NamedTuple):
     """What speech recognition found: the utterances, and the language it heard (None where it
