@@ -144,6 +144,8 @@ def transcribed(video: Path, asr_model: str, asr_dir: Path, language: str | None
                      "language": heard.language.to_dict() if heard.language else None}
             write_atomically(path, lambda tmp: tmp.write_text(json.dumps(items)))
         items = json.loads(path.read_text())
+    if isinstance(items, list):  # kept by an earlier version, before the language was: not known
+        items = {"segments": items, "language": None}
     return Transcription([Segment(i["start"], i["end"], i["text"]) for i in items["segments"]],
                          SpokenLanguage.from_dict(items["language"]) if items["language"] else None)
 
