@@ -90,23 +90,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def speak(text: str, path: Path):
-    """espeak-ng's voice saying `text`: float32 samples in [-1, 1] and the sample rate."""
+def speak(text: str, path: Path, voice: str = "en"):
+    """espeak-ng's voice for language `voice` saying `text`: float32 samples in [-1, 1] and the sample rate."""
     import subprocess
     import wave
 
     import numpy as np
 
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True)
     with wave.open(str(path)) as f:
         assert f.getsampwidth() == 2 and f.getnchannels() == 1
         pcm = np.frombuffer(f.readframes(f.getnframes()), np.int16)
         return pcm.astype(np.float32) / 32768, f.getframerate()
 
 
-def spoken_clip(directory: Path, sentences, lead_s: float, gap_s: float, tail_s: float, frame_fn=None):
+def spoken_clip(directory: Path, sentences, lead_s: float, gap_s: float, tail_s: float, frame_fn=None, voice: str = "en"):
     """An mp4 (H.264 video, grey frames unless frame_fn, + AAC audio) in which espeak-ng says
-    `sentences` with silence before, between and after them: (path, duration in s, each sentence's
+    `sentences` (in language `voice`) with silence before, between and after them: (path, duration in s, each sentence's
     voiced (start, end) in s, first and last sample louder than 1% of full scale). Skips the
     test where espeak-ng is not installed (.ci/run installs it)."""
     import shutil
@@ -117,7 +117,7 @@ def spoken_clip(directory: Path, sentences, lead_s: float, gap_s: float, tail_s:
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does it)")
-    voices = [speak(sentence, directory / f"{i}.wav") for i, sentence in enumerate(sentences)]
+    voices = [speak(sentence, directory / f"{i}.wav", voice) for i, sentence in enumerate(sentences)]
     rate = voices[0][1]
     chunks, spans = [np.zeros(round(lead_s * rate), np.float32)], []
     for i, (samples, _) in enumerate(voices):

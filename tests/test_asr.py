@@ -73,7 +73,7 @@ def spoken(tmp_path_factory):
     the seconds each sentence is voiced, and what transcribe makes of it (timed: pytest -s shows it)."""
     clip, duration, spans = spoken_clip(tmp_path_factory.mktemp("speech"), SENTENCES, LEAD_S, GAP_S, TAIL_S)
     started = time.perf_counter()
-    segments = transcribe(clip)  # the default: the packaged Whisper-base, offline (conftest sets HF_HUB_OFFLINE)
+    segments = transcribe(clip).segments  # the default: the packaged Whisper-base, offline (conftest sets HF_HUB_OFFLINE)
     seconds = time.perf_counter() - started
     print(f"transcribe: {duration:.1f} s of speech in {seconds:.1f} s")
     return {"clip": clip, "duration": duration, "spans": spans, "segments": segments}

@@ -38,6 +38,7 @@ def test_analyze_with_nothing_else_hears_the_words_and_their_sentiment(spoken, t
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["model"] == "builtin" and data["segments_from"] == {"source": "asr", "asr_model": "base"}
+    assert data["language"]["code"] == "en" and data["language"]["how"] == "detected", data["language"]
     utterances = data["utterances"]
     assert len(utterances) == len(LINES), [u["text"] for u in utterances]
     for u, words, (voice_start, voice_end), sentiment in zip(utterances, KEY_WORDS, spans, SENTIMENTS):
@@ -48,6 +49,7 @@ def test_analyze_with_nothing_else_hears_the_words_and_their_sentiment(spoken, t
         assert voice_start - 0.6 <= u["start_time"] and u["end_time"] <= voice_end + 0.3, (u, voice_start, voice_end)
         assert u["sentiments"][0]["label"] == sentiment, u
         assert u["experts"]["face"] is None  # grey frames: no face, so the face expert abstains
+        assert u["experts"]["text"] is not None  # English: the text expert reads it
 
 
 def test_predict_reads_a_call_recording_as_analyze_does(tmp_path):

@@ -23,7 +23,8 @@ from emosent.files import write_json  # noqa: F401  (the CLI writes analyze's re
 from emosent.pretrained import PretrainedModel
 from emosent.records import Recorder
 from emosent.runtime import pick_device
-from emosent.segments import PACKAGED_ASR_MODEL, Segment, check_segments, read_segments, subtitles_beside, transcribe
+from emosent.segments import (PACKAGED_ASR_MODEL, Segment, SpokenLanguage, check_segments, read_segments,
+                              subtitles_beside, transcribe, whisper_language)
 from emosent.summary import speaker_summary
 
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
@@ -66,6 +67,8 @@ def analyze(
     transcript: str | Path | None = None,
     asr: bool = False,
     asr_model: str = PACKAGED_ASR_MODEL,
+    language: str | None = None,
+    text_for_other_languages: bool = False,
     batch_size: int = 8,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
@@ -73,7 +76,9 @@ def analyze(
     """Emotion and sentiment per segment of `video`. `model`: a loaded model, a model folder, or
     None for the built-in model. Segments come from at most one of `subtitles` (.srt/.vtt),
     `transcript` (.json) or `asr`; with none, from VIDEO.srt or VIDEO.vtt beside the video when
-    there is one, else from speech recognition. Returns the result dict (see README); raises
+    there is one, else from speech recognition. `language`: the language spoken, a Whisper code,
+    or None / "auto" to have speech recognition detect it; where it is not English the text expert
+    of a late-fusion model abstains unless `text_for_other_languages`. Returns the result dict (see README); raises
     NothingAnalysedError (a ValueError) when no segment could be analysed.
     `progress(done, total)` is called after each batch of segments."""
     started = time.perf_counter()
@@ -84,6 +89,7 @@ def analyze(
         raise ValueError("give at most one of --subtitles, --transcript or --asr")
     # The cheap checks first: a bad video, device or subtitle file fails before the model loads.
     device = pick_device(device)
+    forced = whisper_language(language)
     info = probe(video)  # fails here, clearly, on a path that is not media
     if subtitles is None and transcript is None and not asr:
         subtitles = subtitles_beside(video)
@@ -96,14 +102,16 @@ def analyze(
     warnings += model.stream_warnings(video, info.has_video, info.has_audio)
     recorder = Recorder.of(model)
     duration = info.duration_s
+    spoken = SpokenLanguage(forced, 1.0, "forced") if forced else None  # with subtitles: what the user says it is
     if segments is None:
-        segments = transcribe(video, asr_model)
+        segments, spoken = transcribe(video, asr_model, language=forced)
         if not segments:
             warnings.append(f"{video}: speech recognition found no speech")
     kept, skipped = check_segments(segments, duration, "text" in model.modalities, warnings)
+    text_present = reads_the_words(model, video, spoken, text_for_other_languages, warnings)
 
     timer = Timer()
-    results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder)
+    results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder, text_present)
     utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "speaker": s.speaker,
                    "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
@@ -114,6 +122,7 @@ def analyze(
         "video": str(video),
         "model": name,
         "segments_from": {"source": source, **({"asr_model": asr_model} if asr else {"file": str(subtitles or transcript)})},
+        "language": spoken.to_dict() if spoken else None,
         "duration_s": round(duration, 3),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "utterances": utterances,
@@ -139,11 +148,32 @@ def abstentions(model, video: Path, info, utterances: list[dict]) -> list[str]:
     return out
 
 
+def reads_the_words(model, video: Path, spoken: SpokenLanguage | None, anyway: bool, warnings: list[str]) -> bool:
+    """Whether the model's text part reads this video's words: not where the speech is known to be
+    in a language other than English (the text encoders are English models), unless `anyway`.
+    A late fusion's text expert abstains there; a single network cannot leave its text out, so
+    only the warning is given."""
+    if spoken is None or spoken.text_reads_it or "text" not in model.modalities:
+        return True
+    heard = f"{video}: the speech is in {spoken.describe()}"
+    if "text" not in getattr(model, "by_modality", {}):
+        warnings.append(f"{heard}, but this model reads English text only: its predictions rest partly on words it cannot read")
+        return True
+    if anyway:
+        warnings.append(f"{heard}; the text expert reads English only, and is used anyway as asked")
+        return True
+    warnings.append(f"{heard}: the text expert reads English only, so it abstains on this video "
+                    "(emosent analyze --text-for-other-languages uses it anyway)")
+    return False
+
+
 @torch.inference_mode()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
-                     progress: Callable[[int, int], None] | None = None, recorder: Recorder | None = None) -> list[dict | None]:
+                     progress: Callable[[int, int], None] | None = None, recorder: Recorder | None = None,
+                     text_present: bool = True) -> list[dict | None]:
     """Per segment: its record (see `emosent.records`; `recorder`, by default the model's, writes
-    it); None for a segment that could not be read (listed in `skipped`)."""
+    it); None for a segment that could not be read (listed in `skipped`). `text_present` False:
+    a late fusion's text expert abstains on every segment (see `reads_the_words`)."""
     recorder = recorder or Recorder.of(model)
     # The video is one dialogue: with context, a segment's text is read after the segments before it.
     k = model.processor.config.context
@@ -158,7 +188,7 @@ def predict_segments(model, video: Path, segments: list[Segment], batch_size: in
         for first in range(0, len(records), batch_size):
             # "decode" is the time spent waiting for read items: reading overlaps the model
             items = timer.run("decode", lambda: [next(read) for _ in range(first, min(first + batch_size, len(records)))])
-            run_batch(model, processor.collate(items), segments, device, timer, skipped, results, recorder, video)
+            run_batch(model, processor.collate(items), segments, device, timer, skipped, results, recorder, video, text_present)
             if progress is not None:
                 progress(min(first + batch_size, len(records)), len(records))
     return results
@@ -177,7 +207,7 @@ def read_ahead(pool: ThreadPoolExecutor, processor, records: list[Utterance], wi
 
 
 def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer, skipped: list, results: list,
-              recorder: Recorder, video: Path) -> None:
+              recorder: Recorder, video: Path, text_present: bool = True) -> None:
     """One batch through the model: its records into `results`, its unreadable items into `skipped`."""
     for index, reason, error in batch["skipped"]:
         skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
@@ -190,6 +220,8 @@ def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer,
         features.update(timer.run(modality, model.encode, batch, (modality,)))
     # the text head needs the token masks when its top layers run on the boundary states
     masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+    if not text_present:
+        masks["text_present"] = torch.zeros(len(batch["index"]), dtype=torch.bool, device=device)
     out = timer.run("heads", model, **features, **masks)
     indices = batch["index"].tolist()
     sources = [f"{video}: segment {segments[i].start:.3f}-{segments[i].end:.3f} s" for i in indices]

@@ -155,7 +155,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.plot:
         check_image_path("--plot", args.plot)
     result = analyze(args.video, args.model, subtitles=args.subtitles, transcript=args.transcript, asr=args.asr,
-                     asr_model=args.asr_model, batch_size=args.batch_size, device=args.device, progress=progress_printer())
+                     asr_model=args.asr_model, language=args.language, text_for_other_languages=args.text_for_other_languages,
+                     batch_size=args.batch_size, device=args.device, progress=progress_printer())
     for line in result["warnings"]:
         print(f"warning: {line}", file=sys.stderr)
     for s in result["skipped"]:
@@ -186,8 +187,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from emosent.predict import predict
 
     result = predict(args.data, args.out, args.model, split=args.split, batch_size=args.batch_size,
-                     num_workers=args.num_workers, shard_rows=args.shard_rows, asr_model=args.asr_model,
-                     trainer_kwargs=from_options(Launch, args).trainer_kwargs())
+                     num_workers=args.num_workers, shard_rows=args.shard_rows, asr_model=args.asr_model, language=args.language,
+                     text_for_other_languages=args.text_for_other_languages, trainer_kwargs=from_options(Launch, args).trainer_kwargs())
     if result is not None:
         print(f"{result.rows} rows in {result.elapsed_s:.1f} s -> {result.out}", file=sys.stderr)
     return 0
@@ -315,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--asr", action="store_true", help="segments from speech recognition even when subtitles are beside the video")
     p.add_argument("--asr-model", default="base", help="faster-whisper model: base (default, packaged, offline), or a name "
                    "faster-whisper downloads once (tiny, small, large-v3, ...) or a local CTranslate2 folder")
+    p.add_argument("--language", default="auto", help="the language spoken: auto (default: speech recognition detects it) "
+                   "or a Whisper code (en, fr, de, ...), which speech recognition then uses; with subtitles, says what "
+                   "language they are in. Where it is not English the text expert abstains")
+    p.add_argument("--text-for-other-languages", action="store_true",
+                   help="keep the text expert on speech that is not English (it was trained on English only)")
     p.add_argument("--out", type=Path, help="result JSON (default: printed to stdout)")
     p.add_argument("--plot", type=Path, help="timeline PNG")
     p.add_argument("--batch-size", type=BATCH, default=8, help=f"segments per forward pass (at most {MAX_BATCH_SIZE}: memory grows with it)")
@@ -350,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-rows", type=COUNT, default=64, help="rows per shard: the unit of resuming and of splitting work")
     p.add_argument("--asr-model", default="base", help="faster-whisper model for videos without subtitles "
                    "(default base: packaged, offline; see analyze --asr-model)")
+    p.add_argument("--language", default="auto", help="the language spoken in videos without subtitles: auto (default: "
+                   "detected per video) or a Whisper code (en, fr, ...) for speech recognition to use; where it is "
+                   "not English the text expert abstains on the video's rows")
+    p.add_argument("--text-for-other-languages", action="store_true",
+                   help="keep the text expert on speech that is not English (it was trained on English only)")
     add_options(p, Launch, "devices (passed to Lightning)")
     p.set_defaults(run=cmd_predict)
     return parser

@@ -319,14 +319,18 @@ class LateFusionModel(PretrainedModel):
             out.update(self.experts[self.by_modality[modality]].encode(batch, (modality,)))
         return out
 
-    def expert_outputs(self, **inputs) -> dict[str, EmotionSentimentOutput]:
-        """Each expert's own (uncalibrated) output on the inputs of its modality."""
+    def expert_outputs(self, *, text_present: torch.Tensor | None = None, **inputs) -> dict[str, EmotionSentimentOutput]:
+        """Each expert's own (uncalibrated) output on the inputs of its modality. text_present (B,)
+        bool: False where the text expert cannot read the words (speech in a language other than
+        its own, see `emosent.analyze`): it abstains there."""
         outputs = {}
         for name, expert in self.experts.items():
             names = MODALITY_INPUTS[expert.modalities[0]]
             out = expert(**{k: v for k, v in inputs.items() if k in names and v is not None})
             if out.present is None:
                 out.present = torch.ones(len(out.emotion_logits), dtype=torch.bool, device=out.emotion_logits.device)
+            if text_present is not None and expert.modalities[0] == "text":
+                out.present = out.present & text_present.to(out.present.device)
             outputs[name] = out
         return outputs
 

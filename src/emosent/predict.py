@@ -39,7 +39,8 @@ from emosent.files import exclusive, write_atomically
 from emosent.model import EmotionSentimentModel
 from emosent.records import Recorder, utterance_row
 from emosent.runtime import log, rank_zero_exclusive
-from emosent.segments import PACKAGED_ASR_MODEL, SegmentsError, check_segments, read_segments, subtitles_beside, transcribe
+from emosent.segments import (PACKAGED_ASR_MODEL, Segment, SegmentsError, SpokenLanguage, Transcription, check_segments,
+                              read_segments, subtitles_beside, transcribe, whisper_language)
 from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 
 FORMAT_VERSION = 4  # bump when a row's fields or their meaning change: older parts are then refused
@@ -62,12 +63,14 @@ class Row:
     file: str
     skip: str | None = None
     error: str | None = None
+    language: SpokenLanguage | None = None  # of its video's speech, where known (see `emosent.segments`)
 
 
 # --- the rows -------------------------------------------------------------------------------
 
 
-def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, asr_dir: Path) -> list[Row]:
+def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, asr_dir: Path,
+              language: str | None = None) -> list[Row]:
     """Every utterance of `data`, in order: a manifest's rows, or each video's segments."""
     if not data.exists():
         raise ValueError(f"--data {data}: no such file or folder")
@@ -82,7 +85,7 @@ def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, a
     if not files:
         raise ValueError(f"--data {data}: no manifest (train.csv, *_sent_emo.csv) and no video or audio files "
                          f"({', '.join(suffixes)}) in this folder")
-    return [row for file in files for row in video_rows(file, needs_text, asr_model, asr_dir)]
+    return [row for file in files for row in video_rows(file, needs_text, asr_model, asr_dir, language)]
 
 
 def is_manifest_folder(folder: Path) -> bool:
@@ -93,7 +96,7 @@ def has_split(folder: Path, split: str) -> bool:
     return (folder / f"{split}_sent_emo.csv").is_file() or (folder / f"{split}.csv").is_file()
 
 
-def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> list[Row]:
+def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path, language: str | None = None) -> list[Row]:
     """A video's segments as rows, in time order: the ones `analyze` would skip (outside the
     video, no text) are rows with their reason; a video that cannot be opened is one row."""
     try:
@@ -103,7 +106,10 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> 
     subtitles = subtitles_beside(video)
     warnings: list[str] = []
     try:
-        segments = read_segments(subtitles, warnings) if subtitles else transcribed(video, asr_model, asr_dir)
+        if subtitles:  # the language of subtitles is what --language says, or unknown
+            segments, spoken = read_segments(subtitles, warnings), SpokenLanguage(language, 1.0, "forced") if language else None
+        else:
+            segments, spoken = transcribed(video, asr_model, asr_dir, language)
     except SegmentsError as err:
         if subtitles is None:  # speech recognition is missing: no video would get segments
             raise
@@ -111,7 +117,7 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> 
     kept, skipped = check_segments(segments, info.duration_s, needs_text, warnings)
     where = subtitles or video
     rows = [(s.start, s.end, Row(Utterance(s.text, None, None, video, s.start, s.end, f"{where} {s.start:.3f}-{s.end:.3f} s",
-                                           s.speaker, tuple((p.speaker, p.text) for p in kept[:i])), str(video)))
+                                           s.speaker, tuple((p.speaker, p.text) for p in kept[:i])), str(video), language=spoken))
             for i, s in enumerate(kept)]
     rows += [(s["start_time"], s["end_time"],
               Row(Utterance(s["text"], None, None, video, s["start_time"], s["end_time"], f"{where}"), str(video), s["reason"],
@@ -119,24 +125,29 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path) -> 
     return [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))]
 
 
-def transcribed(video: Path, asr_model: str, asr_dir: Path) -> list:
+def transcribed(video: Path, asr_model: str, asr_dir: Path, language: str | None = None) -> Transcription:
     """Speech recognition of a video without subtitles, once: kept in the parts folder (a lock per
-    video, so DDP ranks and a resumed run reuse it rather than transcribe again)."""
-    from emosent.segments import Segment
+    video, so DDP ranks and a resumed run reuse it rather than transcribe again). `language`: a
+    Whisper code to force, None to detect."""
 
     stat = video.stat()
-    key = hashlib.sha256(json.dumps([os.path.realpath(video), stat.st_size, stat.st_mtime_ns, asr_model]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([os.path.realpath(video), stat.st_size, stat.st_mtime_ns, asr_model]
+                                + ([language] if language else [])).encode()).hexdigest()[:24]
     path = asr_dir / f"{key}.json"
     with exclusive(asr_dir / f"{key}.lock", wait=True, holder=str(path)):
         if not path.is_file():
             try:
-                segments = transcribe(video, asr_model)
+                heard = transcribe(video, asr_model, language=language)
             except SegmentsError as err:
                 raise SegmentsError(f"{video}: no subtitles beside it ({video.stem}.srt or .vtt) and {err}") from None
-            items = [{"start": s.start, "end": s.end, "text": s.text, "speaker": s.speaker} for s in segments]
+            items = {"segments": [{"start": s.start, "end": s.end, "text": s.text, "speaker": s.speaker} for s in heard.segments],
+                     "language": heard.language.to_dict() if heard.language else None}
             write_atomically(path, lambda tmp: tmp.write_text(json.dumps(items)))
         items = json.loads(path.read_text())
-    return [Segment(i["start"], i["end"], i["text"], i.get("speaker"), "asr") for i in items]
+    if isinstance(items, list):  # kept by an earlier version, before the language was: not known
+        items = {"segments": items, "language": None}
+    return Transcription([Segment(i["start"], i["end"], i["text"], i.get("speaker"), "asr") for i in items["segments"]],
+                         SpokenLanguage.from_dict(items["language"]) if items["language"] else None)
 
 
 # --- what a run is, and where it stands -----------------------------------------------------
@@ -150,7 +161,8 @@ def fingerprint(model: EmotionSentimentModel, rows: list[Row], shard_rows: int) 
     h.update(weights_digest([model]).encode())
     for row in rows:
         u = row.utterance
-        h.update(json.dumps([u.text, row.file, u.start, u.end, u.history, u.source, row.skip, file_stamp(u.path)]).encode())
+        h.update(json.dumps([u.text, row.file, u.start, u.end, u.history, u.source, row.skip, file_stamp(u.path)]
+                            + ([row.language.code] if row.language else [])).encode())
     return h.hexdigest()
 
 
@@ -202,15 +214,17 @@ class RowDataset(Dataset):
 class Predictor(L.LightningModule):
     """predict_step: a batch -> the model's output and its encoders' features (see `emosent.records`)."""
 
-    def __init__(self, model: EmotionSentimentModel):
+    def __init__(self, model: EmotionSentimentModel, text_absent: frozenset[int] = frozenset()):
         super().__init__()
-        self.model = model
+        self.model, self.text_absent = model, text_absent  # rows where a late fusion's text expert abstains
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = {"index": batch["index"].tolist(), "skipped": batch["skipped"]}
         if batch["index"].numel():  # as analyze runs a batch: the encoders, then the heads on their features
             features = self.model.encode(batch)
             masks = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+            if self.text_absent:
+                masks["text_present"] = torch.tensor([i not in self.text_absent for i in out["index"]], device=self.device)
             out.update(output=self.model(**features, **masks), features=features)
         return out
 
@@ -256,11 +270,16 @@ def predict(
     num_workers: int = 2,
     shard_rows: int = SHARD_ROWS,
     asr_model: str = PACKAGED_ASR_MODEL,
+    language: str | None = None,
+    text_for_other_languages: bool = False,
     trainer_kwargs: dict | None = None,
 ) -> PredictResult | None:
     """Predict every utterance of `data` into the JSON Lines file `out` (see the module's doc) with
-    `model`: a model folder, a loaded model, or None for the built-in one. Returns the result on
-    global rank 0, None on the other ranks."""
+    `model`: a model folder, a loaded model, or None for the built-in one. `language`: the Whisper
+    code speech recognition uses for videos without subtitles (and the language of subtitles), None
+    or "auto" to detect it per video; as in `analyze`, a late fusion's text expert abstains on the
+    rows of a video whose language is not English, unless `text_for_other_languages`. Returns the
+    result on global rank 0, None on the other ranks."""
     started = time.perf_counter()
     data, out = Path(data), Path(out)
     model_dir = None if model is None or isinstance(model, torch.nn.Module) else Path(model)
@@ -269,15 +288,17 @@ def predict(
     if shard_rows < 1:
         raise ValueError(f"--shard-rows must be at least 1, got {shard_rows}")
     check_out(out, data, model_dir)
+    language = whisper_language(language)
     shards_dir = parts_dir(out)
     net = model if isinstance(model, torch.nn.Module) else load_model(model_dir)  # None: the built-in model
     existed = shards_dir.exists()
     try:
-        rows = list_rows(data, split, "text" in net.modalities, asr_model, shards_dir / "asr")
+        rows = list_rows(data, split, "text" in net.modalities, asr_model, shards_dir / "asr", language)
     except BaseException:
         if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
             shutil.rmtree(shards_dir, ignore_errors=True)
         raise
+    text_absent = other_languages(net, rows, text_for_other_languages)
     shards = Shards(len(rows), shard_rows, shards_dir, ".jsonl")
     key = fingerprint(net, rows, shard_rows)
     with rank_zero_exclusive(shards_dir / LOCK_FILE, wait=False, holder=f"--out {out}"):
@@ -292,7 +313,7 @@ def predict(
         if pending:
             log(f"predicting {len(rows)} rows of {data} in {shards.count} shards of {shard_rows}"
                 + (f" ({done_before} shards already done, kept in {shards_dir})" if done_before else ""))
-            trainer = run_loop(net, rows, shards, pending, batch_size, num_workers, trainer_kwargs or {})
+            trainer = run_loop(net, rows, shards, pending, batch_size, num_workers, trainer_kwargs or {}, text_absent)
             if trainer.global_rank != 0:
                 return None
         elif rank_zero_only.rank != 0:
@@ -314,9 +335,27 @@ def predict(
     return PredictResult(out, len(rows), skipped, done_before, time.perf_counter() - started)
 
 
-def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, trainer_kwargs) -> L.Trainer:
+def other_languages(net, rows: list[Row], anyway: bool) -> frozenset[int]:
+    """The rows whose video's speech is known not to be English, where a late fusion's text expert
+    abstains (see `emosent.analyze.analyze`); said once per video. Empty with `anyway`."""
+    foreign = {row.file: row.language for row in rows if row.language is not None and not row.language.text_reads_it}
+    if not foreign or "text" not in net.modalities:
+        return frozenset()
+    if "text" not in getattr(net, "by_modality", {}):  # a single network cannot leave its text out
+        why, abstains = "this model reads English text only", False
+    elif anyway:
+        why, abstains = "the text expert reads English only, and is used anyway as asked", False
+    else:
+        why, abstains = "the text expert reads English only, so it abstains on this video's rows (--text-for-other-languages keeps it)", True
+    for file, spoken in foreign.items():
+        log(f"warning: {file}: the speech is in {spoken.describe()}: {why}")
+    return frozenset(i for i, row in enumerate(rows) if row.file in foreign) if abstains else frozenset()
+
+
+def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, trainer_kwargs,
+             text_absent: frozenset[int] = frozenset()) -> L.Trainer:
     data = ShardData(RowDataset(rows, net.processor), shards, pending, net.processor.collate, batch_size, num_workers)
-    return run_shards(Predictor(net.eval()), data, JsonlShardWriter(shards, rows, Recorder.of(net)), trainer_kwargs)
+    return run_shards(Predictor(net.eval(), text_absent), data, JsonlShardWriter(shards, rows, Recorder.of(net)), trainer_kwargs)
 
 
 def write_output(parts: list[Path], target: Path, *, parquet: bool) -> None:

@@ -34,6 +34,15 @@ SENTENCE_ENDS = (".", "!", "?", "…")
 CLOSING_MARKS = "\"')]»”’"  # a sentence may end inside quotes: 'done."'
 ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "jr.", "sr.", "vs."}  # a period that ends no sentence
 
+# The language spoken: Whisper detects it from the first 30 s window of speech (Silero VAD's);
+# a window it is unsure of (top language at most 0.5) passes to the next, up to DETECTION_WINDOWS
+# (2 min of speech), and a majority vote of the windows decides if none is sure (faster-whisper's
+# language_detection_segments / _threshold). Measured on 23 short real English clips: all detected
+# English, the least sure at 0.36 (bench/asr_wer.py, BENCHMARKS.md).
+AUTO_LANGUAGE = "auto"
+DETECTION_WINDOWS = 4
+TEXT_LANGUAGE = "en"  # what the text experts read: RoBERTa / MPNet trained on English (MELD)
+
 SUBTITLE_SUFFIXES = (".srt", ".vtt")  # looked for beside a video when no segments are given
 
 Source = Literal["subtitles", "transcript", "asr"]
@@ -58,6 +67,55 @@ class Word(NamedTuple):
     start: float
     end: float
     word: str
+
+
+@dataclass(frozen=True)
+class SpokenLanguage:
+    """The language of a video's speech: an ISO 639-1 code as Whisper names it, the probability
+    Whisper gave it (1.0 where it was given, not detected), and how it was found."""
+
+    code: str
+    probability: float
+    how: Literal["detected", "forced"]
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "probability": round(self.probability, 4), "how": self.how}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SpokenLanguage:
+        return cls(data["code"], float(data["probability"]), data["how"])
+
+    @property
+    def text_reads_it(self) -> bool:
+        """Whether the text experts (English models) read this language."""
+        return self.code == TEXT_LANGUAGE
+
+    def describe(self) -> str:
+        """"language 'fr' (detected, probability 0.57; ...)": for warnings. Whisper-base can take
+        short English speech for another language, so a detected one says how to overrule it."""
+        overrule = "; if it is English, pass --language en" if self.how == "detected" else ""
+        return f"language {self.code!r} ({self.how}, probability {self.probability:.2f}{overrule})"
+
+
+class Transcription(NamedTuple):
+    """What speech recognition found: the utterances, and the language it heard (None where it
+    heard no speech: a detection on silence means nothing)."""
+
+    segments: list[Segment]
+    language: SpokenLanguage | None
+
+
+def whisper_language(code: str | None) -> str | None:
+    """`--language` as faster-whisper takes it: None to detect ("auto" or None), else a code it
+    knows, lower-cased; anything else is refused naming the codes."""
+    if code is None or code.strip().lower() == AUTO_LANGUAGE:
+        return None
+    from faster_whisper.tokenizer import _LANGUAGE_CODES  # Whisper's 100 codes (faster-whisper==1.2.1)
+
+    if code.strip().lower() not in _LANGUAGE_CODES:
+        raise SegmentsError(f"--language {code}: not a language Whisper knows; give {AUTO_LANGUAGE} (detect it, the default) "
+                            f"or one of Whisper's codes: {', '.join(_LANGUAGE_CODES)}")
+    return code.strip().lower()
 
 
 def read_segments(path: str | Path, warnings: list[str] | None = None) -> list[Segment]:
@@ -160,16 +218,20 @@ def parse_transcript(path: Path, text: str) -> list[Segment]:
     return [Segment(item.start, item.end, clean(item.text), clean(item.speaker or "") or None, "transcript") for item in parsed]
 
 
-def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str = "auto") -> list[Segment]:
+def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str = "auto",
+               language: str | None = None) -> Transcription:
     """Utterances of `video` by speech recognition: faster-whisper's words, found inside Silero VAD's
-    speech, grouped by `group_words`. `model` "base" is the packaged Whisper-base (offline, CPU int8);
-    any other faster-whisper name or a local CTranslate2 folder is loaded by faster-whisper (a name
-    downloads once). The audio is decoded with PyAV: nothing is cut or written."""
+    speech, grouped by `group_words`, and the language heard. `model` "base" is the packaged
+    Whisper-base (offline, CPU int8); any other faster-whisper name or a local CTranslate2 folder is
+    loaded by faster-whisper (a name downloads once). `language`: a Whisper code to force, or None
+    or "auto" to detect it (see DETECTION_WINDOWS). The audio is decoded with PyAV: nothing is cut
+    or written."""
     try:
         import faster_whisper  # noqa: F401  (checked first: both ways of loading need it)
     except ImportError:
         raise SegmentsError(f"--asr needs faster-whisper, which is not installed: {ASR_HINT}; "
                             "or pass --subtitles / --transcript") from None
+    forced = whisper_language(language)
     try:  # the cheap check first: a file without sound fails before the model loads
         has_audio = probe(video).has_audio
     except MediaError as err:
@@ -177,8 +239,13 @@ def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str =
     if not has_audio:
         raise SegmentsError(f"{video}: no audio stream, so no speech to recognise; pass --subtitles / --transcript")
     recogniser = load_asr_model(model, device)
-    pieces, _ = recogniser.transcribe(str(video), word_timestamps=True, vad_filter=True)
-    return group_words([Word(float(w.start), float(w.end), w.word) for piece in pieces for w in piece.words or ()])
+    pieces, info = recogniser.transcribe(str(video), word_timestamps=True, vad_filter=True, language=forced,
+                                         language_detection_segments=DETECTION_WINDOWS)
+    segments = group_words([Word(float(w.start), float(w.end), w.word) for piece in pieces for w in piece.words or ()])
+    if forced is not None:
+        return Transcription(segments, SpokenLanguage(info.language, 1.0, "forced"))
+    heard = SpokenLanguage(info.language, float(info.language_probability), "detected") if segments else None
+    return Transcription(segments, heard)
 
 
 def load_asr_model(name: str, device: str = "auto"):
