@@ -81,13 +81,70 @@ def sample_dir(tmp_path_factory) -> Path:
     return make_sample(tmp_path_factory.mktemp("data") / "sample", n_per_class=2, seed=0)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
-    """`python -m emosent ARGS` in a subprocess, as a user runs it; returns the CompletedProcess."""
-    import subprocess
+# `python -m emosent ...` costs a new interpreter and its imports (torch, Lightning, transformers:
+# seconds each time, most of the suite's CLI tests). run_cli forks each command from a server
+# process that imported them once (multiprocessing's forkserver): still a process of its own, with
+# its own signal handlers, globals, file descriptors 1 and 2 and exit status, running
+# emosent/__main__.py as `python -m` does. Where the environment differs from the one the server
+# started with (a test's `env`, or a variable a test set), a module may have read it at import:
+# those commands start a fresh interpreter as before.
+CLI_PRELOAD = ["torch", "lightning.pytorch", "transformers", "emosent.cli", "emosent.analyze", "emosent.train",
+               "emosent.predict", "emosent.evaluate"]
+_cli_server: dict = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_server():
+    """The forkserver run_cli forks commands from, started before any test changes the environment."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(CLI_PRELOAD)
+    _cli_server.update(context=context, environ=environment())
+    yield
+    _cli_server.clear()
+
+
+def environment() -> dict:
+    """os.environ without what pytest itself changes per test (PYTEST_CURRENT_TEST)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+def _cli_child(args: list[str], stdout: str, stderr: str) -> None:
+    """In the forked process: fd 1 and 2 to the given files, then `python -m emosent ARGS`."""
+    import runpy
     import sys
 
-    return subprocess.run([sys.executable, "-m", "emosent", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    for fd, path in ((1, stdout), (2, stderr)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.argv = ["emosent", *args]
+    runpy.run_module("emosent", run_name="__main__", alter_sys=True)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
+    """`python -m emosent ARGS` in a process of its own, as a user runs it; returns the CompletedProcess."""
+    import subprocess
+    import sys
+    import tempfile
+
+    args = [str(a) for a in args]
+    if env or not _cli_server or environment() != _cli_server["environ"]:
+        return subprocess.run([sys.executable, "-m", "emosent", *args], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **(env or {})})
+    with tempfile.TemporaryDirectory(prefix="emosent-cli-") as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        child = _cli_server["context"].Process(target=_cli_child, args=(args, out, err))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["emosent", *args], timeout)
+        read = lambda path: Path(path).read_text(errors="replace") if os.path.exists(path) else ""  # noqa: E731
+        return subprocess.CompletedProcess(["emosent", *args], child.exitcode, read(out), read(err))
 
 
 def speak(text: str, path: Path, voice: str = "en"):
