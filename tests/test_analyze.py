@@ -79,7 +79,7 @@ def test_segments_outside_overlapping_and_empty(model_dir, clip, tmp_path):
     assert result["utterances"][2]["end_time"] == pytest.approx(result["duration_s"], abs=1e-3)
     assert [(s["text"], s["reason"]) for s in result["skipped"]] == [("", "empty text"), ("after the end", "outside the video")]
     assert any("overlap" in w for w in result["warnings"]) and any("clipped" in w for w in result["warnings"])
-    assert set(result["timing_s"]) == {"decode", "text", "video", "audio", "heads"}
+    assert set(result["timing_s"]) == {"speakers", "decode", "text", "video", "audio", "heads"}
 
 
 def test_webvtt_and_transcript_json(model_dir, clip, tmp_path):

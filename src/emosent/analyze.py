@@ -23,9 +23,10 @@ from emosent.pretrained import PretrainedModel
 from emosent.records import Recorder
 from emosent.runtime import pick_device
 from emosent.segments import PACKAGED_ASR_MODEL, Segment, check_segments, read_segments, subtitles_beside, transcribe
+from emosent.speakers import check_speakers, diarise as diarise_segments
 
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
-STAGES = ("decode", "text", "video", "audio", "heads")
+STAGES = ("speakers", "decode", "text", "video", "audio", "heads")
 
 
 @dataclass
@@ -67,19 +68,26 @@ def analyze(
     batch_size: int = 8,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    speakers: int | None = None,
+    diarise: bool = True,
 ) -> dict:
     """Emotion and sentiment per segment of `video`. `model`: a loaded model, a model folder, or
     None for the built-in model. Segments come from at most one of `subtitles` (.srt/.vtt),
     `transcript` (.json) or `asr`; with none, from VIDEO.srt or VIDEO.vtt beside the video when
     there is one, else from speech recognition. Returns the result dict (see README); raises
     NothingAnalysedError (a ValueError) when no segment could be analysed.
-    `progress(done, total)` is called after each batch of segments."""
+    `progress(done, total)` is called after each batch of segments. With `diarise`, segments that
+    do not name their speaker get S1, S2, ... from their voices (emosent.speakers.diarise; `speakers`:
+    how many there are, else found)."""
     started = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     video = Path(video)
     if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) > 1:
         raise ValueError("give at most one of --subtitles, --transcript or --asr")
+    check_speakers(speakers)
+    if speakers is not None and not diarise:
+        raise ValueError("give --speakers N or --no-speakers, not both")
     # The cheap checks first: a bad video, device or subtitle file fails before the model loads.
     device = pick_device(device)
     info = probe(video)  # fails here, clearly, on a path that is not media
@@ -101,6 +109,8 @@ def analyze(
     kept, skipped = check_segments(segments, duration, "text" in model.modalities, warnings)
 
     timer = Timer()
+    if diarise:  # before predict_segments: the dialogue context reads who spoke
+        kept = timer.run("speakers", diarise_segments, video, kept, speakers, warnings)
     results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder)
     utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "source": s.source, **r}
                   for s, r in zip(kept, results) if r is not None]
