@@ -10,7 +10,8 @@ src/emosent/weights/LICENSES.md:
 Why not depend on the package: it needs webrtcvad, which has no wheel on PyPI (a C compiler at
 install time), and it loads its weights with a plain torch.load (a pickle). The checkpoint is read
 here with torch.load(weights_only=True) after the wheel's sha256 is checked; only the network's
-tensors are kept (its optimiser state and the GE2E loss's two scalars are training-only).
+tensors are kept (its optimiser state and the GE2E loss's two scalars are training-only), and the
+mel filters (librosa 0.11.0's, as Resemblyzer's melspectrogram builds them) are added as `mel_basis`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import io
 import zipfile
 from pathlib import Path
 
+import librosa
 import torch
 from safetensors.torch import save_file
 
-from emosent.speakers import WEIGHTS_FILE
+from emosent.speakers import N_FFT, N_MELS, SAMPLE_RATE_HZ, WEIGHTS_FILE
 from pypi_weights import checked_wheel, run
 
 VERSION = "0.1.4"
@@ -35,6 +37,8 @@ def convert(wheel: Path, out: Path) -> None:
     with zipfile.ZipFile(checked_wheel(wheel, WHEEL_SHA256, f"Resemblyzer {VERSION}")) as zf:
         checkpoint = torch.load(io.BytesIO(zf.read(MEMBER)), weights_only=True, map_location="cpu")
     tensors = {k: v.contiguous() for k, v in checkpoint["model_state"].items() if k.startswith(KEPT)}
+    # the mel filters Resemblyzer's librosa.feature.melspectrogram builds, kept beside the weights
+    tensors["mel_basis"] = torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE_HZ, n_fft=N_FFT, n_mels=N_MELS)).contiguous()
     save_file(tensors, str(out), metadata={"source": f"PyPI Resemblyzer=={VERSION}: {MEMBER} (model_state)",
                                            "license": "Apache-2.0, Resemble AI (Corentin Jemine)"})
 

@@ -3,7 +3,7 @@
 The embeddings come from the GE2E speaker encoder of Resemblyzer 0.1.4 (Apache-2.0; a 3-layer LSTM
 over 40-band mel frames, 256-d L2-normed output), vendored here with its weights converted to
 safetensors (tools/convert_voice_encoder_weights.py; sha256 checked on load). Segments are
-clustered with scikit-learn's agglomerative clustering on cosine distance: the number of speakers
+clustered with SciPy's agglomerative (hierarchical) clustering on cosine distance: the number of speakers
 is where the average-linkage distance passes DISTANCE_THRESHOLD (tuned on RAVDESS actors 01-14,
 bench/diarisation.py --tune), or the number given. Speakers are named S1, S2, ... in order of
 first appearance; segments that already name their speaker (a transcript, WebVTT voice tags,
@@ -18,7 +18,6 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-import librosa
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -28,10 +27,11 @@ from emosent.data.media import SILENT_PEAK, audio_window, open_media, probe
 from emosent.segments import Segment
 
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "ge2e_voice_encoder.safetensors"
-WEIGHTS_SHA256 = "c42b1b0d02eef97b67fe5835786da260e8acf111d1bbf65c4ec6c6cf690553a7"
+WEIGHTS_SHA256 = "bc03d014d1116996dd3f15fff20de9c1d53c627b0a66e552a9ae5c5db63dbae4"
 # Resemblyzer's hparams.py: the encoder was trained on these frames; changing one breaks it.
 SAMPLE_RATE_HZ = 16_000
 MEL_WINDOW_MS, MEL_STEP_MS, N_MELS = 25, 10, 40
+N_FFT = SAMPLE_RATE_HZ * MEL_WINDOW_MS // 1000
 PARTIAL_FRAMES = 160  # 1.6 s: the encoder reads a segment in windows this long ...
 # ... started this often: side by side, the lowest rate Resemblyzer allows (its default, 1.3, overlaps
 # them by half and costs 1.5x: diarisation must stay within 15% of analyze's time)
@@ -53,6 +53,9 @@ class VoiceEncoder(nn.Module):
 
     def __init__(self):
         super().__init__()
+        # (N_MELS, N_FFT // 2 + 1): librosa 0.11's mel filters for these settings, saved with the
+        # weights by the converter, so that reading them needs no librosa import (seconds)
+        self.register_buffer("mel_basis", torch.zeros(N_MELS, N_FFT // 2 + 1))
         self.lstm = nn.LSTM(N_MELS, HIDDEN, LAYERS, batch_first=True)
         self.linear = nn.Linear(HIDDEN, EMBEDDING)
 
@@ -86,10 +89,20 @@ def speech_of(samples: np.ndarray) -> np.ndarray:
     """The voiced parts of one segment, joined, raised to TARGET_DBFS if quieter."""
     if samples.size == 0 or np.abs(samples).max() < SILENT_PEAK:
         return samples[:0]
-    intervals = librosa.effects.split(samples, top_db=TRIM_TOP_DB)
-    voiced = np.concatenate([samples[a:b] for a, b in intervals]) if len(intervals) else samples
+    voiced = samples[voiced_mask(samples)]
     gain_db = TARGET_DBFS - 20 * math.log10(float(np.sqrt(np.mean(voiced ** 2))) + 1e-12)
     return voiced * 10 ** (max(gain_db, 0.0) / 20)
+
+
+def voiced_mask(samples: np.ndarray, frame: int = 2048, hop: int = 512) -> np.ndarray:
+    """(N,) bool: samples in frames whose mean power is within TRIM_TOP_DB of the loudest frame's,
+    as librosa.effects.split finds them (same frames, centred with zero padding). Not librosa's
+    own: importing librosa.effects takes 1-4 s, more than the rest of diarisation on a 60 s video."""
+    padded = np.pad(samples, frame // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]  # (frames, frame)
+    power = (frames.astype(np.float64) ** 2).mean(axis=1)
+    loud = power > power.max() * 10 ** (-TRIM_TOP_DB / 10)
+    return np.repeat(loud, hop)[: len(samples)]  # frame i stands for [i*hop, (i+1)*hop), as split's intervals do
 
 
 def windows(speech: np.ndarray) -> np.ndarray:
@@ -103,15 +116,13 @@ def windows(speech: np.ndarray) -> np.ndarray:
     if coverage < MIN_COVERAGE and len(starts) > 1:
         starts = starts[:-1]
     speech = np.pad(speech, (0, max(0, (starts[-1] + PARTIAL_FRAMES) * hop - len(speech))))
-    power = np.abs(librosa.stft(speech, n_fft=SAMPLE_RATE_HZ * MEL_WINDOW_MS // 1000, hop_length=hop)) ** 2
-    mel = (mel_basis() @ power).astype(np.float32).T  # (F, N_MELS): librosa.feature.melspectrogram's, basis built once
+    n_fft = N_FFT
+    # librosa.feature.melspectrogram's power mel (Hann window, centred, zero padding), by torch.stft:
+    # librosa's own spectral modules take seconds to import, longer than this whole stage
+    spec = torch.stft(torch.from_numpy(speech), n_fft, hop, window=torch.hann_window(n_fft), center=True, pad_mode="constant",
+                      return_complex=True)
+    mel = (load_voice_encoder().mel_basis @ spec.abs().pow(2)).T.numpy()  # (F, N_MELS)
     return np.stack([mel[s : s + PARTIAL_FRAMES] for s in starts])
-
-
-@lru_cache(maxsize=1)
-def mel_basis() -> np.ndarray:
-    """(N_MELS, n_fft // 2 + 1) librosa's mel filters, as melspectrogram builds them on every call."""
-    return librosa.filters.mel(sr=SAMPLE_RATE_HZ, n_fft=SAMPLE_RATE_HZ * MEL_WINDOW_MS // 1000, n_mels=N_MELS)
 
 
 @torch.inference_mode()
@@ -127,17 +138,18 @@ def embed(speeches: list[np.ndarray], encoder: VoiceEncoder | None = None) -> np
 
 
 def cluster(embeddings: np.ndarray, speakers: int | None = None, threshold: float = DISTANCE_THRESHOLD) -> np.ndarray:
-    """(N,) cluster index per embedding: `speakers` clusters, or as many as the threshold gives."""
-    from sklearn.cluster import AgglomerativeClustering  # a second's import: only when diarising
+    """(N,) cluster index per embedding: `speakers` clusters, or as many as the threshold gives
+    (groups whose average cosine distance is under it are joined). SciPy's hierarchical clustering,
+    the same merges as scikit-learn's AgglomerativeClustering(metric="cosine", linkage="average"),
+    whose import takes seconds."""
+    from scipy.cluster.hierarchy import fcluster, linkage
 
     if len(embeddings) < 2:
         return np.zeros(len(embeddings), int)
+    tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
     if speakers is not None:
-        speakers = min(speakers, len(embeddings))
-        if speakers == 1:
-            return np.zeros(len(embeddings), int)
-    return AgglomerativeClustering(n_clusters=speakers, distance_threshold=None if speakers else threshold,
-                                   metric="cosine", linkage="average").fit_predict(embeddings)
+        return fcluster(tree, min(speakers, len(embeddings)), criterion="maxclust") - 1
+    return fcluster(tree, threshold, criterion="distance") - 1
 
 
 def check_speakers(speakers: int | None) -> None:
