@@ -118,3 +118,11 @@ def test_analyze_refuses_a_bad_number_of_speakers_before_reading_anything(tmp_pa
         analyze(tmp_path / "missing.mp4", speakers=0)
     with pytest.raises(ValueError, match="--speakers N or --no-speakers, not both"):
         analyze(tmp_path / "missing.mp4", speakers=2, diarise=False)
+
+
+def test_a_file_without_sound_leaves_speakers_empty_and_says_why(tmp_path):
+    silent = write_clip(tmp_path / "silent.mp4", duration_s=1.0, frame_fn=lambda i, t: np.zeros((240, 320, 3), np.uint8))
+    warnings: list[str] = []
+    segments = [Segment(0.0, 0.5, "a"), Segment(0.5, 1.0, "b")]
+    assert diarise(silent, segments, warnings=warnings) == segments
+    assert warnings == [f"{silent}: no audio stream, so speakers cannot be told apart by voice"]

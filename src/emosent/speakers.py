@@ -18,6 +18,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -174,7 +175,11 @@ def diarise(video: str | Path, segments: list[Segment], speakers: int | None = N
     if not probe(video).has_audio:
         warnings.append(f"{video}: no audio stream, so speakers cannot be told apart by voice")
         return list(segments)
-    audio = decode_audio(video)
+    try:
+        audio = decode_audio(video)
+    except av.FFmpegError as err:  # a damaged audio stream: the model's own reading skips what it cannot read
+        warnings.append(f"{video}: the audio could not be decoded to tell speakers apart ({err}); speakers left empty")
+        return list(segments)
     speech = {i: speech_of(audio[round(segments[i].start * SAMPLE_RATE_HZ) : round(segments[i].end * SAMPLE_RATE_HZ)])
               for i in todo}
     voiced = [i for i in todo if len(speech[i]) >= MIN_SPEECH_S * SAMPLE_RATE_HZ]
