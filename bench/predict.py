@@ -12,6 +12,9 @@ tone, and SRT subtitles beside each (one 2.8 s cue every 3 s).
    in fresh processes that alternate between this checkout and `--baseline-src` (a `src` folder
    of another commit, e.g. from `git archive`), so both see the same load: wall-clock and CPU
    seconds per second of video, and the largest difference between the two in any probability.
+   `--speakers` adds a third kind of run, this checkout with diarisation (emosent.speakers.diarise
+   on the segments before predict_segments, as analyze does; its first call, which loads the voice
+   encoder and scikit-learn, inside the timing), and the ratio of its time to the run without.
 2. Clips per second and RTF over `--videos` videos: `analyze` one video at a time (one process,
    the model loaded once), then `emosent predict` with 1 process and with 2 (DDP, gloo), each
    a fresh command (its start-up, about the model's loading, included).
@@ -83,7 +86,7 @@ def write_talk(path: Path, duration_s: float, seed: int = 0) -> Path:
 # --- 1. analyze's RTF, this checkout against a baseline --------------------------------------
 
 
-def rtf_worker(video: Path) -> None:
+def rtf_worker(video: Path, speakers: bool = False) -> None:
     """Runs inside a fresh process (PYTHONPATH picks the code): prints one JSON line."""
     import torch
 
@@ -96,6 +99,10 @@ def rtf_worker(video: Path) -> None:
     predict_segments(model, video, segments[:8], 8, cpu, Timer(), [])  # warm-up: numba, allocator
     wall, own = time.perf_counter(), time.process_time()
     timer = Timer()
+    if speakers:
+        from emosent.speakers import diarise
+
+        segments = timer.run("speakers", diarise, video, segments)
     probs = predict_segments(model, video, segments, 8, cpu, timer, [])
     wall, own = time.perf_counter() - wall, time.process_time() - own
     print(json.dumps({"wall_s": wall, "cpu_s": own, "stages": timer.seconds, "top": [top_of(p) for p in probs]}))
@@ -114,15 +121,16 @@ def top_of(result) -> list:
     return [int(p_e.argmax()), round(float(p_e.max()), 4), int(p_s.argmax()), round(float(p_s.max()), 4)]
 
 
-def compare_rtf(video: Path, baseline_src: Path | None, repeats: int) -> None:
+def compare_rtf(video: Path, baseline_src: Path | None, repeats: int, speakers: bool = False) -> None:
     here = Path(__file__).resolve().parents[1] / "src"
-    sources = {"this checkout": here} | ({"baseline": baseline_src.resolve()} if baseline_src else {})
+    sources = {"this checkout": (here, [])} | ({"baseline": (baseline_src.resolve(), [])} if baseline_src else {})
+    sources |= {"this checkout, with speakers": (here, ["--rtf-speakers"])} if speakers else {}
     runs: dict[str, list[dict]] = {name: [] for name in sources}
     for _ in range(repeats):
-        for name, src in sources.items():  # alternating: a burst of load from others hits both alike
+        for name, (src, extra) in sources.items():  # alternating: a burst of load from others hits all alike
             env = {**os.environ, "PYTHONPATH": str(src)}
-            out = subprocess.run([sys.executable, __file__, "--rtf-worker", str(video)], env=env, capture_output=True, text=True,
-                                 check=True)
+            out = subprocess.run([sys.executable, __file__, "--rtf-worker", str(video), *extra], env=env, capture_output=True,
+                                 text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"\n1. analyze, {RTF_DURATION_S:.0f} s video, {int(RTF_DURATION_S // SEGMENT_S)} segments, batch 8; "
           f"median of {repeats} fresh processes each")
@@ -134,8 +142,12 @@ def compare_rtf(video: Path, baseline_src: Path | None, repeats: int) -> None:
         runs_s = ", ".join(f"{r['wall_s']:.1f}" for r in rs)
         print(f"   {name}: RTF {wall / RTF_DURATION_S:.3f} wall ({wall:.1f} s), {cpu / RTF_DURATION_S:.3f} CPU-s per s "
               f"(runs: {runs_s} s); stages of the fastest, s: {stages}")
+    if speakers:
+        with_, without = (statistics.median(r["wall_s"] for r in runs[k]) for k in ("this checkout, with speakers", "this checkout"))
+        cpu_with, cpu_without = (statistics.median(r["cpu_s"] for r in runs[k]) for k in ("this checkout, with speakers", "this checkout"))
+        print(f"   with speakers / without: {with_ / without:.3f}x wall, {cpu_with / cpu_without:.3f}x CPU time (target <= 1.15x)")
     if baseline_src:
-        a, b = (np.array(runs[name][0]["top"]) for name in sources)  # (segments, 4): label, p, label, p
+        a, b = (np.array(runs[name][0]["top"]) for name in ("this checkout", "baseline"))  # (segments, 4): label, p, label, p
         ratio = statistics.median(r["wall_s"] for r in runs["baseline"]) / statistics.median(r["wall_s"] for r in runs["this checkout"])
         cpu_ratio = statistics.median(r["cpu_s"] for r in runs["baseline"]) / statistics.median(r["cpu_s"] for r in runs["this checkout"])
         print(f"   speed-up: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; largest difference of a top probability "
@@ -189,10 +201,12 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--baseline-src", type=Path, default=None, help="a src/ folder of the commit to compare analyze with")
     parser.add_argument("--only", choices=("rtf", "throughput"), default=None)
+    parser.add_argument("--speakers", action="store_true", help="also time analyze with diarisation (see 1. above)")
     parser.add_argument("--rtf-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rtf-speakers", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rtf_worker:
-        return rtf_worker(args.rtf_worker)
+        return rtf_worker(args.rtf_worker, args.rtf_speakers)
     import lightning.pytorch  # noqa: F401  (its logging handler, which quiet_libraries filters)
 
     from emosent.cli import quiet_libraries
@@ -203,7 +217,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="emosent-bench-") as tmp:
         tmp = Path(tmp)
         if args.only in (None, "rtf"):
-            compare_rtf(write_talk(tmp / "talk.mp4", RTF_DURATION_S), args.baseline_src, args.repeats)
+            compare_rtf(write_talk(tmp / "talk.mp4", RTF_DURATION_S), args.baseline_src, args.repeats, args.speakers)
         if args.only in (None, "throughput"):
             folder = tmp / "videos"
             folder.mkdir()

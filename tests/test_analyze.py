@@ -71,15 +71,17 @@ def test_segments_outside_overlapping_and_empty(model_dir, clip, tmp_path):
         "1\n00:00:00,000 --> 00:00:00,800\nfirst\n\n"
         "2\n00:00:00,500 --> 00:00:00,900\noverlapping\n\n"
         "3\n00:00:00,900 --> 00:01:00,000\nruns past the end\n\n"
-        "4\n00:02:00,000 --> 00:02:01,000\nafter the end\n\n"
+        "4\n00:02:00,000 --> 00:02:01,000\nANN: after the end\n\n"
         "5\n00:00:00,100 --> 00:00:00,200\n\u200b\n"
     )
     result = analyze(clip, model_dir, subtitles=subtitles)
     assert [u["text"] for u in result["utterances"]] == ["first", "overlapping", "runs past the end"]
     assert result["utterances"][2]["end_time"] == pytest.approx(result["duration_s"], abs=1e-3)
-    assert [(s["text"], s["reason"]) for s in result["skipped"]] == [("", "empty text"), ("after the end", "outside the video")]
+    # a skipped segment keeps the speaker its cue names
+    assert [(s["text"], s["speaker"], s["reason"]) for s in result["skipped"]] == [
+        ("", None, "empty text"), ("after the end", "ANN", "outside the video")]
     assert any("overlap" in w for w in result["warnings"]) and any("clipped" in w for w in result["warnings"])
-    assert set(result["timing_s"]) == {"decode", "text", "video", "audio", "heads"}
+    assert set(result["timing_s"]) == {"speakers", "decode", "text", "video", "audio", "heads"}
 
 
 def test_webvtt_and_transcript_json(model_dir, clip, tmp_path):

@@ -13,12 +13,7 @@ sha256 is checked against the ones below, as taken from the PyPI wheel.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import io
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,42 +21,23 @@ import torch
 from safetensors.torch import save_file
 
 from emosent.data.mtcnn import WEIGHTS_FILE
+from pypi_weights import checked_wheel, run
 
 VERSION = "2.6.0"
 WHEEL_SHA256 = "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca"
 MEMBERS = {"pnet": "facenet_pytorch/data/pnet.pt", "rnet": "facenet_pytorch/data/rnet.pt", "onet": "facenet_pytorch/data/onet.pt"}
 
 
-def download(folder: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", f"facenet-pytorch=={VERSION}",
-                    "-d", str(folder)], check=True)
-    return next(folder.glob(f"facenet_pytorch-{VERSION}-*.whl"))
-
-
-def convert(wheel: Path, out: Path) -> str:
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
-        sys.exit(f"{wheel}: sha256 {digest}, expected {WHEEL_SHA256} (facenet-pytorch {VERSION} from PyPI)")
+def convert(wheel: Path, out: Path) -> None:
     tensors = {}
-    with zipfile.ZipFile(wheel) as zf:
+    with zipfile.ZipFile(checked_wheel(wheel, WHEEL_SHA256, f"facenet-pytorch {VERSION}")) as zf:
         for net, member in MEMBERS.items():
             state = torch.load(io.BytesIO(zf.read(member)), weights_only=True, map_location="cpu")
             tensors.update({f"{net}.{key}": value.contiguous() for key, value in state.items()})
     save_file(tensors, str(out), metadata={"source": f"PyPI facenet-pytorch=={VERSION}: " + ", ".join(MEMBERS.values()),
                                            "license": "MIT, Copyright (c) 2019 Timothy Esler"})
-    return hashlib.sha256(out.read_bytes()).hexdigest()
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--wheel", type=Path, help="facenet_pytorch-2.6.0-py3-none-any.whl (default: pip downloads it)")
-    parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = args.wheel or download(Path(tmp))
-        print(f"{args.out}: sha256 {convert(wheel, args.out)}")
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(__doc__.splitlines()[0], f"facenet-pytorch=={VERSION}", f"facenet_pytorch-{VERSION}-*.whl", WEIGHTS_FILE,
+                         convert))

@@ -25,10 +25,11 @@ from emosent.records import Recorder
 from emosent.runtime import pick_device
 from emosent.segments import (PACKAGED_ASR_MODEL, Segment, SpokenLanguage, check_segments, read_segments,
                               subtitles_beside, transcribe, whisper_language)
+from emosent.speakers import check_speakers, diarise as diarise_segments
 from emosent.summary import speaker_summary
 
 READ_THREADS = 2  # segments read (decoded, faces found) at once, beside the model
-STAGES = ("decode", "text", "video", "audio", "heads")
+STAGES = ("speakers", "decode", "text", "video", "audio", "heads")
 
 
 @dataclass
@@ -72,6 +73,8 @@ def analyze(
     batch_size: int = 8,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    speakers: int | None = None,
+    diarise: bool = True,
 ) -> dict:
     """Emotion and sentiment per segment of `video`. `model`: a loaded model, a model folder, or
     None for the built-in model. Segments come from at most one of `subtitles` (.srt/.vtt),
@@ -80,13 +83,18 @@ def analyze(
     or None / "auto" to have speech recognition detect it; where it is not English the text expert
     of a late-fusion model abstains unless `text_for_other_languages`. Returns the result dict (see README); raises
     NothingAnalysedError (a ValueError) when no segment could be analysed.
-    `progress(done, total)` is called after each batch of segments."""
+    `progress(done, total)` is called after each batch of segments. With `diarise`, segments that
+    do not name their speaker get S1, S2, ... from their voices (emosent.speakers.diarise; `speakers`:
+    how many there are, else found)."""
     started = time.perf_counter()
     if (problem := BATCH.problem(batch_size)) is not None:
         raise ValueError(f"--batch-size {problem}")
     video = Path(video)
     if sum(x is not None and x is not False for x in (subtitles, transcript, asr)) > 1:
         raise ValueError("give at most one of --subtitles, --transcript or --asr")
+    check_speakers(speakers)
+    if speakers is not None and not diarise:
+        raise ValueError("give --speakers N or --no-speakers, not both")
     # The cheap checks first: a bad video, device or subtitle file fails before the model loads.
     device = pick_device(device)
     forced = whisper_language(language)
@@ -111,6 +119,8 @@ def analyze(
     text_present = reads_the_words(model, video, spoken, text_for_other_languages, warnings)
 
     timer = Timer()
+    if diarise:  # before predict_segments: the dialogue context reads who spoke
+        kept = timer.run("speakers", diarise_segments, video, kept, speakers, warnings)
     results = predict_segments(model, video, kept, batch_size, device, timer, skipped, progress, recorder, text_present)
     utterances = [{"start_time": round(s.start, 3), "end_time": round(s.end, 3), "text": s.text, "speaker": s.speaker,
                    "source": s.source, **r}
@@ -211,7 +221,7 @@ def run_batch(model, batch: dict, segments: list[Segment], device, timer: Timer,
     """One batch through the model: its records into `results`, its unreadable items into `skipped`."""
     for index, reason, error in batch["skipped"]:
         skipped.append({"start_time": segments[index].start, "end_time": segments[index].end,
-                        "text": segments[index].text, "reason": reason, "error": error})
+                        "text": segments[index].text, "speaker": segments[index].speaker, "reason": reason, "error": error})
     if not batch["index"].numel():
         return
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

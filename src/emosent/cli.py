@@ -156,7 +156,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         check_image_path("--plot", args.plot)
     result = analyze(args.video, args.model, subtitles=args.subtitles, transcript=args.transcript, asr=args.asr,
                      asr_model=args.asr_model, language=args.language, text_for_other_languages=args.text_for_other_languages,
-                     batch_size=args.batch_size, device=args.device, progress=progress_printer())
+                     batch_size=args.batch_size, device=args.device, progress=progress_printer(),
+                     speakers=args.speakers, diarise=args.diarise)
     for line in result["warnings"]:
         print(f"warning: {line}", file=sys.stderr)
     for s in result["skipped"]:
@@ -325,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="timeline PNG")
     p.add_argument("--batch-size", type=BATCH, default=8, help=f"segments per forward pass (at most {MAX_BATCH_SIZE}: memory grows with it)")
     p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda, cuda:1, ...")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--speakers", type=COUNT, default=None, help="how many people speak (default: found from their voices); "
+                     "segments whose subtitles or transcript name a speaker keep that name")
+    who.add_argument("--no-speakers", dest="diarise", action="store_false", help="do not tell speakers apart by voice")
     p.set_defaults(run=cmd_analyze)
 
     p = commands.add_parser("serve", help="an HTTP API and a web page for analysing videos")

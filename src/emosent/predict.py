@@ -120,7 +120,7 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path, lan
                                            s.speaker, tuple((p.speaker, p.text) for p in kept[:i])), str(video), language=spoken))
             for i, s in enumerate(kept)]
     rows += [(s["start_time"], s["end_time"],
-              Row(Utterance(s["text"], None, None, video, s["start_time"], s["end_time"], f"{where}"), str(video), s["reason"],
+              Row(Utterance(s["text"], None, None, video, s["start_time"], s["end_time"], f"{where}", s["speaker"]), str(video), s["reason"],
                   f"{where}: segment {s['start_time']:.3f}-{s['end_time']:.3f} s: {s['reason']}")) for s in skipped]
     return [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))]
 

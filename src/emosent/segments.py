@@ -57,7 +57,7 @@ class Segment:
     start: float  # seconds
     end: float
     text: str
-    speaker: str | None = None  # from a transcript that names speakers
+    speaker: str | None = None  # named by the transcript or subtitles, or given by emosent.speakers.diarise
     source: Source = "subtitles"  # where the segment came from: a subtitle file, a transcript JSON, or ASR
 
 
@@ -163,7 +163,11 @@ def parse_srt(path: Path, text: str) -> list[Segment]:
                             "'HH:MM:SS,mmm --> HH:MM:SS,mmm' lines") from None
     if not cues:
         raise SegmentsError(f"{path}: no subtitle cues found")
-    return [Segment(c.start.total_seconds(), c.end.total_seconds(), clean(html.unescape(strip_tags(c.content)))) for c in cues]
+    segments = []
+    for c in cues:
+        speaker, text = named(clean(html.unescape(strip_tags(c.content))))
+        segments.append(Segment(c.start.total_seconds(), c.end.total_seconds(), text, speaker))
+    return segments
 
 
 def parse_vtt(path: Path, text: str) -> list[Segment]:
@@ -176,8 +180,26 @@ def parse_vtt(path: Path, text: str) -> list[Segment]:
         raise SegmentsError(f"{path}: no captions found")
     # start_in_seconds would drop the milliseconds: the Timestamp objects keep them. Caption.text
     # has the cue tags removed but keeps WebVTT's character references (&amp;, &lt;): decode them.
-    return [Segment(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, clean(html.unescape(c.text)))
-            for c in captions]
+    # A voice tag (<v Name>, Caption.voice) names the speaker; else a "NAME: " prefix may.
+    segments = []
+    for c in captions:
+        speaker, text = named(clean(html.unescape(c.text)))
+        voice = clean(html.unescape(c.voice or ""))
+        segments.append(Segment(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, text,
+                                voice or speaker))
+    return segments
+
+
+# "JOHN: text", "Dr. Smith: text", "Mary Ann: text": one to three capitalised words and a colon at
+# the start of a cue name who speaks (the subtitle convention for speakers off screen or unclear).
+# A lower-case word ("note: ..."), a digit ("10:30") or a long phrase is left as text.
+SPEAKER_PREFIX = re.compile(r"^((?:[A-Z][\w.'\-]*)(?: [A-Z][\w.'\-]*){0,2}):\s+(\S.*)$")
+
+
+def named(text: str) -> tuple[str | None, str]:
+    """(speaker, text without the prefix) for a cue that starts with "NAME: "; (None, text) otherwise."""
+    match = SPEAKER_PREFIX.match(text)
+    return (match[1], match[2]) if match else (None, text)
 
 
 def strip_tags(text: str) -> str:
@@ -318,10 +340,10 @@ def check_segments(segments: list[Segment], duration: float, needs_text: bool, w
         start, end = max(s.start, 0.0), min(s.end, duration)
         if end <= start:
             reason = "outside the video" if s.start >= duration or s.end <= 0 else "ends before it starts"
-            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": reason})
+            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "speaker": s.speaker, "reason": reason})
             continue
         if needs_text and not s.text:
-            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "reason": "empty text"})
+            skipped.append({"start_time": s.start, "end_time": s.end, "text": s.text, "speaker": s.speaker, "reason": "empty text"})
             continue
         if (start, end) != (s.start, s.end):
             warnings.append(f"segment {s.start:.3f}-{s.end:.3f} s clipped to the video: {start:.3f}-{end:.3f} s")
