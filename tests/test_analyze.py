@@ -255,8 +255,9 @@ def test_each_utterance_names_its_speaker_and_the_result_sums_them_up(model_dir,
 
     from emosent.plots import LANE_IN, LEGEND_IN, TITLE_IN, timeline_png
     assert imread(timeline_png(result, tmp_path / "t.png")).shape[0] == round(120 * (LEGEND_IN + TITLE_IN + 3 * LANE_IN))
-    # subtitles name no speaker: every utterance's is null, and one summary covers them all
-    plain = analyze(clip, model_dir, subtitles=write_srt(tmp_path / "s.srt"))
+    # subtitles name no speaker and voices are not told apart (--no-speakers): every utterance's is
+    # null, and one summary covers them all
+    plain = analyze(clip, model_dir, subtitles=write_srt(tmp_path / "s.srt"), diarise=False)
     assert {u["speaker"] for u in plain["utterances"]} == {None}
     assert [(s["speaker"], s["utterances"]) for s in plain["speakers"]] == [(None, 2)]
 

@@ -70,7 +70,9 @@ def test_folder_of_videos_gives_one_row_per_utterance_in_order(reference, videos
                                                                        for _ in range(SEGMENTS)]
     assert rows[0]["skip"] == "not a readable media file" and rows[0]["emotion_probs"] is None
     assert list(rows[0]) == list(rows[1])  # a skipped row has every field of a predicted one (one Parquet schema)
-    assert {r["speaker"] for r in rows} == {None}  # subtitles without voice tags name no speaker
+    # subtitles without voice tags name no speaker: each video's segments are told apart by voice (one
+    # tone per video: one speaker, S1, in each); a skipped segment (after the end) is not heard
+    assert [r["speaker"] for r in rows] == [None] + [*["S1"] * (SEGMENTS - 1), None] * VIDEOS
     for v in range(VIDEOS):
         mine = rows[1 + v * SEGMENTS:1 + (v + 1) * SEGMENTS]
         assert [r["text"] for r in mine] == [f"video {v} line {k}" for k in range(SEGMENTS - 1)] + ["after the end"]

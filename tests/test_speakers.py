@@ -126,3 +126,23 @@ def test_a_file_without_sound_leaves_speakers_empty_and_says_why(tmp_path):
     segments = [Segment(0.0, 0.5, "a"), Segment(0.5, 1.0, "b")]
     assert diarise(silent, segments, warnings=warnings) == segments
     assert warnings == [f"{silent}: no audio stream, so speakers cannot be told apart by voice"]
+
+
+def test_predict_over_a_folder_gives_each_video_its_speakers(tmp_path, two_people):
+    import shutil
+
+    from emosent.predict import predict, read_predictions
+    from serving import stamp, tiny_model
+
+    video, segments = two_people
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(video, folder / "talk.mp4")
+    (folder / "talk.srt").write_text("".join(f"{i + 1}\n{stamp(s.start)} --> {stamp(s.end)}\nline {i}\n\n"
+                                             for i, s in enumerate(segments)))
+    model = tiny_model(tmp_path / "model")
+    for diarise, expected in ((True, ["S1", "S2", "S1", "S2"]), (False, [None] * 4)):
+        out = tmp_path / f"rows-{diarise}.jsonl"
+        predict(folder, out, model, diarise=diarise, num_workers=0, trainer_kwargs={"accelerator": "cpu", "devices": 1})
+        assert [r["speaker"] for r in read_predictions(out)] == expected
+

@@ -109,7 +109,7 @@ def test_jobs_import_only_each_others_public_functions():
 
 def test_the_shared_layers_import_no_job():
     graph = imports()
-    for module in ("emosent.segments", "emosent.runtime", "emosent.files", "emosent.records", "emosent.summary",
+    for module in ("emosent.segments", "emosent.runtime", "emosent.files", "emosent.records", "emosent.summary", "emosent.speakers",
                    "emosent.sharded"):
         jobs = {dep for dep in graph.get(module, ()) if job_of(dep)}
         assert not jobs, (module, jobs)

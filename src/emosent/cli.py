@@ -189,7 +189,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict(args.data, args.out, args.model, split=args.split, batch_size=args.batch_size,
                      num_workers=args.num_workers, shard_rows=args.shard_rows, asr_model=args.asr_model, language=args.language,
-                     text_for_other_languages=args.text_for_other_languages, trainer_kwargs=from_options(Launch, args).trainer_kwargs())
+                     text_for_other_languages=args.text_for_other_languages, diarise=args.diarise,
+                     trainer_kwargs=from_options(Launch, args).trainer_kwargs())
     if result is not None:
         print(f"{result.rows} rows in {result.elapsed_s:.1f} s -> {result.out}", file=sys.stderr)
     return 0
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "not English the text expert abstains on the video's rows")
     p.add_argument("--text-for-other-languages", action="store_true",
                    help="keep the text expert on speech that is not English (it was trained on English only)")
+    p.add_argument("--no-speakers", dest="diarise", action="store_false",
+                   help="in a folder of videos, do not tell speakers apart by voice (default: each video's segments "
+                        "that name no speaker get S1, S2, ...)")
     add_options(p, Launch, "devices (passed to Lightning)")
     p.set_defaults(run=cmd_predict)
     return parser

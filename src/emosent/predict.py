@@ -42,6 +42,7 @@ from emosent.runtime import log, rank_zero_exclusive
 from emosent.segments import (PACKAGED_ASR_MODEL, Segment, SegmentsError, SpokenLanguage, Transcription, check_segments,
                               read_segments, subtitles_beside, transcribe, whisper_language)
 from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
+from emosent.speakers import diarise as diarise_segments
 
 FORMAT_VERSION = 4  # bump when a row's fields or their meaning change: older parts are then refused
 SHARD_ROWS = 64
@@ -70,8 +71,9 @@ class Row:
 
 
 def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, asr_dir: Path,
-              language: str | None = None) -> list[Row]:
-    """Every utterance of `data`, in order: a manifest's rows, or each video's segments."""
+              language: str | None = None, diarise: bool = True) -> list[Row]:
+    """Every utterance of `data`, in order: a manifest's rows, or each video's segments (with
+    `diarise`, the segments that name no speaker get S1, S2, ... per video, as in analyze)."""
     if not data.exists():
         raise ValueError(f"--data {data}: no such file or folder")
     if data.is_file() or is_manifest_folder(data):
@@ -85,7 +87,7 @@ def list_rows(data: Path, split: str | None, needs_text: bool, asr_model: str, a
     if not files:
         raise ValueError(f"--data {data}: no manifest (train.csv, *_sent_emo.csv) and no video or audio files "
                          f"({', '.join(suffixes)}) in this folder")
-    return [row for file in files for row in video_rows(file, needs_text, asr_model, asr_dir, language)]
+    return [row for file in files for row in video_rows(file, needs_text, asr_model, asr_dir, language, diarise)]
 
 
 def is_manifest_folder(folder: Path) -> bool:
@@ -96,7 +98,8 @@ def has_split(folder: Path, split: str) -> bool:
     return (folder / f"{split}_sent_emo.csv").is_file() or (folder / f"{split}.csv").is_file()
 
 
-def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path, language: str | None = None) -> list[Row]:
+def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path, language: str | None = None,
+               diarise: bool = True) -> list[Row]:
     """A video's segments as rows, in time order: the ones `analyze` would skip (outside the
     video, no text) are rows with their reason; a video that cannot be opened is one row."""
     try:
@@ -115,6 +118,8 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path, lan
             raise
         return [Row(Utterance("", None, None, video, source=str(subtitles)), str(video), "unreadable subtitles", str(err))]
     kept, skipped = check_segments(segments, info.duration_s, needs_text, warnings)
+    if diarise:
+        kept = diarise_segments(video, kept, None, warnings)
     where = subtitles or video
     rows = [(s.start, s.end, Row(Utterance(s.text, None, None, video, s.start, s.end, f"{where} {s.start:.3f}-{s.end:.3f} s",
                                            s.speaker, tuple((p.speaker, p.text) for p in kept[:i])), str(video), language=spoken))
@@ -272,14 +277,16 @@ def predict(
     asr_model: str = PACKAGED_ASR_MODEL,
     language: str | None = None,
     text_for_other_languages: bool = False,
+    diarise: bool = True,
     trainer_kwargs: dict | None = None,
 ) -> PredictResult | None:
     """Predict every utterance of `data` into the JSON Lines file `out` (see the module's doc) with
     `model`: a model folder, a loaded model, or None for the built-in one. `language`: the Whisper
     code speech recognition uses for videos without subtitles (and the language of subtitles), None
     or "auto" to detect it per video; as in `analyze`, a late fusion's text expert abstains on the
-    rows of a video whose language is not English, unless `text_for_other_languages`. Returns the
-    result on global rank 0, None on the other ranks."""
+    rows of a video whose language is not English, unless `text_for_other_languages`. `diarise`:
+    a video's segments that name no speaker get one from their voices (see `emosent.speakers`).
+    Returns the result on global rank 0, None on the other ranks."""
     started = time.perf_counter()
     data, out = Path(data), Path(out)
     model_dir = None if model is None or isinstance(model, torch.nn.Module) else Path(model)
@@ -293,7 +300,7 @@ def predict(
     net = model if isinstance(model, torch.nn.Module) else load_model(model_dir)  # None: the built-in model
     existed = shards_dir.exists()
     try:
-        rows = list_rows(data, split, "text" in net.modalities, asr_model, shards_dir / "asr", language)
+        rows = list_rows(data, split, "text" in net.modalities, asr_model, shards_dir / "asr", language, diarise)
     except BaseException:
         if not existed and rank_zero_only.rank == 0:  # the transcripts' folder this run began: nothing of a failed start is left
             shutil.rmtree(shards_dir, ignore_errors=True)
