@@ -16,6 +16,7 @@ appears in part of the utterance counts, which a median over the frames would hi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,8 +130,9 @@ def mouth_patch(frame: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
     a = torch.linspace(-1, 1, cols, dtype=torch.float64)[None, :, None] * (MOUTH_WIDTH * d / 2) * torch.from_numpy(u)
     b = torch.linspace(-1, 1, rows, dtype=torch.float64)[:, None, None] * (MOUTH_HEIGHT * d / 2) * torch.from_numpy(v)
     points = torch.from_numpy(centre) + a + b  # (rows, cols, 2) x y in the frame's pixels
-    x0, y0 = (max(0, int(np.floor(points[..., k].min())) - 1) for k in (0, 1))
-    x1, y1 = min(w, int(np.ceil(points[..., 0].max())) + 2), min(h, int(np.ceil(points[..., 1].max())) + 2)
+    lo, hi = points.flatten(0, 1).min(0).values.tolist(), points.flatten(0, 1).max(0).values.tolist()  # x y
+    x0, y0 = (max(0, math.floor(v) - 1) for v in lo)
+    x1, y1 = min(w, math.ceil(hi[0]) + 2), min(h, math.ceil(hi[1]) + 2)
     if x1 <= x0 or y1 <= y0:  # the mouth lies outside the frame: a flat patch
         return torch.zeros(rows, cols)
     # only the window the patch reads goes to grey float; the grid is moved into its coordinates
