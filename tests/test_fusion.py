@@ -199,6 +199,7 @@ def test_analyze_with_a_fused_model_reports_each_expert(tmp_path, smiling_clip):
     assert [u["text"] for u in result["utterances"]] == ["hello there", "what a day it has been for all of us"]
     for u in result["utterances"]:
         assert set(u["experts"]) == {"text", "audio", "face"} and u["face_frames"] == 1.0
+        assert (u["faces_in_frame"], u["face_choice"]) == (1, "only face")
         assert u["experts"]["face"]["emotion"]["label"] == "joy"  # a real smile, read by the FER2013 network
         assert u["source"] == "transcript"
     # one batch of two texts of different lengths gives what one at a time gives: the padded
@@ -220,6 +221,7 @@ def test_an_audio_file_is_analysed_with_the_face_expert_abstaining(tmp_path):
     assert [w for w in result["warnings"] if "abstains" in w] == [f"{voice}: no video stream: the face expert abstains"]
     u = result["utterances"][0]  # the same shape as for a video: every expert, null where it abstained
     assert set(u["experts"]) == {"text", "audio", "face"} and u["experts"]["face"] is None and u["face_frames"] == 0.0
+    assert (u["faces_in_frame"], u["face_choice"]) == (0, None)
     assert u["experts"]["audio"] is not None
 
 
@@ -237,4 +239,5 @@ def test_predict_runs_a_fused_model_on_raw_inputs(tmp_path, smiling_clip):
     assert [r["text"] for r in rows] == [u["text"] for u in result["utterances"]] == ["hello there", "bye now"]
     for r, u in zip(rows, result["utterances"]):
         assert r["emotion"] == u["emotions"][0]["label"]
+        assert (r["faces_in_frame"], r["face_choice"]) == (u["faces_in_frame"], u["face_choice"]) == (1, "only face")
         assert max(r["emotion_probs"].values()) == pytest.approx(u["emotions"][0]["confidence"], abs=1e-3)

@@ -37,7 +37,7 @@ from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.encoders.faces import POOLINGS, FaceEnsemble
 from emosent.encoders.video import FACE_PENULTIMATE, FaceExpressions
 from emosent.faceapi_network import WEIGHTS_FILE as FACEAPI_WEIGHTS
-from emosent.model import MODALITY_INPUTS, EmotionSentimentOutput
+from emosent.model import MODALITY_INPUTS, EmotionSentimentOutput, face_facts
 from emosent.pretrained import (
     CONFIG_FILE,
     LEGACY_FUSION_FILE,
@@ -99,9 +99,11 @@ class FaceExpressionModel(PretrainedModel):
             return {}
         if batch.get("faces") is None or batch.get("face_mask") is None:
             raise ValueError("the face expert needs faces and face_mask, as the processor makes them")
-        return {"video_features": self.face(batch["faces"], batch["face_mask"])}
+        return {"video_features": self.face(batch["faces"], batch["face_mask"]), **face_facts(batch)}
 
-    def forward(self, *, faces=None, face_mask=None, video_features=None, video_present=None) -> EmotionSentimentOutput:
+    def forward(self, *, faces=None, face_mask=None, video_features=None, video_present=None,
+                faces_in_frame=None, face_choice=None) -> EmotionSentimentOutput:
+        """faces_in_frame, face_choice: what `encode` passes along for the record, not read."""
         if video_features is None:
             video_features = self.encode({"faces": faces, "face_mask": face_mask})["video_features"]
         if self.grey_crops:

@@ -20,6 +20,7 @@ from safetensors.torch import load_model, save_file
 from torch import nn
 
 from emosent.config import WHISPER_LAYERS, ModelConfig, ProcessorConfig
+from emosent.data.face_tracks import FACE_FACTS
 from emosent.encoders.base import NamedWeights
 from emosent.encoders.weights import weights_digest
 from emosent.files import write_atomically
@@ -68,6 +69,12 @@ INPUT_NAMES = (*(n for names in RAW_INPUTS.values() for n in names), *OPTIONAL_I
 MODALITY_INPUTS = {"text": ("input_ids", "attention_mask", "token_type_ids", "text_features"),
                    "video": ("video", "faces", "face_mask", "video_features", "video_present"),
                    "audio": ("audio", "audio_lengths", "audio_features", "audio_present")}
+
+
+def face_facts(batch: dict) -> dict[str, torch.Tensor]:
+    """The batch's per-clip face facts (FACE_FACTS: how many faces, which one was read),
+    which a model's `encode` keeps with its video features for the record to report."""
+    return {k: batch[k] for k in FACE_FACTS if batch.get(k) is not None}
 
 
 def model_inputs(batch: dict) -> dict:
@@ -166,6 +173,8 @@ class EmotionSentimentModel(PretrainedModel):
             out[FEATURE_INPUTS[modality]] = self.encoders[modality].features(**raw)
             if batch.get(f"{modality}_present") is not None:  # kept with the features: abstention is decided from it
                 out[f"{modality}_present"] = batch[f"{modality}_present"]
+            if modality == "video":
+                out.update(face_facts(batch))
         return out
 
     def forward(
@@ -184,6 +193,8 @@ class EmotionSentimentModel(PretrainedModel):
         audio_features: torch.Tensor | None = None,
         video_present: torch.Tensor | None = None,
         audio_present: torch.Tensor | None = None,
+        faces_in_frame: torch.Tensor | None = None,
+        face_choice: torch.Tensor | None = None,
     ) -> EmotionSentimentOutput:
         """Each modality of the config takes either its raw inputs or its cached frozen features:
         input_ids, attention_mask (B, L) long, token_type_ids (B, L) with context | text_features
@@ -192,7 +203,8 @@ class EmotionSentimentModel(PretrainedModel):
         as the video encoder takes them | video_features (B, 512 and/or 136);
         audio (B, 1, M, F) float | audio_features (B, 128), or the log-mel (B, 1, M, F) when the audio
         convolutions train; audio_lengths (B,) long, each clip's real frames (needed by masked pooling);
-        video_present, audio_present (B,) bool: whether each clip has the stream (see `present_mask`)."""
+        video_present, audio_present (B,) bool: whether each clip has the stream (see `present_mask`);
+        faces_in_frame, face_choice: what `encode` passes along for the record (`face_facts`), not read."""
         given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, video=video, faces=faces,
                      face_mask=face_mask, audio=audio, audio_lengths=audio_lengths, text_features=text_features,
                      video_features=video_features, audio_features=audio_features)

@@ -17,7 +17,8 @@ import torch
 
 from emosent.config import ProcessorConfig, read_json_object
 from emosent.data.manifest import Utterance
-from emosent.data.faces import FACE_SIZE, RGB_CROP_SIZE, crop_faces, no_faces
+from emosent.data.face_tracks import FACE_CHOICES, FACE_FACTS, NO_CHOICE
+from emosent.data.faces import FACE_SIZE, RGB_CROP_SIZE, no_faces, read_faces
 from emosent.data.media import AUDIO_INPUTS, MEDIA_MODALITIES, MediaError, load_clip
 from emosent.labels import EMOTIONS, SENTIMENTS
 from emosent.pretrained import PROCESSOR_FILE, TOKENIZER_DIR, TOKENIZER_FILES, require_parts
@@ -29,7 +30,7 @@ class Processor:
 
     An item holds "text", "video" (T, 3, S, S) and "audio" (1, M, F) for the modalities asked
     (with a face encoder, "faces" (T, 1, 64, 64), or with face_rgb (T, 3, 128, 128) RGB in 0..255
-    for the face expert's networks, and "face_mask" (T,) for video, beside or instead of "video"), and the labels when the utterance has them; one that cannot be read is {"index", "skip": reason,
+    for the face expert's networks, "face_mask" (T,) and FACE_FACTS for video, beside or instead of "video"), and the labels when the utterance has them; one that cannot be read is {"index", "skip": reason,
     "error": message}, dropped and counted by `collate`, never fatal.
     """
 
@@ -84,10 +85,13 @@ class Processor:
                 item["video"] = clip.video if clip.video is not None else torch.zeros(
                     self.config.num_frames, 3, self.config.frame_size, self.config.frame_size)
             if clip.frames is not None:
-                item["faces"], item["face_mask"] = crop_faces(clip.frames, self.config.face_margin, self.config.face_detect_size,
-                                                                rgb=self.face_rgb)
+                item["faces"], item["face_mask"], pick = read_faces(clip.frames, self.config.face_margin,
+                                                                    self.config.face_detect_size, rgb=self.face_rgb)
+                item["faces_in_frame"] = pick.count
+                item["face_choice"] = FACE_CHOICES.index(pick.choice) if pick.choice else NO_CHOICE
             elif "frames" in self.media:  # no video stream: no face seen
                 item["faces"], item["face_mask"] = no_faces(self.config.num_frames, self.face_rgb)
+                item["faces_in_frame"], item["face_choice"] = 0, NO_CHOICE
             if "audio" in self.modalities:
                 item["audio"], item["audio_length"] = clip.audio, clip.audio_frames
                 item["audio_present"] = clip.has_audio
@@ -107,7 +111,7 @@ class Processor:
         most max_tokens), video (B, T, 3, S, S), faces (B, T, 1, 64, 64) and face_mask (B, T), audio
         (B, 1, M, F) with audio_lengths (B,) long (its frames that hold real audio, the rest being
         padding), video_present and audio_present (B,) bool (the file had the stream), emotion and
-        sentiment (B,) when every item has labels, index (B,), and the dropped items' (index, reason, error)
+        sentiment (B,) when every item has labels, faces_in_frame and face_choice (B,) long, index (B,), and the dropped items' (index, reason, error)
         under "skipped"."""
         good = [it for it in items if "skip" not in it]
         batch: dict = {"skipped": [(it["index"], it["skip"], it["error"]) for it in items if "skip" in it]}
@@ -135,6 +139,9 @@ class Processor:
         for m in (*MEDIA_MODALITIES, "faces", "face_mask"):
             if m in good[0]:
                 batch[m] = torch.stack([it[m] for it in good])
+        for fact in FACE_FACTS:
+            if fact in good[0]:
+                batch[fact] = torch.tensor([it[fact] for it in good], dtype=torch.long)
         if "audio" in good[0]:
             batch["audio_lengths"] = torch.tensor([it["audio_length"] for it in good], dtype=torch.long)
         for stream in ("video_present", "audio_present"):

@@ -4,7 +4,9 @@
 A record holds the top emotion and sentiment (`emotion`, `sentiment`), the top 3 of each with
 their probabilities (`emotions`, `sentiments`: [{"label", "confidence"}], descending), every
 probability (`emotion_probs`, `sentiment_probs`: {label: p} in label order), for a model that
-reads faces the share of sampled frames with a face (`face_frames`), and for a late-fusion model
+reads faces the share of sampled frames with a face (`face_frames`), the most faces seen in one
+sampled frame (`faces_in_frame`) and the rule that chose the face read (`face_choice`: "only face",
+"speaking face", "largest", or null without a face; see `emosent.data.face_tracks`), and for a late-fusion model
 each of its experts: its top emotion and sentiment with their probabilities, or null where it
 abstained. A number that is NaN or infinite is never written: the record is refused with an
 error naming the model.
@@ -18,6 +20,7 @@ from typing import Sequence
 import torch
 
 from emosent.data import Utterance
+from emosent.data.face_tracks import FACE_CHOICES, FACE_FACTS
 from emosent.labels import EMOTIONS, SENTIMENTS
 
 TOP_K = 3
@@ -32,7 +35,7 @@ class Recorder:
 
     model: the model's name, for errors; experts: every expert of a late-fusion model, in its
     order (an expert the output lacks is written as abstaining), () for other models; faces:
-    whether the model reads faces (then every record has `face_frames`)."""
+    whether the model reads faces (then every record has `face_frames`, `faces_in_frame`, `face_choice`)."""
 
     model: str
     experts: tuple[str, ...] = ()
@@ -50,7 +53,8 @@ class Recorder:
         """out: the model's EmotionSentimentOutput for B rows (emotion_logits (B, 7), sentiment_logits
         (B, 3), log-probabilities for a late-fusion model, and its experts); sources: where each row
         comes from, for errors; features: the encoders' outputs (`video_features` (B, D) ends with
-        the share of frames with a face). Returns B records."""
+        the share of frames with a face; faces_in_frame and face_choice (B,) the processor's face facts).
+        Returns B records."""
         if len(sources) != len(out.emotion_logits):
             raise ValueError(f"{len(sources)} sources for {len(out.emotion_logits)} rows of output")
         emotion, sentiment = out.emotion_logits.detach().float().softmax(-1).cpu(), out.sentiment_logits.detach().float().softmax(-1).cpu()
@@ -59,6 +63,7 @@ class Recorder:
                    for name, (e, s, present) in (out.experts or {}).items()}
         video = (features or {}).get("video_features")
         face = video[:, -1].detach().float().cpu() if self.faces and video is not None else None
+        counts, choices = ((features or {}).get(k) for k in FACE_FACTS)
         records = []
         for j, source in enumerate(sources):
             if not finite[j]:
@@ -66,6 +71,8 @@ class Recorder:
             record = distributions(emotion[j], sentiment[j])
             if self.faces:
                 record["face_frames"] = None if face is None else self.number(face[j], source, "face_frames", FACE_DECIMALS)
+                record["faces_in_frame"] = None if counts is None else int(counts[j])
+                record["face_choice"] = None if choices is None or choices[j] < 0 else FACE_CHOICES[int(choices[j])]
             if self.experts:
                 record["experts"] = {name: self.expert(name, experts.get(name), j, source) for name in self.experts}
             records.append(record)
@@ -94,7 +101,7 @@ class Recorder:
     def blank(self) -> dict:
         """A record's fields, all null: the row of an utterance the model did not see (skipped)."""
         return dict.fromkeys(("emotion", "sentiment", "emotions", "sentiments", "emotion_probs", "sentiment_probs",
-                              *(("face_frames",) if self.faces else ()), *(("experts",) if self.experts else ())))
+                              *(("face_frames", *FACE_FACTS) if self.faces else ()), *(("experts",) if self.experts else ())))
 
 
 def distributions(emotion: torch.Tensor, sentiment: torch.Tensor) -> dict:

@@ -6,7 +6,8 @@ wherever the model does). We chose it over OpenCV's detectors: OpenCV's Haar cas
 landmarks and many false faces, and its DNN detectors' weights do not ship in the package. MTCNN's
 five landmarks let us level the eyes.
 
-Per frame, the main face is the largest detection MTCNN is confident in. Its crop is a square
+Per frame, the face read is the speaker's where several are seen and the speaker can be told
+(`emosent.data.face_tracks`), else the largest detection MTCNN is confident in. Its crop is a square
 around the box (plus a margin), rotated so the eyes are level, sampled to 64x64 greyscale in one
 `grid_sample`, and scaled as the network was trained (x / 255 - 0.5) * 2. Frames without a face
 get zeros and a False in the mask; the encoder pools over the frames with a face only, and a clip
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emosent.data.face_tracks import Face, FacePick, pick_faces
 from emosent.data.mtcnn import MTCNN
 
 FACE_SIZE = 64  # the FER2013 network's input side
@@ -49,9 +51,8 @@ def detect_size(height: int, width: int, longest: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """(T, H, W, 3) uint8 -> per frame (box x0 y0 x1 y1, landmarks (5, 2)) of its largest confident
-    face in the frames' own pixels, or None."""
+def detect_faces(frames: np.ndarray, detect_longest: int) -> list[list[Face]]:
+    """(T, H, W, 3) uint8 -> per frame its confident faces, in the frames' own pixels."""
     t, h, w, _ = frames.shape
     dh, dw = detect_size(h, w, detect_longest)
     small = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last in memory
@@ -63,14 +64,15 @@ def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray
     found = []
     for faces in detector(max(12, round(detect_longest * MIN_FACE_SHARE))).detect(small):
         b, p, lm = (np.asarray(x, dtype=np.float64) for x in (faces.boxes, faces.probs, faces.landmarks))
-        ok = np.flatnonzero(p >= MIN_CONFIDENCE)
-        if ok.size == 0:
-            found.append(None)
-            continue
-        areas = (b[ok, 2] - b[ok, 0]) * (b[ok, 3] - b[ok, 1])
-        i = ok[np.argmax(areas)]
-        found.append((b[i] * (w / dw), lm[i] * (w / dw)))
+        found.append([Face(b[i] * (w / dw), lm[i] * (w / dw)) for i in np.flatnonzero(p >= MIN_CONFIDENCE)])
     return found
+
+
+def main_faces(frames: np.ndarray, detect_longest: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """(T, H, W, 3) uint8 -> per frame (box x0 y0 x1 y1, landmarks (5, 2)) of its largest confident
+    face in the frames' own pixels, or None."""
+    return [(f.box, f.landmarks) if f is not None else None
+            for f in (max(d, key=lambda f: f.area, default=None) for d in detect_faces(frames, detect_longest))]
 
 
 def no_faces(t: int, rgb: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +91,21 @@ def grey_from_rgb(crops: torch.Tensor) -> torch.Tensor:
 
 def crop_faces(frames: np.ndarray, margin: float, detect_longest: int, *, rgb: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, H, W, 3) uint8 RGB -> faces (T, 1, 64, 64) float in [-1, 1], or with rgb (T, 3, 128, 128)
-    float in 0..255, and a face mask (T,) bool."""
+    float in 0..255, and a face mask (T,) bool: `read_faces` without its pick."""
+    return read_faces(frames, margin, detect_longest, rgb=rgb)[:2]
+
+
+def read_faces(frames: np.ndarray, margin: float, detect_longest: int, *, rgb: bool = False) -> tuple[torch.Tensor, torch.Tensor, FacePick]:
+    """(T, H, W, 3) uint8 RGB -> the crops of the face to read in each frame (the speaker's where
+    it can be told, see `emosent.data.face_tracks`) as `crop_faces` gives them, their mask, and
+    the pick (how many faces, which rule chose)."""
     t, h, w, _ = frames.shape
     faces, mask = no_faces(t, rgb)
-    found = main_faces(frames, detect_longest)
+    pick = pick_faces(frames, detect_faces(frames, detect_longest))
+    found = [(f.box, f.landmarks) if f is not None else None for f in pick.faces]
     rows = [i for i, f in enumerate(found) if f is not None]
     if not rows:
-        return faces, mask
+        return faces, mask, pick
     weights = torch.tensor(GREY_WEIGHTS)
     # Only the part of each frame that its crop reads goes to grey and float (both linear, so the
     # same crop as from the whole frame up to rounding): a few percent of the pixels.
@@ -115,7 +125,7 @@ def crop_faces(frames: np.ndarray, margin: float, detect_longest: int, *, rgb: b
     # grey: the FER network's own input scaling; rgb: kept at 128 in 0..255 for both networks
     faces[rows] = crops if rgb else (F.avg_pool2d(crops, 2) / 255.0 - 0.5) * 2.0
     mask[rows] = True
-    return faces, mask
+    return faces, mask, pick
 
 
 def sample_span(row: torch.Tensor, n: int) -> tuple[int, int]:
