@@ -12,9 +12,10 @@ tone, and SRT subtitles beside each (one 2.8 s cue every 3 s).
    in fresh processes that alternate between this checkout and `--baseline-src` (a `src` folder
    of another commit, e.g. from `git archive`), so both see the same load: wall-clock and CPU
    seconds per second of video, and the largest difference between the two in any probability.
-   `--speakers` adds a third kind of run, this checkout with diarisation (emosent.speakers.diarise
+   `--builtin` times the built-in model as shipped (emosent.builtin) instead of the default
+   compute model. `--speakers` adds a third kind of run, this checkout with diarisation (emosent.speakers.diarise
    on the segments before predict_segments, as analyze does; its first call, which loads the voice
-   encoder and scikit-learn, inside the timing), and the ratio of its time to the run without.
+   encoder, inside the timing), and the ratio of its time to the run without.
 2. Clips per second and RTF over `--videos` videos: `analyze` one video at a time (one process,
    the model loaded once), then `emosent predict` with 1 process and with 2 (DDP, gloo), each
    a fresh command (its start-up, about the model's loading, included).
@@ -86,14 +87,19 @@ def write_talk(path: Path, duration_s: float, seed: int = 0) -> Path:
 # --- 1. analyze's RTF, this checkout against a baseline --------------------------------------
 
 
-def rtf_worker(video: Path, speakers: bool = False) -> None:
+def rtf_worker(video: Path, speakers: bool = False, builtin: bool = False) -> None:
     """Runs inside a fresh process (PYTHONPATH picks the code): prints one JSON line."""
     import torch
 
     from emosent.analyze import Timer, check_segments, predict_segments
     from emosent.segments import read_segments
 
-    model = default_compute_model()
+    if builtin:
+        from emosent.builtin import load_model
+
+        model = load_model(None).eval()
+    else:
+        model = default_compute_model()
     segments, _ = check_segments(read_segments(video.with_suffix(".srt")), RTF_DURATION_S, True, [])
     cpu = torch.device("cpu")
     predict_segments(model, video, segments[:8], 8, cpu, Timer(), [])  # warm-up: numba, allocator
@@ -121,10 +127,11 @@ def top_of(result) -> list:
     return [int(p_e.argmax()), round(float(p_e.max()), 4), int(p_s.argmax()), round(float(p_s.max()), 4)]
 
 
-def compare_rtf(video: Path, baseline_src: Path | None, repeats: int, speakers: bool = False) -> None:
+def compare_rtf(video: Path, baseline_src: Path | None, repeats: int, speakers: bool = False, builtin: bool = False) -> None:
     here = Path(__file__).resolve().parents[1] / "src"
-    sources = {"this checkout": (here, [])} | ({"baseline": (baseline_src.resolve(), [])} if baseline_src else {})
-    sources |= {"this checkout, with speakers": (here, ["--rtf-speakers"])} if speakers else {}
+    model = ["--rtf-builtin"] if builtin else []
+    sources = {"this checkout": (here, model)} | ({"baseline": (baseline_src.resolve(), model)} if baseline_src else {})
+    sources |= {"this checkout, with speakers": (here, ["--rtf-speakers", *model])} if speakers else {}
     runs: dict[str, list[dict]] = {name: [] for name in sources}
     for _ in range(repeats):
         for name, (src, extra) in sources.items():  # alternating: a burst of load from others hits all alike
@@ -132,7 +139,8 @@ def compare_rtf(video: Path, baseline_src: Path | None, repeats: int, speakers: 
             out = subprocess.run([sys.executable, __file__, "--rtf-worker", str(video), *extra], env=env, capture_output=True,
                                  text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"\n1. analyze, {RTF_DURATION_S:.0f} s video, {int(RTF_DURATION_S // SEGMENT_S)} segments, batch 8; "
+    print(f"\n1. analyze, {'the built-in model' if builtin else 'the default compute model'}, {RTF_DURATION_S:.0f} s video, "
+          f"{int(RTF_DURATION_S // SEGMENT_S)} segments, batch 8; "
           f"median of {repeats} fresh processes each")
     for name, rs in runs.items():
         wall = statistics.median(r["wall_s"] for r in rs)
@@ -202,11 +210,14 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, default=None, help="a src/ folder of the commit to compare analyze with")
     parser.add_argument("--only", choices=("rtf", "throughput"), default=None)
     parser.add_argument("--speakers", action="store_true", help="also time analyze with diarisation (see 1. above)")
+    parser.add_argument("--builtin", action="store_true", help="time analyze with the built-in model as shipped (emosent.builtin) "
+                        "rather than the default compute model with random heads")
     parser.add_argument("--rtf-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rtf-builtin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rtf-speakers", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rtf_worker:
-        return rtf_worker(args.rtf_worker, args.rtf_speakers)
+        return rtf_worker(args.rtf_worker, args.rtf_speakers, args.rtf_builtin)
     import lightning.pytorch  # noqa: F401  (its logging handler, which quiet_libraries filters)
 
     from emosent.cli import quiet_libraries
@@ -217,7 +228,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="emosent-bench-") as tmp:
         tmp = Path(tmp)
         if args.only in (None, "rtf"):
-            compare_rtf(write_talk(tmp / "talk.mp4", RTF_DURATION_S), args.baseline_src, args.repeats, args.speakers)
+            compare_rtf(write_talk(tmp / "talk.mp4", RTF_DURATION_S), args.baseline_src, args.repeats, args.speakers, args.builtin)
         if args.only in (None, "throughput"):
             folder = tmp / "videos"
             folder.mkdir()
