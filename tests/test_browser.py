@@ -75,11 +75,13 @@ def test_upload_timeline_and_click_to_seek(browser, server, tmp_path):
     assert len(segments) == 2 and len(browser.find_elements(By.CSS_SELECTOR, "#sentiment-track .seg")) == 2
     rows = browser.find_elements(By.CSS_SELECTOR, "#utterances tbody tr")
     assert [r.find_elements(By.TAG_NAME, "td")[3].text for r in rows] == ["I am so furious about this", "What a wonderful surprise"]
-    # subtitles that name no speaker: no speaker column, no filter, one summary line for everyone
-    assert not browser.find_element(By.CSS_SELECTOR, "#utterances th.speaker-col").is_displayed()
-    assert not browser.find_element(By.ID, "filter-row").is_displayed()
+    # subtitles that name no speaker: the service tells voices apart (one tone, one voice: S1 twice),
+    # so the speaker column, the filter and one summary line for S1 are shown
+    assert browser.find_element(By.CSS_SELECTOR, "#utterances th.speaker-col").is_displayed()
+    assert [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows] == ["S1", "S1"]
+    assert browser.find_element(By.ID, "filter-row").is_displayed()
     summary = browser.find_elements(By.CSS_SELECTOR, "#speakers tbody tr")
-    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in summary] == ["everyone"]
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in summary] == ["S1"]
     assert browser.find_element(By.ID, "upload-progress").get_property("value") == 1
     assert browser.find_element(By.ID, "analysis-progress").get_property("value") == 1
     link = browser.find_element(By.ID, "download")

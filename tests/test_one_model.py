@@ -156,7 +156,10 @@ def test_a_missing_face_video_stream_or_audio_stream_give_one_json_shape(tmp_pat
     abstained = {name: sorted(k for k, v in r["utterances"][0]["experts"].items() if v is None) for name, r in results.items()}
     assert abstained == {"all": [], "no face": ["face"], "no video": ["face"], "no audio": ["audio"], "silence": ["audio"]}
     assert results["no video"]["warnings"] == [f"{files['no video']}: no video stream: the face expert abstains"]
-    assert results["no audio"]["warnings"] == [f"{files['no audio']}: no audio stream: the audio expert abstains"]
+    assert results["no audio"]["warnings"] == [f"{files['no audio']}: no audio stream: the audio expert abstains",
+                                               f"{files['no audio']}: no audio stream, so speakers cannot be told apart by voice"]
     assert results["no face"]["warnings"] == [f"{files['no face']}: no face seen in 1 of 1 utterances: the face expert abstains there"]
-    assert results["silence"]["warnings"] == [f"{files['silence']}: silence in 1 of 1 utterances: the audio expert abstains there"]
+    assert results["silence"]["warnings"] == [
+        f"{files['silence']}: 1 of 1 segments hold too little sound to tell who speaks: their speaker is left empty",
+        f"{files['silence']}: silence in 1 of 1 utterances: the audio expert abstains there"]
     assert results["all"]["warnings"] == []

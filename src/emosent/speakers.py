@@ -75,7 +75,9 @@ def load_voice_encoder(path: Path = WEIGHTS_FILE) -> VoiceEncoder:
                          f"({WEIGHTS_SHA256}): reinstall emosent")
     encoder = VoiceEncoder()
     encoder.load_state_dict(load_file(path))
-    return encoder.eval()
+    # frozen: called in or out of inference mode alike (a first load inside inference_mode makes
+    # inference tensors, which autograd may not record)
+    return encoder.eval().requires_grad_(False)
 
 
 def decode_audio(path: str | Path) -> np.ndarray:
