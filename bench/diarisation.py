@@ -10,7 +10,8 @@ seeded random order, are their stream of speech. A conversation of K people: eac
 is cut into turns of 1-5 s (uniform; at most MAX_TURNS, never reusing audio, so a GRID person
 speaks once or twice), the turns are shuffled so that nobody speaks twice in a row where that can
 be avoided, and joined with 0.2-0.6 s of silence into an MP4 (AAC) in a temporary folder.
-diarise() reads the MP4 with the turns as its segments (oracle boundaries: the subtitle case).
+diarise() reads the MP4 with the turns as its segments (oracle boundaries: the subtitle case),
+once finding the number of speakers itself and once told it (`--speakers N`).
 
 DER: pyannote.metrics' DiarizationErrorRate (no collar, the whole conversation scored), summed
 over the conversations of each size, against two baselines in the same run: everything one
@@ -156,7 +157,8 @@ def der_table(name: str, streams: Streams, pool: list[str], n_conversations: int
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     for size in SIZES:
-        metrics = {k: DiarizationErrorRate(collar=0.0, skip_overlap=False) for k in ("emosent", "one speaker", "every turn")}
+        metrics = {k: DiarizationErrorRate(collar=0.0, skip_overlap=False)
+                   for k in ("emosent", "emosent --speakers N", "one speaker", "every turn")}
         found_sizes, seconds, spent = [], 0.0, 0.0
         for c in range(n_conversations):
             seed = seed0 + 1000 * size + c
@@ -167,10 +169,12 @@ def der_table(name: str, streams: Streams, pool: list[str], n_conversations: int
             started = time.perf_counter()
             found = diarise(video, segments)
             spent += time.perf_counter() - started
+            told = diarise(video, segments, speakers=size)  # the number of people given, as --speakers N does
             video.unlink()
             reference = annotation(spans)
             uem = scored(spans)
-            for key, labels in (("emosent", [s.speaker or "none" for s in found]), ("one speaker", ["A"] * len(spans)),
+            for key, labels in (("emosent", [s.speaker or "none" for s in found]),
+                                ("emosent --speakers N", [s.speaker or "none" for s in told]), ("one speaker", ["A"] * len(spans)),
                                 ("every turn", [f"T{k}" for k in range(len(spans))])):
                 metrics[key](reference, annotation([(a, b, w) for (a, b, _), w in zip(spans, labels)]), uem=uem)
             found_sizes.append(len({s.speaker for s in found}))
