@@ -202,7 +202,7 @@ def tune(data: Path, n_conversations: int, tmp: Path) -> None:
             cases.append((size, spans, embed(speeches)))
     print("| threshold | " + " | ".join(f"DER {s} speakers" for s in SIZES) + " | all |")
     best = None
-    for threshold in np.arange(0.20, 0.52, 0.02):
+    for threshold in np.arange(0.80, 1.42, 0.05):
         metrics = {s: DiarizationErrorRate(collar=0.0, skip_overlap=False) for s in SIZES}
         for size, spans, embeddings in cases:
             labels = cluster(embeddings, None, float(threshold))
