@@ -24,7 +24,7 @@ from emosent.pretrained import PretrainedModel
 from emosent.records import Recorder
 from emosent.runtime import pick_device
 from emosent.segments import (PACKAGED_ASR_MODEL, Segment, SpokenLanguage, check_segments, read_segments,
-                              subtitles_beside, transcribe, whisper_language)
+                              subtitles_beside, text_language_note, transcribe, whisper_language)
 from emosent.speakers import check_speakers, diarise as diarise_segments
 from emosent.summary import speaker_summary
 
@@ -116,7 +116,9 @@ def analyze(
         if not segments:
             warnings.append(f"{video}: speech recognition found no speech")
     kept, skipped = check_segments(segments, duration, "text" in model.modalities, warnings)
-    text_present = reads_the_words(model, video, spoken, text_for_other_languages, warnings)
+    note, text_present = text_language_note(model, spoken, text_for_other_languages, "this video")
+    if note:
+        warnings.append(f"{video}: {note}")
 
     timer = Timer()
     if diarise:  # before predict_segments: the dialogue context reads who spoke
@@ -158,32 +160,13 @@ def abstentions(model, video: Path, info, utterances: list[dict]) -> list[str]:
     return out
 
 
-def reads_the_words(model, video: Path, spoken: SpokenLanguage | None, anyway: bool, warnings: list[str]) -> bool:
-    """Whether the model's text part reads this video's words: not where the speech is known to be
-    in a language other than English (the text encoders are English models), unless `anyway`.
-    A late fusion's text expert abstains there; a single network cannot leave its text out, so
-    only the warning is given."""
-    if spoken is None or spoken.text_reads_it or "text" not in model.modalities:
-        return True
-    heard = f"{video}: the speech is in {spoken.describe()}"
-    if "text" not in getattr(model, "by_modality", {}):
-        warnings.append(f"{heard}, but this model reads English text only: its predictions rest partly on words it cannot read")
-        return True
-    if anyway:
-        warnings.append(f"{heard}; the text expert reads English only, and is used anyway as asked")
-        return True
-    warnings.append(f"{heard}: the text expert reads English only, so it abstains on this video "
-                    "(emosent analyze --text-for-other-languages uses it anyway)")
-    return False
-
-
 @torch.inference_mode()
 def predict_segments(model, video: Path, segments: list[Segment], batch_size: int, device, timer: Timer, skipped: list,
                      progress: Callable[[int, int], None] | None = None, recorder: Recorder | None = None,
                      text_present: bool = True) -> list[dict | None]:
     """Per segment: its record (see `emosent.records`; `recorder`, by default the model's, writes
     it); None for a segment that could not be read (listed in `skipped`). `text_present` False:
-    a late fusion's text expert abstains on every segment (see `reads_the_words`)."""
+    a late fusion's text expert abstains on every segment (see `emosent.segments.text_language_note`)."""
     recorder = recorder or Recorder.of(model)
     # The video is one dialogue: with context, a segment's text is read after the segments before it.
     k = model.processor.config.context

@@ -40,7 +40,7 @@ from emosent.model import EmotionSentimentModel
 from emosent.records import Recorder, utterance_row
 from emosent.runtime import log, rank_zero_exclusive
 from emosent.segments import (PACKAGED_ASR_MODEL, Segment, SegmentsError, SpokenLanguage, Transcription, check_segments,
-                              read_segments, subtitles_beside, transcribe, whisper_language)
+                              read_segments, subtitles_beside, text_language_note, transcribe, whisper_language)
 from emosent.sharded import ShardData, Shards, ShardWriter, file_stamp, open_shards, run_shards
 from emosent.speakers import diarise as diarise_segments
 
@@ -344,19 +344,16 @@ def predict(
 
 def other_languages(net, rows: list[Row], anyway: bool) -> frozenset[int]:
     """The rows whose video's speech is known not to be English, where a late fusion's text expert
-    abstains (see `emosent.analyze.analyze`); said once per video. Empty with `anyway`."""
-    foreign = {row.file: row.language for row in rows if row.language is not None and not row.language.text_reads_it}
-    if not foreign or "text" not in net.modalities:
-        return frozenset()
-    if "text" not in getattr(net, "by_modality", {}):  # a single network cannot leave its text out
-        why, abstains = "this model reads English text only", False
-    elif anyway:
-        why, abstains = "the text expert reads English only, and is used anyway as asked", False
-    else:
-        why, abstains = "the text expert reads English only, so it abstains on this video's rows (--text-for-other-languages keeps it)", True
-    for file, spoken in foreign.items():
-        log(f"warning: {file}: the speech is in {spoken.describe()}: {why}")
-    return frozenset(i for i, row in enumerate(rows) if row.file in foreign) if abstains else frozenset()
+    abstains (`emosent.segments.text_language_note`, as in analyze); said once per video."""
+    videos = {row.file: row.language for row in rows if row.language is not None}
+    absent = set()
+    for file, spoken in videos.items():
+        note, reads = text_language_note(net, spoken, anyway, "this video's rows")
+        if note:
+            log(f"warning: {file}: {note}")
+        if not reads:
+            absent.add(file)
+    return frozenset(i for i, row in enumerate(rows) if row.file in absent)
 
 
 def run_loop(net, rows, shards: Shards, pending, batch_size, num_workers, trainer_kwargs,

@@ -105,6 +105,21 @@ class Transcription(NamedTuple):
     language: SpokenLanguage | None
 
 
+def text_language_note(model, spoken: SpokenLanguage | None, anyway: bool, where: str) -> tuple[str | None, bool]:
+    """Whether `model`'s text part reads words spoken in `spoken` (its text encoders are English
+    models), and the warning to give, or None: a late fusion's text expert abstains on `where` (the
+    video, its rows) where the speech is known not to be English, unless `anyway`; a single network
+    cannot leave its text out, so it only gets the warning. analyze and predict both decide here."""
+    if spoken is None or spoken.text_reads_it or "text" not in model.modalities:
+        return None, True
+    heard = f"the speech is in {spoken.describe()}"
+    if "text" not in getattr(model, "by_modality", {}):
+        return f"{heard}, but this model reads English text only: its predictions rest partly on words it cannot read", True
+    if anyway:
+        return f"{heard}; the text expert reads English only, and is used anyway as asked", True
+    return f"{heard}: the text expert reads English only, so it abstains on {where} (--text-for-other-languages keeps it)", False
+
+
 def whisper_language(code: str | None) -> str | None:
     """`--language` as faster-whisper takes it: None to detect ("auto" or None), else a code it
     knows, lower-cased; anything else is refused naming the codes."""
