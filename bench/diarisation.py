@@ -212,6 +212,11 @@ def tune(data: Path, n_conversations: int, tmp: Path) -> None:
         print(f"| {threshold:.2f} | " + " | ".join(f"{abs(metrics[s]):.1%}" for s in SIZES) + f" | {total:.1%} |", flush=True)
         best = min(best or (total, threshold), (total, threshold))
     print(f"lowest mean DER {best[0]:.1%} at threshold {best[1]:.2f}")
+    metrics = {s: DiarizationErrorRate(collar=0.0, skip_overlap=False) for s in SIZES}
+    for size, spans, embeddings in cases:  # as --speakers N: the number of people given
+        labels = cluster(embeddings, size)
+        metrics[size](annotation(spans), annotation([(a, b, str(k)) for (a, b, _), k in zip(spans, labels)]), uem=scored(spans))
+    print("| told N | " + " | ".join(f"{abs(metrics[s]):.1%}" for s in SIZES) + f" | {sum(abs(m) for m in metrics.values()) / len(SIZES):.1%} |")
 
 
 def main() -> None:

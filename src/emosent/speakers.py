@@ -46,8 +46,8 @@ MIN_SPEECH_S = 0.2  # less speech than this gives no usable voice print: the seg
 # Ward's merge distance (the rise in within-group squared distance, on unit voice prints) under which
 # they are one speaker. Tuned on RAVDESS actors 01-14 (bench/diarisation.py --tune), never on the
 # conversations DER is measured on.
-# Average linkage on cosine distance (0.36) gave a mean DER of 25.5% on the tuning conversations,
-# and 28.5% told the number of speakers; Ward's at 1.05, 15.4% and 12.4% (BENCHMARKS.md, "Speakers").
+# Average linkage on cosine distance (0.36) gave a mean DER of 25.5% on the tuning conversations;
+# Ward's at 1.05, 15.4% (12.4% told the number of speakers; BENCHMARKS.md, "Speakers").
 DISTANCE_THRESHOLD = 1.05
 BATCH = 64  # windows per forward pass
 
