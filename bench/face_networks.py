@@ -16,7 +16,7 @@ import torch
 from emosent.config import ProcessorConfig
 from emosent.data import Utterance
 from emosent.data.faces import crop_faces
-from emosent.encoders.faces import CONFIDENT_SHARE, FaceEnsemble, pool_weights
+from emosent.encoders.faces import CONFIDENT_SHARE, FaceEnsemble, alternate_views, pool_weights
 from emosent.fusion import FaceExpressionModel
 from emosent.labels import EMOTIONS
 from emosent.processor import Processor
@@ -51,8 +51,9 @@ def on_photos(rows, as_frame, centre_crop_rgb) -> dict:
         crops.append(faces[0] if found[0] else centre_crop_rgb(image))
     with torch.no_grad():
         features = ensemble.per_frame(torch.stack(crops))  # (N, 135 + 263)
+        plain = ensemble.per_frame(torch.stack(crops), torch.zeros(len(crops), dtype=torch.long))  # no mirror image
     fer_width = ensemble.networks[0].width
-    return {"probabilities": split_probabilities(ensemble, features),
+    return {"probabilities": split_probabilities(ensemble, features), "without_mirror": split_probabilities(ensemble, plain),
             "fer_features": features[:, :fer_width].numpy(), "faceapi_features": features[:, fer_width:].numpy()}
 
 
@@ -96,6 +97,8 @@ def report_photos(result: dict, truth: list[str], report) -> None:
         predicted = labels_of(probs[key])
         report(f"{name}, RGB crop", predicted, truth)
         print(f"confusion, {name}:\n{confusion(predicted, truth)}")
+    for key, name in NAMES.items():  # what the mirror image is worth (a photo is one frame: "alternate" reads it both ways)
+        report(f"{name}, RGB crop without its mirror image", labels_of(result["without_mirror"][key]), truth)
     seen: Counter = Counter()
     half = []
     for t in truth:
@@ -203,10 +206,15 @@ def on_clips(video: Path) -> None:
             features[mask] = ensemble.per_frame(item["faces"][mask])
             grey = shipped.processor(u)
             as_shipped = EMOTIONS[int(shipped(**shipped.encode(shipped.processor.collate([grey]))).emotion_logits.argmax())]
+            alternate = torch.zeros_like(features)
+            alternate[mask] = ensemble.per_frame(item["faces"][mask], alternate_views(mask[None]))
         answers = pooled(ensemble, features, mask)
+        answers["mean, alternate mirror"] = pooled(ensemble, alternate, mask)["mean"]
+        shift = (split_probabilities(ensemble, features[mask].mean(0))["faceapi"]
+                 - split_probabilities(ensemble, alternate[mask].mean(0))["faceapi"]).abs().max()
         line = f"{path.parent.name}/{path.name} ({label}; faces in {int(mask.sum())}/{len(mask)} frames): FER expert as shipped {as_shipped}; "
         line += "; ".join(f"{rule}: " + "/".join(a[k] for k in ("fer", "faceapi", "ensemble")) for rule, a in answers.items())
-        print(line)
+        print(line + f"; face-api mean distribution, both vs alternate mirror: largest change {float(shift):.3f}")
         if label in EMOTIONS or label == "neutral*":
             labelled += 1
             truth = label.rstrip("*")

@@ -1,7 +1,7 @@
 """The face expert with a choice of networks (FER2013, face-api.js, both averaged) and of temporal
 pooling: config.json's fields checked, folders that round-trip through emosent.load_model (the
 first format too), FER2013 through the shared RGB crop as through its own grey one, and pooling
-that lets a brief expression decide."""
+that lets a brief expression decide, and the mirror image read for every other frame only."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 import emosent
 from emosent.data import Utterance
 from emosent.data.faces import crop_faces, grey_from_rgb
-from emosent.encoders.faces import pool_weights
+from emosent.encoders.faces import FaceEnsemble, alternate_views, pool_weights
 from emosent.fusion import FaceExpressionModel
 from emosent.labels import EMOTIONS
 from emosent.registry import FACEAPI_SOURCE, FER_SOURCE
@@ -87,6 +87,7 @@ def test_a_first_format_folder_loads_as_fer_alone_with_the_same_outputs(tmp_path
     ("networks", [{"source": FER_SOURCE, "sha256": "x"}, {"source": FER_SOURCE, "sha256": "x"}], "each once"),
     ("networks", [{"source": FACEAPI_SOURCE, "sha256": "0" * 64}], "face.networks: faceapi-expression with sha256 000000000000"),
     ("pooling", "max", "face.pooling must be one of"),
+    ("mirror", "sometimes", "face.mirror must be one of"),
 ])
 def test_bad_config_fields_are_one_line_naming_file_and_field(tmp_path, field, value, message):
     folder = FaceExpressionModel(TABLE, networks=BOTH).save_pretrained(tmp_path / "face")
@@ -117,3 +118,36 @@ def test_the_expert_abstains_without_a_face(tmp_path):
     with torch.no_grad():
         out = model(**model.encode(model.processor.collate([model.processor(u)])))
     assert not out.present.any() and out.emotion_logits.shape == (1, len(EMOTIONS))
+
+
+def test_alternate_mirror_reads_every_other_face_frame_mirrored(face_frame):
+    """Face frames in turn as they are and mirrored; a clip with one face frame both ways. Over
+    identical frames the clip's mean is then what reading every crop both ways gives."""
+    mask = torch.tensor([[True, False, True, True, True], [False, False, True, False, False]])
+    assert alternate_views(mask).tolist() == [0, 1, 0, 1, 2]  # clip 1: four face frames; clip 2: one
+    rgb, found = crop_faces(face_frame[None], 0.1, 320, rgb=True)
+    assert found.all()
+    both, alternate = (FaceEnsemble(BOTH, mirror=m).eval() for m in ("both", "alternate"))
+    crops = rgb.expand(4, -1, -1, -1)
+    with torch.no_grad():
+        plain, mirrored = (both.per_frame(rgb, torch.tensor([v])) for v in (0, 1))
+        assert (plain - mirrored).abs().max() > 1e-3  # the mirror image reads differently
+        per_frame = alternate.per_frame(crops, torch.tensor([0, 1, 0, 2]))
+        torch.testing.assert_close(per_frame, torch.cat([plain, mirrored, plain, (plain + mirrored) / 2]))
+        faces, four = rgb[None].expand(1, 4, -1, -1, -1), torch.ones(1, 4, dtype=torch.bool)
+        torch.testing.assert_close(alternate(faces, four), both(faces, four), atol=1e-5, rtol=0)
+
+
+def test_the_mirror_choice_round_trips_and_old_folders_read_both(tmp_path, face_clip):
+    model = FaceExpressionModel(TABLE, networks=(FACEAPI_SOURCE,), mirror="alternate").eval()
+    folder = model.save_pretrained(tmp_path / "face")
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["face"]["mirror"] == "alternate" and model.frozen_spec()["mirror"] == "alternate"
+    loaded = emosent.load_model(folder)
+    assert loaded.mirror == "alternate"
+    torch.testing.assert_close(outputs(model, face_clip), outputs(loaded, face_clip))
+    del meta["face"]["mirror"]  # a folder written before the choice existed
+    (folder / "config.json").write_text(json.dumps(meta))
+    old = emosent.load_model(folder)
+    assert old.mirror == "both" and "mirror" not in old.frozen_spec()
+    assert (outputs(old, face_clip) - outputs(model, face_clip)).abs().max() > 1e-4  # a 25-frame clip: not the same reading

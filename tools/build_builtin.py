@@ -2,14 +2,15 @@
 
 One command: .venv/bin/python tools/build_builtin.py [--work runs/builtin] [--out src/emosent/builtin]
 [--experts FOLDER] [--text FOLDER] [--audio FOLDER] [--face FOLDER]
-[--face-networks faceapi-expression ...] [--face-pooling mean|confident]
+[--face-networks faceapi-expression ...] [--face-pooling mean|confident] [--face-mirror both|alternate]
 
 1. The experts: each taken from a folder (--text/--audio/--face, or all from --experts, e.g. the
    current built-in folder) or trained by the public `emosent train`: the text expert on MELD
    (all-MiniLM-L6-v2, top 2 layers fine-tuned, sqrt class weights, 4 epochs, seed 0: BENCHMARKS'
    recommended MELD row), the voice expert on RAVDESS actors 01-14 (the frozen Whisper-base
    encoder, 60 epochs, seed 0). The face expert is built from the packaged networks named by
-   --face-networks (FER2013, face-api.js, or both averaged; --face-pooling over frames), with
+   --face-networks (FER2013, face-api.js, or both averaged; --face-pooling over frames;
+   --face-mirror: every crop with its mirror image, or every other frame mirrored), with
    the built-in face expert's P(sentiment | emotion) table (counted on MELD train), unless --face
    names a folder.
 2. `emosent.fit.fuse`: each expert's temperature fitted on its own dev data (MELD dev, RAVDESS
@@ -43,7 +44,7 @@ from meld_text import MELD, run  # noqa: E402
 from real_data import write_ravdess_csvs  # noqa: E402
 
 from emosent.builtin import BUILTIN_DIR  # noqa: E402
-from emosent.encoders.faces import POOLINGS  # noqa: E402
+from emosent.encoders.faces import MIRRORS, POOLINGS  # noqa: E402
 from emosent.fit import fit_temperature, fuse  # noqa: E402
 from emosent.fusion import FACE_WEIGHTS, FaceExpressionModel, LateFusionModel  # noqa: E402
 from emosent.pretrained import load_pretrained  # noqa: E402
@@ -55,7 +56,7 @@ CARD = {
     "summary": "late fusion of a MELD text expert, a RAVDESS voice expert and a face expert; English",
     "experts": ["text: all-MiniLM-L6-v2, top 2 layers fine-tuned on MELD train (TV dialogue)",
                 "voice: frozen Whisper-base encoder + a trained head, RAVDESS (acted speech)",
-                "face: {networks} (emosent/weights), MTCNN face detection, {pooling} over frames"],
+                "face: {networks} (emosent/weights), MTCNN face detection, {pooling} over frames, {mirror}"],
     "licence": ["non-commercial use only: text/ GPL-3.0 (from MELD), audio/ CC BY-NC-SA 4.0 (from RAVDESS), "
                 "face networks MIT; see MODEL_CARD.md"],
 }
@@ -65,10 +66,13 @@ FACE_NETWORK_NAMES = {"fer2013-mini-xception": "the FER2013 mini-XCEPTION networ
                       "faceapi-expression": "face-api.js's expression network (@vladmandic/face-api 1.7.15)"}
 
 
-def face_expert(networks: list[str], pooling: str) -> FaceExpressionModel:
+MIRROR_NAMES = {"both": "each crop read with its mirror image", "alternate": "every other frame read mirrored"}
+
+
+def face_expert(networks: list[str], pooling: str, mirror: str) -> FaceExpressionModel:
     shipped = load_pretrained(BUILTIN_DIR / "face")
     return FaceExpressionModel(shipped.sentiment_given_emotion.tolist(), shipped.processor.config,
-                               networks=tuple(networks), pooling=pooling)
+                               networks=tuple(networks), pooling=pooling, mirror=mirror)
 
 
 def expert_folder(name: str, given: Path | None, data: Path, work: Path) -> Path:
@@ -92,6 +96,8 @@ def main() -> int:
     parser.add_argument("--face-networks", nargs="+", choices=list(FACE_WEIGHTS), default=["faceapi-expression"],
                         help="the face expert's networks (two: their distributions averaged); BENCHMARKS.md, Faces")
     parser.add_argument("--face-pooling", choices=POOLINGS, default="mean", help="how the face expert pools a clip's frames")
+    parser.add_argument("--face-mirror", choices=MIRRORS, default="alternate",
+                        help="each crop read with its mirror image (both), or every other frame mirrored (alternate: half the cost)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"machine: {machine.describe()}")
@@ -99,9 +105,10 @@ def main() -> int:
     given = {n: getattr(args, n) or (args.experts / n if args.experts else None) for n in ("text", "audio", "face")}
     experts = {"text": expert_folder("text", given["text"], MELD, args.work),
                "audio": expert_folder("audio", given["audio"], ravdess, args.work)}
-    face = load_pretrained(given["face"]) if given["face"] else face_expert(args.face_networks, args.face_pooling)
+    face = load_pretrained(given["face"]) if given["face"] else face_expert(args.face_networks, args.face_pooling, args.face_mirror)
     card = {**CARD, "experts": [e.format(networks=" and ".join(FACE_NETWORK_NAMES[n] for n in face.networks)
-                                         + (", averaged" if len(face.networks) > 1 else ""), pooling=face.pooling)
+                                         + (", averaged" if len(face.networks) > 1 else ""), pooling=face.pooling,
+                                         mirror=MIRROR_NAMES[face.mirror])
                                 for e in CARD["experts"]]}
     photos = real_video.photo_outputs(face)
     face_t = fit_temperature(*photos)

