@@ -97,8 +97,11 @@ def test_subtitles_name_speakers_with_voice_tags_and_name_prefixes(tmp_path):
         ("Roger Bingham", "We are in New York City"), ("Esme", "Hello there"), ("NEIL", "Hi."), (None, "note: not a name")]
     srt = tmp_path / "talk.srt"
     srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nDr. Smith: <i>Come in.</i>\n\n2\n00:00:01,000 --> 00:00:02,000\n"
-                   "At 10:30 sharp.\n")
-    assert [(s.speaker, s.text) for s in read_segments(srt)] == [("Dr. Smith", "Come in."), (None, "At 10:30 sharp.")]
+                   "At 10:30 sharp.\n\n3\n00:00:02,000 --> 00:00:03,000\nWarning: wet floor.\n\n"
+                   "4\n00:00:03,000 --> 00:00:04,000\nDr. Smith: Sit down.\n")
+    # a capitalised name that recurs names the speaker; a capitalised word with a colon once stays text
+    assert [(s.speaker, s.text) for s in read_segments(srt)] == [
+        ("Dr. Smith", "Come in."), (None, "At 10:30 sharp."), (None, "Warning: wet floor."), ("Dr. Smith", "Sit down.")]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])

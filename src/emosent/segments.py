@@ -7,6 +7,7 @@ import html
 import json
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
@@ -178,11 +179,8 @@ def parse_srt(path: Path, text: str) -> list[Segment]:
                             "'HH:MM:SS,mmm --> HH:MM:SS,mmm' lines") from None
     if not cues:
         raise SegmentsError(f"{path}: no subtitle cues found")
-    segments = []
-    for c in cues:
-        speaker, text = named(clean(html.unescape(strip_tags(c.content))))
-        segments.append(Segment(c.start.total_seconds(), c.end.total_seconds(), text, speaker))
-    return segments
+    texts = named_cues([clean(html.unescape(strip_tags(c.content))) for c in cues])
+    return [Segment(c.start.total_seconds(), c.end.total_seconds(), text, speaker) for c, (speaker, text) in zip(cues, texts)]
 
 
 def parse_vtt(path: Path, text: str) -> list[Segment]:
@@ -197,8 +195,7 @@ def parse_vtt(path: Path, text: str) -> list[Segment]:
     # has the cue tags removed but keeps WebVTT's character references (&amp;, &lt;): decode them.
     # A voice tag (<v Name>, Caption.voice) names the speaker; else a "NAME: " prefix may.
     segments = []
-    for c in captions:
-        speaker, text = named(clean(html.unescape(c.text)))
+    for c, (speaker, text) in zip(captions, named_cues([clean(html.unescape(c.text)) for c in captions])):
         voice = clean(html.unescape(c.voice or ""))
         segments.append(Segment(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000, text,
                                 voice or speaker))
@@ -206,15 +203,20 @@ def parse_vtt(path: Path, text: str) -> list[Segment]:
 
 
 # "JOHN: text", "Dr. Smith: text", "Mary Ann: text": one to three capitalised words and a colon at
-# the start of a cue name who speaks (the subtitle convention for speakers off screen or unclear).
+# the start of a cue may name who speaks (the subtitle convention for speakers off screen or unclear).
 # A lower-case word ("note: ..."), a digit ("10:30") or a long phrase is left as text.
 SPEAKER_PREFIX = re.compile(r"^((?:[A-Z][\w.'\-]*)(?: [A-Z][\w.'\-]*){0,2}):\s+(\S.*)$")
 
 
-def named(text: str) -> tuple[str | None, str]:
-    """(speaker, text without the prefix) for a cue that starts with "NAME: "; (None, text) otherwise."""
-    match = SPEAKER_PREFIX.match(text)
-    return (match[1], match[2]) if match else (None, text)
+def named_cues(texts: list[str]) -> list[tuple[str | None, str]]:
+    """Each cue's (speaker, text without the prefix). A "NAME: " prefix names the speaker when NAME
+    is in capitals ("JOHN:", the subtitle convention) or starts at least two cues of the file (a
+    name recurs: "Dr. Smith:" twice); a capitalised word before a colon once ("Warning: wet floor")
+    stays text, with no speaker."""
+    matches = [SPEAKER_PREFIX.match(t) for t in texts]
+    counts = Counter(m[1] for m in matches if m)
+    return [(m[1], m[2]) if m and (m[1] == m[1].upper() or counts[m[1]] > 1) else (None, t)
+            for m, t in zip(matches, texts)]
 
 
 def strip_tags(text: str) -> str:
