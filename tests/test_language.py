@@ -74,6 +74,10 @@ def test_other_languages_can_keep_the_text_expert_when_asked(french, tmp_path):
     assert any("used anyway" in w for w in kept["warnings"]), kept["warnings"]
     unknown = analyze(french, text_and_voice(), subtitles=subtitles, device="cpu")  # subtitles, language not given
     assert unknown["language"] is None and unknown["utterances"][0]["experts"]["text"] is not None
+    # the service's way: the text expert abstains and the warning names no option (its users have none)
+    served = analyze(french, text_and_voice(), subtitles=subtitles, language="fr", option_hints=False, device="cpu")
+    (warning,) = [w for w in served["warnings"] if "English only" in w]
+    assert served["utterances"][0]["experts"]["text"] is None and "abstains" in warning and "--" not in warning, warning
 
 
 def test_a_single_network_gets_the_warning_only(french, tmp_path):

@@ -70,6 +70,7 @@ def analyze(
     asr_model: str = PACKAGED_ASR_MODEL,
     language: str | None = None,
     text_for_other_languages: bool = False,
+    option_hints: bool = True,
     batch_size: int = 8,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
@@ -81,7 +82,8 @@ def analyze(
     `transcript` (.json) or `asr`; with none, from VIDEO.srt or VIDEO.vtt beside the video when
     there is one, else from speech recognition. `language`: the language spoken, a Whisper code,
     or None / "auto" to have speech recognition detect it; where it is not English the text expert
-    of a late-fusion model abstains unless `text_for_other_languages`. Returns the result dict (see README); raises
+    of a late-fusion model abstains unless `text_for_other_languages`; the warning names the options
+    that overrule it unless not `option_hints` (the service: its users have none). Returns the result dict (see README); raises
     NothingAnalysedError (a ValueError) when no segment could be analysed.
     `progress(done, total)` is called after each batch of segments. With `diarise`, segments that
     do not name their speaker get S1, S2, ... from their voices (emosent.speakers.diarise; `speakers`:
@@ -116,7 +118,7 @@ def analyze(
         if not segments:
             warnings.append(f"{video}: speech recognition found no speech")
     kept, skipped = check_segments(segments, duration, "text" in model.modalities, warnings)
-    note, text_present = text_language_note(model, spoken, text_for_other_languages, "this video")
+    note, text_present = text_language_note(model, spoken, text_for_other_languages, "this video", option_hints)
     if note:
         warnings.append(f"{video}: {note}")
 

@@ -91,10 +91,11 @@ class SpokenLanguage:
         """Whether the text experts (English models) read this language."""
         return self.code == TEXT_LANGUAGE
 
-    def describe(self) -> str:
+    def describe(self, option_hints: bool = True) -> str:
         """"language 'fr' (detected, probability 0.57; ...)": for warnings. Whisper-base can take
-        short English speech for another language, so a detected one says how to overrule it."""
-        overrule = "; if it is English, pass --language en" if self.how == "detected" else ""
+        short English speech for another language, so a detected one says how to overrule it
+        (with `option_hints`: the command line's way)."""
+        overrule = "; if it is English, pass --language en" if self.how == "detected" and option_hints else ""
         return f"language {self.code!r} ({self.how}, probability {self.probability:.2f}{overrule})"
 
 
@@ -106,19 +107,23 @@ class Transcription(NamedTuple):
     language: SpokenLanguage | None
 
 
-def text_language_note(model, spoken: SpokenLanguage | None, anyway: bool, where: str) -> tuple[str | None, bool]:
+def text_language_note(model, spoken: SpokenLanguage | None, anyway: bool, where: str,
+                       option_hints: bool = True) -> tuple[str | None, bool]:
     """Whether `model`'s text part reads words spoken in `spoken` (its text encoders are English
     models), and the warning to give, or None: a late fusion's text expert abstains on `where` (the
     video, its rows) where the speech is known not to be English, unless `anyway`; a single network
-    cannot leave its text out, so it only gets the warning. analyze and predict both decide here."""
+    cannot leave its text out, so it only gets the warning. `option_hints`: whether the warning
+    names the command-line options that overrule it (not where the user has none: the service).
+    analyze and predict both decide here."""
     if spoken is None or spoken.text_reads_it or "text" not in model.modalities:
         return None, True
-    heard = f"the speech is in {spoken.describe()}"
+    heard = f"the speech is in {spoken.describe(option_hints)}"
     if "text" not in getattr(model, "by_modality", {}):
         return f"{heard}, but this model reads English text only: its predictions rest partly on words it cannot read", True
     if anyway:
         return f"{heard}; the text expert reads English only, and is used anyway as asked", True
-    return f"{heard}: the text expert reads English only, so it abstains on {where} (--text-for-other-languages keeps it)", False
+    return f"{heard}: the text expert reads English only, so it abstains on {where}" + (
+        " (--text-for-other-languages keeps it)" if option_hints else ""), False
 
 
 def whisper_language(code: str | None) -> str | None:

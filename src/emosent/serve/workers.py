@@ -117,6 +117,7 @@ class WorkerPool:
         try:
             result = analyze(files["video"], self.model, subtitles=files.get("subtitles"), transcript=files.get("transcript"),
                              asr="subtitles" not in files and "transcript" not in files, batch_size=self.batch_size,
+                             option_hints=False,  # a warning names no command-line option: a service user has none
                              device=self.device, progress=progress)
         except Cancelled:
             return
