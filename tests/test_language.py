@@ -13,7 +13,7 @@ from conftest import run_cli, spoken_clip
 from emosent import EmotionSentimentModel, ModelConfig
 from emosent.analyze import analyze
 from emosent.fusion import ExpertSpec, FusionConfig, LateFusionModel
-from emosent.segments import SegmentsError, transcribe, whisper_language
+from emosent.segments import SegmentsError, check_language_model, load_asr_model, transcribe, whisper_language
 
 ENGLISH = ("Good morning everyone, how are you today?", "The weather is very nice this morning.")
 FRENCH = ("Bonjour à tous, comment allez-vous aujourd'hui?", "Il fait très beau ce matin, nous allons au marché.")
@@ -140,3 +140,17 @@ def test_predict_leaves_the_text_expert_out_of_a_french_videos_rows(french, tmp_
     assert rows and all(r["experts"]["text"] is None and r["experts"]["voice"] is not None for r in rows), rows
     (warning,) = [line for line in capsys.readouterr().out.splitlines() if "English only" in line]
     assert "fr.mp4: the speech is in language 'fr' (detected" in warning and "abstains on this video's rows" in warning
+
+
+def test_an_english_only_speech_model_refuses_another_forced_language():
+    """tiny.en and the like transcribe everything as English: a forced French would be recorded as
+    French over English words. (No English-only model is stored offline: the rule is checked alone,
+    and the packaged model's flag for real.)"""
+    assert load_asr_model("base").model.is_multilingual
+    check_language_model("base", True, "fr")
+    check_language_model("tiny.en", False, "en")
+    check_language_model("tiny.en", False, None)  # detection: an English-only model reports English
+    with pytest.raises(SegmentsError, match=r"^--language fr: the speech recognition model tiny.en transcribes English "
+                                            r"only; give --asr-model a multilingual one \(e.g. base, the packaged one\) "
+                                            r"or --language en$"):
+        check_language_model("tiny.en", False, "fr")

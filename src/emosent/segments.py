@@ -283,6 +283,7 @@ def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str =
     if not has_audio:
         raise SegmentsError(f"{video}: no audio stream, so no speech to recognise; pass --subtitles / --transcript")
     recogniser = load_asr_model(model, device)
+    check_language_model(model, recogniser.model.is_multilingual, forced)
     pieces, info = recogniser.transcribe(str(video), word_timestamps=True, vad_filter=True, language=forced,
                                          language_detection_segments=DETECTION_WINDOWS)
     segments = group_words([Word(float(w.start), float(w.end), w.word) for piece in pieces for w in piece.words or ()])
@@ -290,6 +291,16 @@ def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str =
         return Transcription(segments, SpokenLanguage(info.language, 1.0, "forced"))
     heard = SpokenLanguage(info.language, float(info.language_probability), "detected") if segments else None
     return Transcription(segments, heard)
+
+
+def check_language_model(name: str, multilingual: bool, forced: str | None) -> None:
+    """An English-only speech model (tiny.en, base.en, ...) transcribes everything as English, so a
+    forced language other than English would be recorded as forced while the words are English:
+    refused, naming both choices."""
+    if not multilingual and forced not in (None, TEXT_LANGUAGE):
+        raise SegmentsError(f"--language {forced}: the speech recognition model {name} transcribes English only; "
+                            f"give --asr-model a multilingual one (e.g. {PACKAGED_ASR_MODEL}, the packaged one) "
+                            f"or --language {TEXT_LANGUAGE}")
 
 
 def load_asr_model(name: str, device: str = "auto"):
