@@ -112,7 +112,7 @@ def analyze(
     warnings += model.stream_warnings(video, info.has_video, info.has_audio)
     recorder = Recorder.of(model)
     duration = info.duration_s
-    spoken = SpokenLanguage(forced, 1.0, "forced") if forced else None  # with subtitles: what the user says it is
+    spoken = SpokenLanguage.given(forced)  # with subtitles: what the user says it is
     if segments is None:
         segments, spoken = transcribe(video, asr_model, language=forced)
         if not segments:

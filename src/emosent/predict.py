@@ -110,7 +110,7 @@ def video_rows(video: Path, needs_text: bool, asr_model: str, asr_dir: Path, lan
     warnings: list[str] = []
     try:
         if subtitles:  # the language of subtitles is what --language says, or unknown
-            segments, spoken = read_segments(subtitles, warnings), SpokenLanguage(language, 1.0, "forced") if language else None
+            segments, spoken = read_segments(subtitles, warnings), SpokenLanguage.given(language)
         else:
             segments, spoken = transcribed(video, asr_model, asr_dir, language)
     except SegmentsError as err:

@@ -86,6 +86,11 @@ class SpokenLanguage:
     def from_dict(cls, data: dict) -> SpokenLanguage:
         return cls(data["code"], float(data["probability"]), data["how"])
 
+    @classmethod
+    def given(cls, code: str | None) -> SpokenLanguage | None:
+        """The language the user says is spoken (a Whisper code), or None where they said none."""
+        return cls(code, 1.0, "forced") if code else None
+
     @property
     def text_reads_it(self) -> bool:
         """Whether the text experts (English models) read this language."""
@@ -288,7 +293,7 @@ def transcribe(video: str | Path, model: str = PACKAGED_ASR_MODEL, device: str =
                                          language_detection_segments=DETECTION_WINDOWS)
     segments = group_words([Word(float(w.start), float(w.end), w.word) for piece in pieces for w in piece.words or ()])
     if forced is not None:
-        return Transcription(segments, SpokenLanguage(info.language, 1.0, "forced"))
+        return Transcription(segments, SpokenLanguage.given(info.language))
     heard = SpokenLanguage(info.language, float(info.language_probability), "detected") if segments else None
     return Transcription(segments, heard)
 
