@@ -17,8 +17,13 @@ training clip: speed and pitch, reverberation, band-limiting, noise) and a head:
 (`emosent.model`: projection 128, fusion 256 with BatchNorm, heads 64; today's `emosent train`
 recipe: Adam, 60 epochs of batch 32, label smoothing 0.05, inverse-frequency class weights, the
 emotion and sentiment losses summed, the rate cut on a plateau and the best epoch kept, both by a
-validation sixth of the training rows, not by the test actors as emosent train's --data dev does), or logistic regression (scikit-learn, standardised features, C=1: the baseline on the same
-features). The MLP runs seeds 0-2 (mean [min-max]); logistic regression has no seed. The majority
+validation sixth of the training rows, not by the test actors as emosent train's --data dev does), the
+same MLP with its input standardised (a BatchNorm without weights, momentum None: the training set's
+mean and variance at evaluation, as the package's --audio-standardise would hold them), a linear head
+trained by the same recipe (standardised input, dropout 0.2, one Linear per task at the heads' rate:
+a multinomial logistic regression trained the way emosent train trains), or logistic regression
+(scikit-learn, standardised features, C=1: the baseline on the same features). The torch heads run
+seeds 0-2 (mean [min-max]); logistic regression has no seed. The majority
 class of each training set is scored beside them.
 
 Run: .venv/bin/python bench/voice.py [--out runs/voice]  (figures into BENCHMARKS.md by hand, with
@@ -58,8 +63,9 @@ class Recipe:
     layer: int = 6
     pooling: str = "mean+std"  # or "mean"
     norm: str = "none"  # "cmvn", "speaker" (oracle), "utterance"
-    head: str = "mlp"  # or "lr"
+    head: str = "mlp"  # or "lr", or "linear": one Linear per task in torch, trained as the MLP is
     augment: bool = False
+    standardise: bool = False  # torch heads: a non-affine BatchNorm first, as --audio-head linear builds it
 
 
 @dataclass
@@ -74,11 +80,11 @@ class Split:
 class Features:
     """Every clip's (L, 1024) features per input variant, and the clips' labels and groups."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, variants: tuple[str, ...] = ("clean", "cmvn", *AUGMENT_ROUNDS)):
         self.rows = clips()
         encoder = None
         self.variants = {}
-        for variant in ("clean", "cmvn", *AUGMENT_ROUNDS):
+        for variant in variants:  # only those the chosen recipes read: each takes minutes to extract
             if not (out / f"{variant}.npy").is_file() and encoder is None:
                 encoder = LayerEncoder()
             self.variants[variant] = extract(variant, self.rows, out, encoder)
@@ -115,6 +121,16 @@ class Features:
                 self.matrix(recipe, base)[split.test])
 
 
+def variants_of(recipes: list[Recipe]) -> tuple[str, ...]:
+    """The input variants `recipes` read: "clean" always (CREMA-D and the test sets), "cmvn", the augmented rounds."""
+    out = ["clean"]
+    if any(r.norm == "cmvn" for r in recipes):
+        out.append("cmvn")
+    if any(r.augment for r in recipes):
+        out.extend(AUGMENT_ROUNDS)
+    return tuple(out)
+
+
 def splits(features: Features) -> dict[str, list[Split]]:
     rows = features.rows
     ravdess = np.array([r.corpus == "ravdess" for r in rows])
@@ -131,19 +147,45 @@ def splits(features: Features) -> dict[str, list[Split]]:
 # ---------------------------------------------------------------------------------- heads
 
 
-def mlp(width: int) -> nn.Module:
+def standardiser(width: int, on: bool) -> nn.Module:
+    """The package's input standardisation: a BatchNorm without weights whose running statistics are
+    the plain mean over every training batch (momentum None), so at evaluation it z-scores with the
+    training set's mean and variance; in training each batch's own (a little noise, as BatchNorm)."""
+    return nn.BatchNorm1d(width, affine=False, momentum=None) if on else nn.Identity()
+
+
+def mlp(width: int, standardise: bool = False) -> nn.Module:
     """The product's audio-only network (emosent.model): projection, fusion, two heads."""
 
     class Network(nn.Module):
         def __init__(self):
             super().__init__()
-            self.projection = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Dropout(0.2))
+            self.projection = nn.Sequential(standardiser(width, standardise), nn.Linear(width, 128), nn.ReLU(), nn.Dropout(0.2))
             self.fusion = nn.Sequential(nn.Linear(128, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.3))
             self.emotion = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, len(EMOTIONS)))
             self.sentiment = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, len(SENTIMENTS)))
 
         def forward(self, x):
             h = self.fusion(self.projection(x))
+            return self.emotion(h), self.sentiment(h)
+
+    return Network()
+
+
+def linear(width: int) -> nn.Module:
+    """The linear head: standardised features, dropout, one Linear per task (no hidden layer), so that
+    a late-fusion expert is a (calibrated) multinomial logistic regression on the pooled features."""
+
+    class Network(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.projection = nn.Sequential(standardiser(width, True), nn.Dropout(0.2))  # no weights: Adam's group is empty
+            self.fusion = nn.Identity()
+            self.emotion = nn.Linear(width, len(EMOTIONS))
+            self.sentiment = nn.Linear(width, len(SENTIMENTS))
+
+        def forward(self, x):
+            h = self.projection(x)
             return self.emotion(h), self.sentiment(h)
 
     return Network()
@@ -158,21 +200,22 @@ def inverse_weights(y: np.ndarray, k: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def fit_mlp(x, y, s, x_test, seed: int, epochs: int = 60) -> np.ndarray:
+def fit_torch(x, y, s, x_test, seed: int, recipe: Recipe, epochs: int = 60) -> np.ndarray:
     """Today's `emosent train` recipe on the features: Adam (projection 1e-3, the rest 5e-4),
     ReduceLROnPlateau (x0.1 after 2 epochs without a lower validation loss) and the checkpoint of
     the lowest validation loss, where the validation rows are a sixth of the training rows drawn by
-    the seed (emosent train validates on the test actors; here the test set stays unseen). At a
+    the seed (emosent train validates on the test actors; here the test set stays unseen). The
+    network is the MLP (`recipe.standardise`: its input z-scored first) or the linear head. At a
     constant rate for 60 epochs this network collapses to one class (measured: 61% of the actors
     after 5 epochs, 13% after 60), so the schedule and the pick are part of the recipe."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
     val, train = order[: len(x) // 6], order[len(x) // 6 :]
-    net = mlp(x.shape[1])
-    opt = torch.optim.Adam([{"params": net.projection.parameters(), "lr": 1e-3},
-                            {"params": [*net.fusion.parameters(), *net.emotion.parameters(), *net.sentiment.parameters()], "lr": 5e-4}],
-                           weight_decay=1e-5)
+    net = linear(x.shape[1]) if recipe.head == "linear" else mlp(x.shape[1], recipe.standardise)
+    groups = [{"params": list(net.projection.parameters()), "lr": 1e-3},
+              {"params": [*net.fusion.parameters(), *net.emotion.parameters(), *net.sentiment.parameters()], "lr": 5e-4}]
+    opt = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=1e-5)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=2)
     xt, yt, st = torch.tensor(x), torch.tensor(y), torch.tensor(s)
     we, ws = inverse_weights(y[train.numpy()], len(EMOTIONS)), inverse_weights(s[train.numpy()], len(SENTIMENTS))
@@ -226,7 +269,7 @@ def run_recipe(features: Features, recipe: Recipe, protocols: dict[str, list[Spl
             right, total, predictions = 0, 0, None
             for split in folds:
                 x, y, s, x_test = features.train_test(recipe, split)
-                predictions = fit_lr(x, y, x_test) if recipe.head == "lr" else fit_mlp(x, y, s, x_test, seed)
+                predictions = fit_lr(x, y, x_test) if recipe.head == "lr" else fit_torch(x, y, s, x_test, seed, recipe)
                 right += int((predictions == features.emotion[split.test]).sum())
                 total += len(split.test)
             out[name][seed] = (right / total, right, total, predictions)
@@ -269,6 +312,9 @@ RECIPES = [
     *(Recipe(f"layer 3, mean+std, augmented, {h.upper()}", layer=3, augment=True, head=h) for h in ("lr", "mlp")),
     Recipe("layer 6, mean+std, augmented, LR", augment=True, head="lr"),
     *(Recipe(f"layer {k}, mean+std, speaker z (oracle), LR", layer=k, norm="speaker", head="lr") for k in (3, 6)),
+    # heads the package can ship (emosent train's recipe, seeds 0-2): the MLP on standardised input, and a linear head
+    *(Recipe(f"layer {k}, mean+std, standardised, MLP", layer=k, standardise=True) for k in (3, 6)),
+    *(Recipe(f"layer {k}, mean+std, standardised, linear", layer=k, head="linear", standardise=True) for k in (3, 6)),
 ]
 
 
@@ -293,15 +339,14 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)  # the MLP's matrices are small: a second thread only waits on a shared machine
     print(f"machine: {machine.describe()}", flush=True)
-    features = Features(args.out / "features")
+    chosen = [r for r in RECIPES if not args.only or args.only in r.name]
+    features = Features(args.out / "features", variants_of(chosen))
     protocols = splits(features)
     results = {"majority class of the training set": majority(features, protocols)}
     per_clip = {}
     # logistic regression first (seconds), then the MLPs (minutes each on 2 shared cores); the table is
     # rewritten after every recipe, so a run cut short keeps what it measured
-    for recipe in sorted(RECIPES, key=lambda r: r.head == "mlp"):
-        if args.only and args.only not in recipe.name:
-            continue
+    for recipe in sorted(chosen, key=lambda r: r.head != "lr"):
         start = time.perf_counter()
         results[recipe.name] = run_recipe(features, recipe, protocols)
         results[recipe.name]["s"] = time.perf_counter() - start

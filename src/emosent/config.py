@@ -23,6 +23,7 @@ VIDEO_ENCODERS, AUDIO_ENCODERS = Names("video"), Names("audio")  # live: an enco
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
 AUDIO_POOLINGS = ("all", "masked")
 AUDIO_NORMS = ("none", "cmvn")
+AUDIO_HEADS = ("mlp", "standardised-mlp", "linear")
 WHISPER_LAYERS = 6  # Whisper-base's encoder layers (emosent.encoders.whisper imports torch; this module does not)
 MONITORS = ("val/loss", *(f"val/{task}/{m}" for task in ("emotion", "sentiment") for m in ("weighted_f1", "macro_f1", "accuracy")))
 # The design's Adam groups. "text": None takes the text encoder's default from its registry entry
@@ -118,6 +119,10 @@ class ModelConfig:
         the audio convolutions train (never in eval mode, never with frozen convolutions).
     audio_layer, audio_norm (whisper-base only): which encoder layer's output is pooled, and
         whether each mel band's mean over the clip is removed first (bench/voice.py).
+    audio_head (whisper-base): "mlp" (the design's projection, fusion block and hidden head layers),
+        "standardised-mlp" (the same on the pooled features z-scored with the training set's
+        statistics) or, for a model of audio alone, "linear": the z-scored features and one Linear
+        per task, a multinomial logistic regression (bench/voice.py, BENCHMARKS.md).
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")
@@ -157,6 +162,11 @@ class ModelConfig:
     audio_norm: str = field(default="none", metadata=option(
         "--audio-encoder whisper-base: cmvn removes each mel band's mean over the clip before the encoder (a fixed "
         "microphone and room colouring); none: Whisper's log-mel as it is", choices=AUDIO_NORMS))
+    audio_head: str = field(default="mlp", metadata=option(
+        "--audio-encoder whisper-base: mlp (projection, fusion and hidden head layers, the design); standardised-mlp: "
+        "the same on the pooled features z-scored with the training set's statistics; linear (--modalities audio "
+        "only): the z-scored features, then one linear layer per task. Both z-scored heads generalise better to new "
+        "speakers and sentences (BENCHMARKS.md)", choices=AUDIO_HEADS))
     extra: dict = field(default_factory=dict)  # free-form metadata carried into config.json
 
     def __post_init__(self) -> None:
@@ -168,12 +178,16 @@ class ModelConfig:
         for modality in ("video", "audio"):  # first: an unknown name says how to register one
             encoder_spec(modality, self.encoder(modality))
         check_fields(self)
-        whisper_only = {"audio_layer": WHISPER_LAYERS, "audio_norm": "none"}
+        whisper_only = {"audio_layer": WHISPER_LAYERS, "audio_norm": "none", "audio_head": "mlp"}
         if "audio" in self.modalities and self.audio_encoder != "whisper-base":
             for name, default in whisper_only.items():
                 if getattr(self, name) != default:
                     raise ValueError(f"{name} is a setting of the whisper-base audio encoder, not of {self.audio_encoder!r}: "
                                      f"leave it at {default!r} or use audio_encoder 'whisper-base'")
+        if self.audio_head == "linear" and self.modalities != ("audio",):
+            # a linear head has no fusion block to join other modalities' features: it is a voice expert's
+            raise ValueError(f"audio_head 'linear' is for a model of audio alone, got modalities {list(self.modalities)}: "
+                             "use modalities ['audio'] (a late fusion joins it with the other experts) or audio_head 'mlp'")
 
     def encoder(self, modality: str) -> str:
         """The name of the encoder of `modality` (a text encoder may be a folder)."""

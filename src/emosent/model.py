@@ -111,14 +111,22 @@ class EmotionSentimentModel(PretrainedModel):
         d = config.feature_dim
         self.processor = Processor(processor_config, config.modalities, tokenizer if "text" in config.modalities else None,
                                    config.video_encoder, config.audio_encoder)
-        self.fusion = nn.Sequential(
-            nn.Linear(d * len(config.modalities), config.fusion_dim),
-            nn.BatchNorm1d(config.fusion_dim),
-            nn.ReLU(),
-            nn.Dropout(config.fusion_dropout),
-        )
-        self.emotion_head = classifier(config.fusion_dim, config.head_dim, len(EMOTIONS), config.head_dropout)
-        self.sentiment_head = classifier(config.fusion_dim, config.head_dim, len(SENTIMENTS), config.head_dropout)
+        if config.audio_head == "linear":
+            # A voice expert as a multinomial logistic regression on its standardised features (the
+            # audio encoder's head only z-scores them): on new speakers and sentences it beats the
+            # MLP below, which overfits RAVDESS's (bench/voice.py, BENCHMARKS.md "A linear head").
+            self.fusion = nn.Identity()
+            self.emotion_head = nn.Linear(self.audio.feature_width, len(EMOTIONS))
+            self.sentiment_head = nn.Linear(self.audio.feature_width, len(SENTIMENTS))
+        else:
+            self.fusion = nn.Sequential(
+                nn.Linear(d * len(config.modalities), config.fusion_dim),
+                nn.BatchNorm1d(config.fusion_dim),
+                nn.ReLU(),
+                nn.Dropout(config.fusion_dropout),
+            )
+            self.emotion_head = classifier(config.fusion_dim, config.head_dim, len(EMOTIONS), config.head_dropout)
+            self.sentiment_head = classifier(config.fusion_dim, config.head_dim, len(SENTIMENTS), config.head_dropout)
 
     @property
     def tokenizer(self):
