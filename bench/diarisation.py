@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/diarisation.py [--conversations 8] [--data ../shared/data]
     .venv/bin/python bench/diarisation.py --tune     # DISTANCE_THRESHOLD, on RAVDESS actors 01-14 only
+    .venv/bin/python bench/diarisation.py --asr      # also: segments from speech recognition, not the turns
 
 Speakers (test): the GRID clips of ../shared/data/video/grid (10 people, 3 s each; grid-C has two
 clips), CREMA-D actors 1001 and 1002 (6 clips each, 2 s), RAVDESS actors 15-18 (ravdess16k, 60
@@ -11,7 +12,11 @@ is cut into turns of 1-5 s (uniform; at most MAX_TURNS, never reusing audio, so 
 speaks once or twice), the turns are shuffled so that nobody speaks twice in a row where that can
 be avoided, and joined with 0.2-0.6 s of silence into an MP4 (AAC) in a temporary folder.
 diarise() reads the MP4 with the turns as its segments (oracle boundaries: the subtitle case),
-once finding the number of speakers itself and once told it (`--speakers N`).
+once finding the number of speakers itself and once told it (`--speakers N`). With --asr, also
+as analyze runs without subtitles: the segments are what emosent's speech recognition (the
+packaged Whisper-base) finds in the MP4, so missed speech, false alarms and a segment that spans
+two people's turns count against it too (English forced, as `--language en`; the row's confusion,
+missed speech and false alarm are printed beside it).
 
 DER: pyannote.metrics' DiarizationErrorRate (no collar, the whole conversation scored), summed
 over the conversations of each size, against two baselines in the same run: everything one
@@ -35,7 +40,7 @@ import numpy as np
 import torch
 
 import machine
-from emosent.segments import Segment
+from emosent.segments import Segment, transcribe
 from emosent.speakers import SAMPLE_RATE_HZ, cluster, decode_audio, diarise, embed, speech_of
 from emosent.synthetic import write_clip
 
@@ -153,12 +158,13 @@ def write_mp4(path: Path, audio: np.ndarray) -> Path:
                       audio_fn=lambda times: audio[np.minimum((times * SAMPLE_RATE_HZ).astype(int), len(audio) - 1)])
 
 
-def der_table(name: str, streams: Streams, pool: list[str], n_conversations: int, tmp: Path, seed0: int) -> None:
+def der_table(name: str, streams: Streams, pool: list[str], n_conversations: int, tmp: Path, seed0: int,
+              asr: bool = False) -> None:
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     for size in SIZES:
         metrics = {k: DiarizationErrorRate(collar=0.0, skip_overlap=False)
-                   for k in ("emosent", "emosent --speakers N", "one speaker", "every turn")}
+                   for k in ("emosent", "emosent --speakers N", "one speaker", "every turn", *(("emosent, ASR segments",) if asr else ()))}
         found_sizes, seconds, spent = [], 0.0, 0.0
         for c in range(n_conversations):
             seed = seed0 + 1000 * size + c
@@ -170,9 +176,12 @@ def der_table(name: str, streams: Streams, pool: list[str], n_conversations: int
             found = diarise(video, segments)
             spent += time.perf_counter() - started
             told = diarise(video, segments, speakers=size)  # the number of people given, as --speakers N does
-            video.unlink()
             reference = annotation(spans)
             uem = scored(spans)
+            if asr:  # as analyze without subtitles: speech recognition's segments, then diarise
+                heard = diarise(video, transcribe(video, language="en").segments)
+                metrics["emosent, ASR segments"](reference, annotation([(s.start, s.end, s.speaker or "none") for s in heard]), uem=uem)
+            video.unlink()
             for key, labels in (("emosent", [s.speaker or "none" for s in found]),
                                 ("emosent --speakers N", [s.speaker or "none" for s in told]), ("one speaker", ["A"] * len(spans)),
                                 ("every turn", [f"T{k}" for k in range(len(spans))])):
@@ -180,6 +189,9 @@ def der_table(name: str, streams: Streams, pool: list[str], n_conversations: int
             found_sizes.append(len({s.speaker for s in found}))
             seconds += len(audio) / SAMPLE_RATE_HZ
         figures = ", ".join(f"{k} {abs(m):.1%}" for k, m in metrics.items())
+        if asr:  # what the ASR row's error is made of, as shares of the reference speech
+            parts = metrics["emosent, ASR segments"].accumulated_
+            figures += " (" + ", ".join(f"{k} {parts[k] / parts['total']:.1%}" for k in ("confusion", "missed detection", "false alarm")) + ")"
         print(f"| {name} | {size} | {n_conversations} | {seconds / n_conversations:.0f} s | {figures} | "
               f"{np.mean(found_sizes):.2f} (range {min(found_sizes)}-{max(found_sizes)}) | {spent / seconds:.3f} |", flush=True)
 
@@ -224,6 +236,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--conversations", type=int, default=8, help="per number of speakers")
     parser.add_argument("--tune", action="store_true", help="choose the distance threshold on RAVDESS actors 01-14")
+    parser.add_argument("--asr", action="store_true", help="also score diarise on the segments speech recognition finds")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"machine: {machine.describe('cpu')}; load average before: {os.getloadavg()[0]:.1f}")
@@ -234,8 +247,9 @@ def main() -> None:
         streams = Streams(people)
         print("| people | speakers | conversations | mean length | DER (total over the conversations) | speakers found | "
               "diarise s per s of audio |\n|---|---|---|---|---|---|---|")
-        der_table("mixed", streams, sorted(people), args.conversations, Path(tmp), seed0=0)
-        der_table("ravdess only", streams, [p for p in people if p.startswith("ravdess")], args.conversations, Path(tmp), seed0=500)
+        der_table("mixed", streams, sorted(people), args.conversations, Path(tmp), seed0=0, asr=args.asr)
+        der_table("ravdess only", streams, [p for p in people if p.startswith("ravdess")], args.conversations, Path(tmp),
+                  seed0=500, asr=args.asr)
 
 
 if __name__ == "__main__":
