@@ -83,7 +83,8 @@ def analyze(
     there is one, else from speech recognition. `language`: the language spoken, a Whisper code,
     or None / "auto" to have speech recognition detect it; where it is not English the text expert
     of a late-fusion model abstains unless `text_for_other_languages`; the warning names the options
-    that overrule it unless not `option_hints` (the service: its users have none). Returns the result dict (see README); raises
+    that overrule it unless not `option_hints` (the service: its users have none). Returns the
+    result dict (see README); raises
     NothingAnalysedError (a ValueError) when no segment could be analysed.
     `progress(done, total)` is called after each batch of segments. With `diarise`, segments that
     do not name their speaker get S1, S2, ... from their voices (emosent.speakers.diarise; `speakers`:

@@ -96,7 +96,8 @@ class FaceExpressionModel(PretrainedModel):
     def frozen_spec(self) -> dict:
         if self.grey_crops:
             return {"face": FER_SOURCE}
-        return {"face": list(self.networks), "pooling": self.pooling, **({"mirror": self.mirror} if self.mirror != "both" else {})}
+        mirror = {"mirror": self.mirror} if self.mirror != "both" else {}  # "both": the cache keys of before
+        return {"face": list(self.networks), "pooling": self.pooling, **mirror}
 
     def encode(self, batch: dict, modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         if modalities is not None and "video" not in modalities:

@@ -190,7 +190,8 @@ def parse_srt(path: Path, text: str) -> list[Segment]:
     if not cues:
         raise SegmentsError(f"{path}: no subtitle cues found")
     texts = named_cues([clean(html.unescape(strip_tags(c.content))) for c in cues])
-    return [Segment(c.start.total_seconds(), c.end.total_seconds(), text, speaker) for c, (speaker, text) in zip(cues, texts)]
+    return [Segment(c.start.total_seconds(), c.end.total_seconds(), text, speaker)
+            for c, (speaker, text) in zip(cues, texts)]
 
 
 def parse_vtt(path: Path, text: str) -> list[Segment]:

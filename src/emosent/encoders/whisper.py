@@ -36,7 +36,8 @@ class WhisperAudioEncoder(Encoder):
     only (no padding to Whisper's 30 s: 28x cheaper, and no padding in the feature), the mean and
     standard deviation of its 512-wide outputs over time (B, 1024), then a trainable projection
     (head "standardised-mlp": of the features standardised first, `standardiser`); or, with head
-    "linear", no projection: the (B, 1024) standardised features for the model's linear heads. The frozen part is not a torch module: config.json names it with its sha256."""
+    "linear", no projection: the (B, 1024) standardised features for the model's linear heads.
+    The frozen part is not a torch module: config.json names it with its sha256."""
 
     inputs = ("audio",)
 
