@@ -35,6 +35,7 @@ from pathlib import Path
 
 import machine
 from real_data import SENTIMENT_OF, write_ravdess_csvs
+from real_video import clip_manifests
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -49,17 +50,6 @@ RECIPES = {
 }
 COMMON = ["--text-encoder", "minilm", "--video-weights", "none", "--modalities", "audio", "--audio-encoder", "whisper-base",
           "--epochs", str(EPOCHS), "--num-workers", "0"]
-
-
-def write_crema_csv(out: Path) -> Path:
-    """test.csv of the 12 real CREMA-D clips with their labels.csv emotion and sentiment."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(CREMA / "labels.csv", newline="") as f, open(out / "test.csv", "w", newline="") as g:
-        writer = csv.writer(g)
-        writer.writerow(["path", "text", "emotion", "sentiment"])
-        for row in csv.DictReader(f):
-            writer.writerow([CREMA / row["path"], row["text"], row["emotion"], row["sentiment"]])
-    return out
 
 
 def write_sentence_csvs(out: Path) -> Path:
@@ -154,7 +144,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"machine: {machine.describe()}", flush=True)
     data = {"actors": write_ravdess_csvs(RAVDESS, args.out / "data" / "actors"),
-            "sentence": write_sentence_csvs(args.out / "data" / "sentence"), "crema": write_crema_csv(args.out / "data" / "crema")}
+            "sentence": write_sentence_csvs(args.out / "data" / "sentence"), "crema": clip_manifests(args.out / "data")["crema-d"]}
     results = {}
     for protocol in args.protocols.split(","):
         for recipe in RECIPES:

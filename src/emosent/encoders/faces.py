@@ -95,15 +95,14 @@ class FaceEnsemble(nn.Module):
     def per_frame(self, crops: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 3, 128, 128) -> (N, D): every network's output on each crop as `views` (N,) says:
         0 the crop, 1 its mirror image, 2 both averaged (None: 2 for all)."""
-        plain = torch.ones(len(crops), dtype=torch.bool) if views is None else views != 1
-        mirrored = torch.ones(len(crops), dtype=torch.bool) if views is None else views >= 1
+        views = torch.full((len(crops),), 2) if views is None else views
+        plain, mirrored = views != 1, views >= 1
         inputs = torch.cat([crops[plain], crops[mirrored].flip(-1)])
         out = torch.cat([torch.cat([net(chunk) for net in self.networks], 1) for chunk in inputs.split(CHUNK)])
         result = out.new_zeros(len(crops), out.shape[1])
         result[plain] += out[:int(plain.sum())]
         result[mirrored] += out[int(plain.sum()):]
         return result / (plain.to(out.dtype) + mirrored.to(out.dtype))[:, None]
-
 
     def emotion_probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """(..., D) features (per frame or pooled; the face share may follow) -> (..., 7) the mean of
